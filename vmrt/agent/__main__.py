@@ -1,0 +1,71 @@
+"""Entry point of the guest agent: ``python3 -m vmrt.agent``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from vmrt.agent.config import parse_cmdline
+from vmrt.agent.containers import ContainerManager
+from vmrt.agent.crun import Crun
+from vmrt.agent.events import EventBus
+from vmrt.agent.guest import Guest
+from vmrt.agent.proctable import ProcessTable
+from vmrt.agent.service import AgentService
+from vmrt.agent.transport import find_serial_port, serve_serial, serve_vsock
+from vmrt.agent.v1 import agent_pb2_grpc
+
+log = logging.getLogger("vmrt.agent")
+
+
+def _uptime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def main() -> None:
+    with open("/proc/cmdline") as f:
+        config = parse_cmdline(f.read())
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if config.debug else logging.WARNING,
+        format="vmrt-agent: %(levelname)s %(name)s: %(message)s",
+    )
+    table = ProcessTable()
+    table.start()
+    guest = Guest(table)
+    events = EventBus()
+    containers = ContainerManager(table, Crun(table), events, guest.mount)
+    ready_at = 0.0
+    service = AgentService(containers, guest, events, config.transport, lambda: ready_at)
+
+    os.makedirs(os.path.dirname(config.grpc_socket), exist_ok=True)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
+    agent_pb2_grpc.add_AgentServicer_to_server(service, server)
+    server.add_insecure_port(f"unix:{config.grpc_socket}")
+    server.start()
+
+    if config.transport == "vsock":
+        bridge = threading.Thread(
+            target=serve_vsock, args=(config.vsock_port, config.grpc_socket), daemon=True
+        )
+    else:
+        port = find_serial_port(config.serial_name)
+        bridge = threading.Thread(
+            target=serve_serial, args=(port, config.grpc_socket), daemon=True
+        )
+    bridge.start()
+    ready_at = _uptime()
+    print(f"vmrt-agent: ready at {ready_at:.3f}s ({config.transport})", file=sys.stderr,
+          flush=True)
+    while True:
+        server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Guest-wide configuration: modules, mounts, hostname, DNS, sysctls, clock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+
+from vmrt.agent.errors import CommandFailed, InvalidArgument
+from vmrt.agent.proctable import ProcessTable
+
+log = logging.getLogger(__name__)
+
+MODULE_DIR = "/lib/modules"
+SHARE_MOUNT = "/run/vmrt/share"
+# Kernel modules each feature needs, in load order (dependencies first).
+MODULE_GROUPS: dict[str, tuple[str, ...]] = {
+    "9p": ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p"),
+    "overlay": ("overlay",),
+}
+
+
+class Guest:
+    def __init__(self, table: ProcessTable) -> None:
+        self._table = table
+
+    def run(self, argv: list[str]) -> None:
+        code, output = self._table.run(argv, timeout=30.0)
+        if code != 0:
+            text = output.decode(errors="replace").strip()
+            raise CommandFailed(f"{' '.join(argv)} failed (exit {code}): {text}")
+
+    def mount(self, args: list[str]) -> None:
+        if args[:1] == ["-u"]:
+            self.run(["/bin/umount", *args[1:]])
+        else:
+            self.run(["/bin/mount", *args])
+
+    def load_modules(self, group: str) -> None:
+        for name in MODULE_GROUPS[group]:
+            if os.path.exists(f"/sys/module/{name}"):
+                continue
+            path = os.path.join(MODULE_DIR, f"{name}.ko")
+            if not os.path.exists(path):
+                # Built into this kernel, or not in the image: the mount
+                # that needs it will say which.
+                continue
+            self.run(["/bin/insmod", path])
+
+    def mount_share(self, tag: str) -> None:
+        if os.path.ismount(SHARE_MOUNT):
+            return
+        self.load_modules("9p")
+        self.load_modules("overlay")
+        os.makedirs(SHARE_MOUNT, exist_ok=True)
+        self.mount([
+            "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
+            tag, SHARE_MOUNT,
+        ])
+
+    @staticmethod
+    def set_hostname(hostname: str) -> None:
+        if not hostname:
+            return
+        if len(hostname) > 64 or "/" in hostname:
+            raise InvalidArgument(f"invalid hostname {hostname!r}")
+        socket.sethostname(hostname)
+        with open("/etc/hostname", "w") as f:
+            f.write(hostname + "\n")
+        write_hosts(hostname)
+
+    @staticmethod
+    def set_dns(servers: Iterable[str], searches: Iterable[str], options: Iterable[str]) -> None:
+        lines = [f"nameserver {s}" for s in servers]
+        searches = list(searches)
+        if searches:
+            lines.append("search " + " ".join(searches))
+        options = list(options)
+        if options:
+            lines.append("options " + " ".join(options))
+        with open("/etc/resolv.conf", "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    @staticmethod
+    def set_sysctls(sysctls: Iterable[tuple[str, str]]) -> None:
+        for key, value in sysctls:
+            if not key or ".." in key or key.startswith(("/", ".")):
+                raise InvalidArgument(f"invalid sysctl name {key!r}")
+            path = "/proc/sys/" + key.replace(".", "/")
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                raise InvalidArgument(f"sysctl {key} does not exist in the guest kernel") from None
+            except OSError as exc:
+                raise InvalidArgument(f"sysctl {key}={value}: {exc.strerror}") from None
+
+    @staticmethod
+    def set_clock(host_time_ns: int) -> None:
+        if host_time_ns > 0:
+            time.clock_settime_ns(time.CLOCK_REALTIME, host_time_ns)
+
+
+def write_hosts(hostname: str) -> None:
+    with open("/etc/hosts", "w") as f:
+        f.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        f.write(f"127.0.1.1\t{hostname}\n")

@@ -1,0 +1,246 @@
+"""Container stdio inside the guest.
+
+A process's stdout and stderr are pipes (or one pty master) drained by a
+thread each into an *output spool*: an append-only file in the guest's tmpfs
+with a byte offset per stream. Readers ask for "everything from offset N",
+so a host that reconnects picks up exactly where it stopped, and a process
+never blocks on a full pipe while nobody reads.
+
+Stdin is a pipe whose write end the agent keeps; closing it gives the
+process EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import termios
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+
+
+class OutputSpool:
+    """Append-only byte stream backed by a file, with blocking follow-reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._size = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, data: bytes) -> None:
+        with self._cond:
+            os.pwrite(self._fd, data, self._size)
+            self._size += len(data)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Mark end of stream: the writer is gone."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def read_from(
+        self, offset: int, follow: bool, keep_going: callable = lambda: True  # type: ignore[valid-type]
+    ) -> Iterator[tuple[int, bytes]]:
+        """Yield (offset, data) from ``offset`` on; with ``follow``, until closed and drained."""
+        while True:
+            with self._cond:
+                while follow and offset >= self._size and not self._closed:
+                    self._cond.wait(timeout=1.0)
+                    if not keep_going():
+                        return
+                size = self._size
+                done = self._closed or not follow
+            if offset < size:
+                data = os.pread(self._fd, min(CHUNK, size - offset), offset)
+                yield offset, data
+                offset += len(data)
+                continue
+            if done:
+                return
+
+    def destroy(self) -> None:
+        self.close()
+        os.close(self._fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _drain(fd: int, spool: OutputSpool, name: str) -> None:
+    try:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except OSError as exc:
+                # A pty master reports EIO once the last slave fd closes.
+                if exc.errno != errno.EIO:
+                    log.warning("%s: read failed: %s", name, exc)
+                break
+            if not data:
+                break
+            spool.append(data)
+    finally:
+        os.close(fd)
+        spool.close()
+
+
+@dataclass
+class ChildStdio:
+    """The fds a spawned crun gets as 0, 1, 2; the parent closes them after spawn."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+    def close(self) -> None:
+        for fd in {self.stdin, self.stdout, self.stderr}:
+            if fd >= 0:
+                os.close(fd)
+
+
+class ProcessIO:
+    """Stdio of one container process: spools for output, a writer for stdin."""
+
+    def __init__(self, directory: str, terminal: bool, open_stdin: bool) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.terminal = terminal
+        self.stdout = OutputSpool(os.path.join(directory, "stdout"))
+        self.stderr = OutputSpool(os.path.join(directory, "stderr"))
+        self._stdin_w = -1
+        self._pty_master = -1
+        self._stdin_lock = threading.Lock()
+        self._open_stdin = open_stdin
+        self._threads: list[threading.Thread] = []
+        self.console_socket_path = os.path.join(directory, "console.sock")
+        self._console_listener: socket.socket | None = None
+
+    # -- before spawn ---------------------------------------------------
+
+    def child_fds(self) -> ChildStdio:
+        """Create the pipes; returns the ends that belong to the child."""
+        if self._open_stdin and not self.terminal:
+            stdin_r, self._stdin_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if self.terminal:
+            # crun sends the pty master over this socket; our own stdio for
+            # crun is /dev/null so nothing of it reaches the terminal.
+            self._console_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._console_listener.bind(self.console_socket_path)
+            self._console_listener.listen(1)
+            null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            self.stderr.close()
+            return ChildStdio(stdin_r, null_out, os.dup(null_out))
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        self._start_drain(out_r, self.stdout, "stdout")
+        self._start_drain(err_r, self.stderr, "stderr")
+        return ChildStdio(stdin_r, out_w, err_w)
+
+    def receive_console(self, timeout: float) -> None:
+        """After crun started with --console-socket: take the pty master it sends."""
+        assert self._console_listener is not None
+        listener = self._console_listener
+        listener.settimeout(timeout)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                _msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+        finally:
+            listener.close()
+            self._console_listener = None
+            try:
+                os.unlink(self.console_socket_path)
+            except FileNotFoundError:
+                pass
+        if not fds:
+            raise RuntimeError("crun sent no terminal file descriptor")
+        self._pty_master = fds[0]
+        os.set_inheritable(self._pty_master, False)
+        self._start_drain(os.dup(self._pty_master), self.stdout, "tty")
+
+    def abandon_console(self) -> None:
+        if self._console_listener is not None:
+            self._console_listener.close()
+            self._console_listener = None
+
+    def _start_drain(self, fd: int, spool: OutputSpool, name: str) -> None:
+        thread = threading.Thread(target=_drain, args=(fd, spool, name), daemon=True, name=name)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- while running --------------------------------------------------
+
+    def spool(self, stream: int) -> OutputSpool:
+        return self.stderr if stream == 1 else self.stdout
+
+    def write_stdin(self, data: bytes, close: bool) -> None:
+        with self._stdin_lock:
+            fd = self._pty_master if self.terminal else self._stdin_w
+            if fd < 0:
+                if data:
+                    raise BrokenPipeError("stdin is not open for this process")
+                return
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if close:
+                if self.terminal:
+                    # A terminal has no half-close; EOT at line start is what
+                    # a shell reading the tty sees as end of input.
+                    os.write(fd, b"\x04")
+                else:
+                    os.close(self._stdin_w)
+                    self._stdin_w = -1
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self._pty_master < 0:
+            raise ValueError("the process has no terminal")
+        fcntl.ioctl(self._pty_master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def join(self, timeout: float) -> None:
+        """Wait for the output drains to hit EOF."""
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def close(self) -> None:
+        self.abandon_console()
+        with self._stdin_lock:
+            for fd in (self._stdin_w, self._pty_master):
+                if fd >= 0:
+                    os.close(fd)
+            self._stdin_w = self._pty_master = -1
+        self.stdout.close()
+        self.stderr.close()
+
+    def destroy(self) -> None:
+        self.close()
+        self.stdout.destroy()
+        self.stderr.destroy()
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass

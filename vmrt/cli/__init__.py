@@ -1,0 +1,1 @@
+"""The ``vmrt`` command line."""

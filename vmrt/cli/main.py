@@ -1,0 +1,48 @@
+"""Entry point of the ``vmrt`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vmrt.cli import guest_image, run
+from vmrt.errors import VmrtError
+
+DEFAULT_ROOT = "/var/lib/vmrt"
+DEFAULT_STATE = "/run/vmrt"
+# Like docker and podman: 125 means the runtime failed, not the command.
+EXIT_RUNTIME_ERROR = 125
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmrt", description="VM-isolated sandbox runtime")
+    parser.add_argument("--root", default=DEFAULT_ROOT,
+                        help="persistent state: images (default: %(default)s)")
+    parser.add_argument("--state", default=DEFAULT_STATE,
+                        help="runtime state: sandboxes, sockets (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="verbose logs on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    guest_image.add_parser(sub)
+    run.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="vmrt: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except VmrtError as exc:
+        print(f"vmrt: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
