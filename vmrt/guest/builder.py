@@ -291,6 +291,10 @@ class Builder:
                 if "=>" not in parts:
                     continue
                 soname, target = parts[0], parts[parts.index("=>") + 1]
+                if "/" in soname:
+                    # The program interpreter, listed by absolute path; it is
+                    # copied on its own below.
+                    continue
                 if target == "not":
                     raise BuildError(
                         f"{elf.relative_to(tree)} needs {soname}, which no package in "
@@ -305,12 +309,24 @@ class Builder:
                 needed[soname] = path
         libdir = tree / "lib" / "x86_64-linux-gnu"
         for soname, path in sorted(needed.items()):
-            shutil.copy2(path.resolve(), libdir / soname)
+            _copy_into(tree, path.resolve(), libdir / soname)
         loader = debroot / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-        shutil.copy2(loader.resolve(), libdir / "ld-linux-x86-64.so.2")
+        _copy_into(tree, loader.resolve(), libdir / "ld-linux-x86-64.so.2")
         (tree / "lib64" / "ld-linux-x86-64.so.2").symlink_to(
             "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
         return sorted(needed)
+
+
+def _copy_into(tree: Path, src: Path, dst: Path) -> None:
+    """copy2, refusing any destination outside the tree being built.
+
+    A destination that escapes (an absolute name joined onto a directory, a
+    symlink planted by a package) would overwrite a file of the build host.
+    """
+    resolved = dst.parent.resolve() / dst.name
+    if tree.resolve() not in resolved.parents or dst.is_symlink():
+        raise BuildError(f"refusing to write {dst} outside the image tree {tree}")
+    shutil.copy2(src, dst)
 
 
 def _require_tools(*tools: str) -> None:
