@@ -124,11 +124,14 @@ def main():
                os.path.join(GUEST_STDLIB, "os.py"))
     os.makedirs(os.path.join(out, GUEST_STDLIB.lstrip("/"), "lib-dynload"), exist_ok=True)
 
-    for package in sorted(os.listdir(site_dir)):
-        src = os.path.join(site_dir, package)
-        if os.path.isdir(src) and not package.endswith(".dist-info"):
-            copy_tree(src, os.path.join(out, GUEST_SITE.lstrip("/"), package),
-                      os.path.join(GUEST_SITE, package))
+    for entry in sorted(os.listdir(site_dir)):
+        src = os.path.join(site_dir, entry)
+        if os.path.isdir(src) and not entry.endswith(".dist-info"):
+            copy_tree(src, os.path.join(out, GUEST_SITE.lstrip("/"), entry),
+                      os.path.join(GUEST_SITE, entry))
+        elif entry.endswith(".py"):
+            compile_to(src, os.path.join(out, GUEST_SITE.lstrip("/"), entry[:-3] + ".pyc"),
+                       os.path.join(GUEST_SITE, entry))
     copy_tree(os.path.join(agent_dir, "vmrt"), os.path.join(out, GUEST_AGENT.lstrip("/"), "vmrt"),
               os.path.join(GUEST_AGENT, "vmrt"))
     json.dump({"python": sys.version.split()[0], "stdlib_modules": kept},

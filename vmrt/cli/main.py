@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except VmrtError as exc:
         print(f"vmrt: {exc}", file=sys.stderr)
+        tail = getattr(exc, "console_tail", "")
+        if tail:
+            print("vmrt: last lines of the guest console:", file=sys.stderr)
+            print("\n".join("  | " + line for line in tail.splitlines()), file=sys.stderr)
         return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
         return 130

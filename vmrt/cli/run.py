@@ -1,6 +1,174 @@
-"""``vmrt run``: placeholder replaced below."""
+"""``vmrt run``: boot a VM, run one command as a container in it, tear it all down."""
+
+from __future__ import annotations
+
 import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from vmrt import oci
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentClient
+from vmrt.errors import VmrtError
+from vmrt.guest.image import GuestImage, default_image_dir
+from vmrt.hypervisor.accel import ACCEL_CHOICES, choose_accel
+from vmrt.sandbox.vm import SandboxVM, VMConfig
+
+CONTAINER_ID = "main"
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
+_UNIT_MIB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024, "": 1}
+
+
+class UsageError(VmrtError):
+    pass
+
+
+def parse_memory(text: str) -> int:
+    """'256M', '1G', '512MiB' or a bare number of MiB -> MiB."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise UsageError(f"--memory {text!r}: expected a size such as 256M or 1G")
+    mib = int(match.group(1)) * _UNIT_MIB[match.group(2).lower()]
+    if mib != int(mib) or mib <= 0:
+        raise UsageError(f"--memory {text!r}: must be a positive whole number of MiB")
+    return int(mib)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pass
+    parser = sub.add_parser(
+        "run", help="run a command as a container in a fresh VM",
+        usage="vmrt run [--rootfs DIR] [--memory 256M] [--cpus 1] -- CMD [ARGS...]",
+    )
+    parser.add_argument("--rootfs", type=Path,
+                        help="the container's root filesystem (default: the image's busybox)")
+    parser.add_argument("--memory", default="256M", help="guest memory (default: %(default)s)")
+    parser.add_argument("--cpus", type=int, default=1, help="guest vCPUs (default: 1)")
+    parser.add_argument("--accel", choices=ACCEL_CHOICES, default="auto")
+    parser.add_argument("--machine", choices=("microvm", "pc", "q35"), default="microvm")
+    parser.add_argument("--image", type=Path, help="guest image directory")
+    parser.add_argument("--hostname", default="", help="the container's hostname")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("-w", "--workdir", default="/")
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="pass stdin to the command")
+    parser.add_argument("--boot-timeout", type=float, default=120.0)
+    parser.add_argument("--timings", action="store_true",
+                        help="print start-up timings as JSON on stderr")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given: vmrt run [--rootfs DIR] -- CMD [ARGS...]")
+    image = GuestImage.load((args.image or default_image_dir(args.root)).resolve())
+    rootfs = (args.rootfs or image.busybox_rootfs).resolve()
+    if not rootfs.exists():
+        raise UsageError(f"rootfs {args.rootfs} does not exist")
+    if not rootfs.is_dir():
+        raise UsageError(f"rootfs {args.rootfs} is not a directory")
+    for item in args.env:
+        if "=" not in item:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+    config = VMConfig(
+        memory_mib=parse_memory(args.memory),
+        vcpus=args.cpus,
+        machine=args.machine,
+        accel=choose_accel(args.accel).name,
+        debug=args.debug,
+        boot_timeout=args.boot_timeout,
+    )
+    sandbox = SandboxVM(secrets.token_hex(6), Path(args.state), image, config)
+    return asyncio.run(_main(sandbox, rootfs, command, args))
+
+
+async def _main(sandbox: SandboxVM, rootfs: Path, command: list[str],
+                args: argparse.Namespace) -> int:
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    # Ctrl-C and SIGTERM unwind through the finally below, so the VM, its
+    # sockets and its mounts go away whichever way we leave.
+    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signo, main.cancel)
+    try:
+        await sandbox.start(hostname=args.hostname, die_with_parent=True)
+        code = await _run_container(sandbox, rootfs, command, args)
+        if args.timings:
+            print(json.dumps(sandbox.timings), file=sys.stderr)
+        return code
+    except asyncio.CancelledError:
+        return 130
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(sandbox.destroy())
+
+
+async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
+                         args: argparse.Namespace) -> int:
+    agent = sandbox.agent
+    assert agent is not None
+    share_path = await sandbox.bind_rootfs(CONTAINER_ID, rootfs, readonly=True)
+    spec = oci.container_spec(command, env=args.env, cwd=args.workdir,
+                              hostname=args.hostname or f"vmrt-{sandbox.id}")
+    await agent.call("CreateContainer", pb.CreateContainerRequest(
+        container_id=CONTAINER_ID,
+        oci_spec=json.dumps(spec).encode(),
+        rootfs=pb.Rootfs(share_path=share_path, guest_overlay=True),
+        stdio=pb.StdioOptions(terminal=False, open_stdin=args.interactive),
+    ))
+    await agent.call("StartContainer", pb.StartContainerRequest(container_id=CONTAINER_ID))
+    work = [
+        asyncio.create_task(_copy_out(agent, pb.STDOUT, sys.stdout.buffer)),
+        asyncio.create_task(_copy_out(agent, pb.STDERR, sys.stderr.buffer)),
+    ]
+    if args.interactive:
+        work.append(asyncio.create_task(_copy_in(agent)))
+    wait = asyncio.create_task(agent.call(
+        "WaitProcess", pb.WaitProcessRequest(container_id=CONTAINER_ID), timeout=None))
+    died = asyncio.create_task(sandbox.qemu.wait_exit())
+    try:
+        done, _ = await asyncio.wait({wait, died}, return_when=asyncio.FIRST_COMPLETED)
+        if wait not in done or wait.exception() is not None:
+            # The agent's reply may race the VM's death; the death explains it.
+            if not sandbox.qemu.alive or died in done:
+                raise sandbox.died("the VM died while the command ran")
+            wait.result()
+        # Output streams end once the process exited and its output is drained.
+        await asyncio.wait_for(asyncio.gather(*work[:2]), timeout=30)
+        reply = wait.result()
+        assert isinstance(reply, pb.WaitProcessResponse)
+        return reply.status.exit_code
+    finally:
+        for task in (*work, wait, died):
+            task.cancel()
+        await asyncio.gather(*work, wait, died, return_exceptions=True)
+
+
+async def _copy_out(agent: AgentClient, stream: int, out: object) -> None:
+    write = out.write  # type: ignore[attr-defined]
+    flush = out.flush  # type: ignore[attr-defined]
+    async for chunk in agent.follow_output(CONTAINER_ID, "", stream):
+        write(chunk.data)
+        flush()
+
+
+async def _copy_in(agent: AgentClient) -> None:
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    while True:
+        data = await loop.run_in_executor(None, os.read, fd, 65536)
+        await agent.call("WriteStdin", pb.WriteStdinRequest(
+            container_id=CONTAINER_ID, data=data, close=not data))
+        if not data:
+            return

@@ -1,0 +1,99 @@
+"""The host's side of the agent protocol: a gRPC channel to one sandbox's agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+
+import grpc
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc
+from vmrt.errors import VmrtError
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(VmrtError):
+    """The agent answered with an error; ``code`` is its gRPC status."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"agent {method}: {details}")
+
+
+class AgentUnreachable(VmrtError):
+    pass
+
+
+def _target(transport: str, agent_socket: str, vsock_cid: int, vsock_port: int) -> str:
+    if transport == "vsock":
+        return f"vsock:{vsock_cid}:{vsock_port}"
+    return f"unix:{agent_socket}"
+
+
+class AgentClient:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        # One HTTP/2 connection per sandbox; keepalive would only add
+        # traffic on a link that is local and reports hang-ups itself.
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.initial_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 500),
+                ("grpc.min_reconnect_backoff_ms", 50),
+            ],
+        )
+        self.stub = pb_grpc.AgentStub(self._channel)
+
+    @classmethod
+    def for_vm(cls, transport: str, agent_socket: str, vsock_cid: int = 0,
+               vsock_port: int = 1024) -> AgentClient:
+        return cls(_target(transport, agent_socket, vsock_cid, vsock_port))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, method: str, request: object, timeout: float | None = 60.0,
+                   wait_for_ready: bool = False) -> object:
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout,
+                                                    wait_for_ready=wait_for_ready)
+        except grpc.aio.AioRpcError as exc:
+            raise AgentError(method, exc.code(), exc.details() or str(exc.code())) from None
+
+    async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
+        """Health with wait-for-ready, abandoned as soon as the VM exits."""
+        health = asyncio.ensure_future(
+            self.call("Health", pb.HealthRequest(), timeout=timeout, wait_for_ready=True))
+        died = asyncio.ensure_future(vm_exited)
+        try:
+            done, _ = await asyncio.wait({health, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (health, died):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        if health in done:
+            reply = health.result()
+            assert isinstance(reply, pb.HealthResponse)
+            return reply
+        raise AgentUnreachable("the VM exited before its agent answered")
+
+    async def follow_output(self, container_id: str, exec_id: str, stream: int,
+                            offset: int = 0) -> AsyncIterator[pb.OutputChunk]:
+        request = pb.ReadOutputRequest(container_id=container_id, exec_id=exec_id,
+                                       stream=stream, offset=offset, follow=True)
+        call = self.stub.ReadOutput(request)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise AgentError("ReadOutput", exc.code(), exc.details() or "") from None

@@ -1,0 +1,1 @@
+"""The QEMU driver: host probing, argv building, process and QMP management."""

@@ -1,0 +1,278 @@
+"""Running one QEMU process and talking QMP to it.
+
+The QMP and agent sockets are bound *by us* in the sandbox directory and
+handed to QEMU as listening fds: nothing races QEMU's start-up, and a
+restarted vmrtd can reconnect to the same paths (QEMU's own socketpair
+trick cannot be reconnected). Shutdown asks politely (QMP quit), then
+sends SIGTERM, then SIGKILL; cleanup always runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from vmrt.errors import VmrtError
+from vmrt.hypervisor.spec import VMEndpoints, VMSpec, build_argv
+
+log = logging.getLogger(__name__)
+
+QMP_CONNECT_TIMEOUT = 30.0
+CONSOLE_TAIL_LINES = 25
+PR_SET_PDEATHSIG = 1
+
+
+class VMError(VmrtError):
+    pass
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.replace("\r", "").rstrip().splitlines()[-lines:])
+
+
+class VMLaunchFailure(VMError):
+    """QEMU did not come up: carries the argv, its exit code and its own words."""
+
+    def __init__(self, message: str, argv: list[str], exitcode: int | None, qemu_output: str,
+                 console_tail: str) -> None:
+        self.argv = argv
+        self.exitcode = exitcode
+        self.qemu_output = qemu_output
+        self.console_tail = console_tail
+        detail = qemu_output.strip().splitlines()
+        super().__init__(message + (f": {detail[-1]}" if detail else ""))
+
+
+class VMDied(VMError):
+    """The VM went away while something needed it."""
+
+    def __init__(self, message: str, console_tail: str) -> None:
+        self.console_tail = console_tail
+        super().__init__(message)
+
+
+def _die_with_parent() -> None:
+    # For the CLI: if vmrt itself is killed, its VM must not outlive it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _listen(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(4)
+    return sock
+
+
+class QemuVM:
+    """One QEMU process, its QMP connection and its files in ``directory``."""
+
+    def __init__(self, spec: VMSpec, directory: Path, name: str,
+                 qemu_binary: str = "qemu-system-x86_64") -> None:
+        self.spec = spec
+        self.directory = directory
+        self.name = name
+        self.qemu_binary = qemu_binary
+        self.qmp_path = directory / "qmp.sock"
+        self.agent_path = directory / "agent.sock"
+        self.console_path = directory / "console.log"
+        self.qemu_log_path = directory / "qemu.log"
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+        self.shutdown_reason: str | None = None
+        self.panicked = False
+        self.argv: list[str] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._qmp: QMPClient | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._exited = asyncio.Event()
+        self._exit_task: asyncio.Task[None] | None = None
+
+    # -- launch ---------------------------------------------------------
+
+    async def launch(self, die_with_parent: bool = False) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        qmp_sock = _listen(self.qmp_path)
+        agent_sock = _listen(self.agent_path) if self.spec.agent_transport == "serial" else None
+        try:
+            endpoints = VMEndpoints(
+                console_log=self.console_path,
+                qmp_fd=qmp_sock.fileno(),
+                agent_fd=agent_sock.fileno() if agent_sock else None,
+            )
+            self.argv = build_argv(self.spec, endpoints, self.name, self.qemu_binary)
+            self.console_path.touch()
+            with self.qemu_log_path.open("wb") as qemu_log:
+                try:
+                    self._proc = await asyncio.create_subprocess_exec(
+                        *self.argv,
+                        stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                        pass_fds=[s.fileno() for s in (qmp_sock, agent_sock) if s],
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent if die_with_parent else None,
+                    )
+                except OSError as exc:
+                    raise VMLaunchFailure(f"cannot start {self.qemu_binary}: {exc.strerror}",
+                                          self.argv, None, "", "") from exc
+        finally:
+            # QEMU has its own copies now; ours would keep the sockets alive
+            # after QEMU dies and hide the death from clients.
+            qmp_sock.close()
+            if agent_sock:
+                agent_sock.close()
+        self.pid = self._proc.pid
+        self._exit_task = asyncio.create_task(self._watch_exit())
+        try:
+            await self._connect_qmp()
+        except BaseException:
+            await self.kill()
+            raise
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        self.exitcode = await self._proc.wait()
+        self._exited.set()
+
+    async def _connect_qmp(self) -> None:
+        qmp = QMPClient(self.name)
+        connect = asyncio.create_task(qmp.connect(str(self.qmp_path)))
+        exited = asyncio.create_task(self._exited.wait())
+        done, _ = await asyncio.wait({connect, exited}, timeout=QMP_CONNECT_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if connect in done and connect.exception() is None:
+            exited.cancel()
+            self._qmp = qmp
+            self._events_task = asyncio.create_task(self._watch_events(qmp))
+            return
+        connect.cancel()
+        exited.cancel()
+        with contextlib.suppress(BaseException):
+            await connect
+        if not self._exited.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), 2.0)
+        raise self.launch_failure("QEMU failed to start")
+
+    def launch_failure(self, message: str) -> VMLaunchFailure:
+        output = self.qemu_output()
+        if self.exitcode is not None and self.exitcode < 0:
+            message += f" (killed by signal {-self.exitcode})"
+        elif self.exitcode is not None:
+            message += f" (exit code {self.exitcode})"
+        return VMLaunchFailure(message, self.argv, self.exitcode, output, self.console_tail())
+
+    async def _watch_events(self, qmp: QMPClient) -> None:
+        with contextlib.suppress(Exception):
+            async for event in qmp.events:
+                name = event["event"]
+                data = event.get("data", {})
+                if name == "SHUTDOWN":
+                    self.shutdown_reason = data.get("reason", "unknown")
+                elif name == "GUEST_PANICKED":
+                    self.panicked = True
+                log.debug("%s: QMP event %s %s", self.name, name, data)
+
+    # -- state ----------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and not self._exited.is_set()
+
+    async def wait_exit(self) -> int | None:
+        await self._exited.wait()
+        return self.exitcode
+
+    def qemu_output(self) -> str:
+        try:
+            return self.qemu_log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
+        return _tail(self.console_path, lines)
+
+    def death_message(self) -> str:
+        """One line on how the VM ended, for errors."""
+        if self.exitcode is not None and self.exitcode < 0:
+            how = f"QEMU was killed by signal {-self.exitcode}"
+        elif self.shutdown_reason:
+            how = f"the guest shut down ({self.shutdown_reason})"
+        elif self.exitcode is not None:
+            how = f"QEMU exited with code {self.exitcode}"
+        else:
+            how = "QEMU is gone"
+        if self.panicked or "Kernel panic" in self.console_tail(60):
+            how += "; the guest kernel panicked"
+        return how
+
+    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        if self._qmp is None:
+            raise VMError(f"{self.name}: no QMP connection")
+        return await self._qmp.execute(command, arguments)
+
+    # -- shutdown -------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; always cleans up."""
+        try:
+            if self.alive and self._qmp is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._qmp.execute("quit"), timeout)
+                await self._wait(timeout)
+            if self.alive:
+                self._signal(signal.SIGTERM)
+                await self._wait(timeout)
+            if self.alive:
+                self._signal(signal.SIGKILL)
+                await self._wait(None)
+        finally:
+            await self._cleanup()
+
+    async def kill(self) -> None:
+        if self.alive:
+            self._signal(signal.SIGKILL)
+            await self._wait(None)
+        await self._cleanup()
+
+    def _signal(self, signo: int) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signo)
+
+    async def _wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
+
+    async def _cleanup(self) -> None:
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                await self._qmp.disconnect()
+            self._qmp = None
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._events_task
+            self._events_task = None
+        for path in (self.qmp_path, self.agent_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+

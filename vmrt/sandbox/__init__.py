@@ -1,0 +1,1 @@
+"""Pod sandboxes: their VM, their directory and what is mounted into it."""

@@ -1,0 +1,153 @@
+"""One pod sandbox VM: its directory, QEMU, the agent connection and the share.
+
+``start`` registers an undo step for everything it does, so a failure at
+any point leaves nothing behind: no QEMU, no socket, no mount, no directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentClient, AgentUnreachable
+from vmrt.guest.image import GuestImage
+from vmrt.hypervisor.accel import host_tsc_khz
+from vmrt.hypervisor.qemu import QemuVM, VMDied
+from vmrt.hypervisor.spec import Share, VMSpec
+from vmrt.sandbox import mounts
+
+log = logging.getLogger(__name__)
+
+SHARE_TAG = "vmrt-share"
+DEFAULT_BOOT_TIMEOUT = 120.0
+_MEMORY_TROUBLE = re.compile(
+    r"Initramfs unpacking failed|Out of memory|out of memory|oom-kill|"
+    r"System is deadlocked on memory|Cannot allocate memory"
+)
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    memory_mib: int = 256
+    vcpus: int = 1
+    machine: str = "microvm"
+    accel: str = "tcg"
+    transport: str = "serial"
+    tb_size_mib: int = 128
+    debug: bool = False
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    qemu_binary: str = "qemu-system-x86_64"
+
+
+class SandboxVM:
+    def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
+                 config: VMConfig) -> None:
+        self.id = sandbox_id
+        self.directory = state_root / "sandboxes" / sandbox_id
+        self.shared = self.directory / "shared"
+        self.image = image
+        self.config = config
+        self.spec = VMSpec(
+            kernel=image.kernel,
+            initrd=image.initrd,
+            memory_mib=config.memory_mib,
+            vcpus=config.vcpus,
+            machine=config.machine,
+            accel=config.accel,
+            tb_size_mib=config.tb_size_mib,
+            agent_transport=config.transport,
+            shares=(Share(SHARE_TAG, self.shared),),
+            tsc_khz=host_tsc_khz(),
+            debug=config.debug,
+        )
+        self.qemu = QemuVM(self.spec, self.directory, f"vmrt-{sandbox_id}",
+                           config.qemu_binary)
+        self.agent: AgentClient | None = None
+        self.health: pb.HealthResponse | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- start ----------------------------------------------------------
+
+    async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
+                    sysctls: Iterable[tuple[str, str]] = (),
+                    die_with_parent: bool = False) -> None:
+        t0 = time.monotonic()
+        async with contextlib.AsyncExitStack() as undo:
+            self.directory.mkdir(parents=True, exist_ok=False)
+            undo.push_async_callback(mounts.remove_tree, self.directory)
+            self.shared.mkdir()
+            await self.qemu.launch(die_with_parent=die_with_parent)
+            undo.push_async_callback(self.qemu.kill)
+            self.timings["launched"] = time.monotonic() - t0
+            self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path))
+            undo.push_async_callback(self._close_agent)
+            await self._wait_ready()
+            self.timings["agent_ready"] = time.monotonic() - t0
+            await self.agent.call("SetupSandbox", pb.SetupSandboxRequest(
+                sandbox_id=self.id,
+                hostname=hostname,
+                dns=dns,
+                sysctls=[pb.SysctlEntry(key=k, value=v) for k, v in sysctls],
+                host_time_ns=time.time_ns(),
+                share_tag=SHARE_TAG,
+            ))
+            self.timings["setup"] = time.monotonic() - t0
+            undo.pop_all()
+
+    async def _wait_ready(self) -> None:
+        assert self.agent is not None
+        try:
+            self.health = await self.agent.wait_ready(self.config.boot_timeout,
+                                                      self.qemu.wait_exit())
+        except AgentUnreachable:
+            raise self.died("the VM exited while booting") from None
+        except Exception as exc:
+            if not self.qemu.alive:
+                raise self.died("the VM exited while booting") from None
+            raise VMDied(f"the guest agent did not answer within "
+                         f"{self.config.boot_timeout:.0f} s: {exc}",
+                         self.qemu.console_tail()) from None
+
+    def died(self, what: str) -> VMDied:
+        tail = self.qemu.console_tail()
+        message = f"{what}: {self.qemu.death_message()}"
+        if _MEMORY_TROUBLE.search(self.qemu.console_tail(80)):
+            message += (f"; the guest ran out of memory with {self.config.memory_mib} MiB "
+                        "(raise --memory)")
+        return VMDied(message, tail)
+
+    async def _close_agent(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+            self.agent = None
+
+    # -- rootfs sharing -------------------------------------------------
+
+    def share_path(self, container_id: str) -> str:
+        return f"{container_id}/rootfs"
+
+    async def bind_rootfs(self, container_id: str, source: Path, readonly: bool) -> str:
+        """Expose a host directory to the guest; returns its path inside the share."""
+        target = self.shared / container_id / "rootfs"
+        await mounts.bind(source, target, readonly)
+        return self.share_path(container_id)
+
+    async def unbind_rootfs(self, container_id: str) -> None:
+        await mounts.unmount_all(self.shared / container_id)
+
+    # -- stop -----------------------------------------------------------
+
+    async def destroy(self) -> None:
+        """Stop the VM and delete everything of the sandbox on the host."""
+        try:
+            await self._close_agent()
+            await self.qemu.shutdown()
+        finally:
+            await mounts.remove_tree(self.directory)
