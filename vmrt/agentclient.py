@@ -36,18 +36,21 @@ def _target(transport: str, agent_socket: str, vsock_cid: int, vsock_port: int) 
 
 
 class AgentClient:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, connect_timeout: float = 20.0) -> None:
         self.target = target
-        # One HTTP/2 connection per sandbox; keepalive would only add
-        # traffic on a link that is local and reports hang-ups itself.
+        # gRPC's "min reconnect backoff" is really the connection timeout:
+        # how long a connection may take to see the server's SETTINGS. While
+        # a VM boots, the first connection waits in QEMU's socket for the
+        # agent, so it must outlast the boot; a connection that gives up
+        # early leaves half a handshake in the serial line.
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.initial_reconnect_backoff_ms", 50),
-                ("grpc.max_reconnect_backoff_ms", 500),
-                ("grpc.min_reconnect_backoff_ms", 50),
+                ("grpc.min_reconnect_backoff_ms", int(connect_timeout * 1000)),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self.stub = pb_grpc.AgentStub(self._channel)

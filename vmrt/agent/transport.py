@@ -44,12 +44,46 @@ def find_serial_port(name: str, sys_dir: str = "/sys/class/virtio-ports") -> str
     raise FileNotFoundError(f"no virtio-serial port named {name!r} in {sys_dir}")
 
 
-def _pump(outer: int, inner: socket.socket) -> None:
+# Every HTTP/2 client connection begins with this (RFC 9113, section 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _PrefaceSync:
+    """Drops host bytes until the start of an HTTP/2 connection.
+
+    A serial port has no connection boundaries: bytes of a host connection
+    that ended (a client that gave up mid-handshake, a daemon that
+    restarted) can still be in flight when the next one starts. Every inner
+    connection therefore begins at a client preface, never mid-stream.
+    """
+
+    def __init__(self) -> None:
+        self.synced = False
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self.synced:
+            return data
+        data = self._held + data
+        start = data.find(HTTP2_PREFACE)
+        if start >= 0:
+            self.synced = True
+            self._held = b""
+            if start:
+                log.debug("dropped %d stale bytes before the HTTP/2 preface", start)
+            return data[start:]
+        # Keep a tail that may be the beginning of a split preface.
+        self._held = data[-(len(HTTP2_PREFACE) - 1):]
+        return b""
+
+
+def _pump(outer: int, inner: socket.socket) -> str:
     """Copy bytes both ways until either side hangs up."""
     inner.setblocking(False)
     inner_fd = inner.fileno()
     to_inner = bytearray()
     to_outer = bytearray()
+    sync = _PrefaceSync()
     poller = select.poll()
     while True:
         # Read from a side only while what we read last has gone out: this
@@ -63,11 +97,11 @@ def _pump(outer: int, inner: socket.socket) -> None:
                 if events & select.POLLIN:
                     data = _read(outer)
                     if data == b"":
-                        return
+                        return "host hung up"
                     if data:
-                        to_inner += data
+                        to_inner += sync.feed(data)
                 elif events & (select.POLLHUP | select.POLLERR) and not to_outer:
-                    return
+                    return "host hung up"
                 if events & select.POLLOUT and to_outer:
                     del to_outer[: _write(outer, to_outer)]
             else:
@@ -76,11 +110,11 @@ def _pump(outer: int, inner: socket.socket) -> None:
                     if data == b"":
                         # The inner server closed: flush what is left, then drop.
                         _flush(outer, to_outer)
-                        return
+                        return "agent closed"
                     if data:
                         to_outer += data
                 elif events & (select.POLLHUP | select.POLLERR):
-                    return
+                    return "agent hung up"
                 if events & select.POLLOUT and to_inner:
                     try:
                         del to_inner[: inner.send(to_inner)]
@@ -152,12 +186,13 @@ def serve_serial(port_path: str, inner_path: str) -> None:
             log.warning("cannot reach the local gRPC server: %s", exc)
             time.sleep(0.1)
             continue
+        log.debug("host connected on %s", port_path)
         with inner:
             try:
-                _pump(fd, inner)
+                ended_by = _pump(fd, inner)
             except OSError as exc:
-                log.warning("serial pump: %s", exc)
-        log.debug("host connection on %s ended", port_path)
+                ended_by = f"error {exc}"
+        log.debug("host connection on %s ended: %s", port_path, ended_by)
 
 
 def serve_vsock(port: int, inner_path: str) -> None:
