@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vmrt: %(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:
+        # vmrt reports QMP failures itself, with QEMU's own words.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+        # The TCG fallback is the normal case on hosts without KVM; the
+        # daemon warns once, the CLI only says so with --debug.
+        logging.getLogger("vmrt.hypervisor.accel").setLevel(logging.ERROR)
     try:
         code: int = args.func(args)
     except VmrtError as exc:

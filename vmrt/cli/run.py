@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -59,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("-i", "--interactive", action="store_true",
                         help="pass stdin to the command")
     parser.add_argument("--boot-timeout", type=float, default=120.0)
+    parser.add_argument("--console-log", type=Path,
+                        help="also keep a copy of the guest console in this file")
+    parser.add_argument("--qemu-binary", default="qemu-system-x86_64", help=argparse.SUPPRESS)
     parser.add_argument("--timings", action="store_true",
                         help="print start-up timings as JSON on stderr")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -87,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         accel=choose_accel(args.accel).name,
         debug=args.debug,
         boot_timeout=args.boot_timeout,
+        qemu_binary=args.qemu_binary,
     )
     sandbox = SandboxVM(secrets.token_hex(6), Path(args.state), image, config)
     return asyncio.run(_main(sandbox, rootfs, command, args))
@@ -110,6 +115,9 @@ async def _main(sandbox: SandboxVM, rootfs: Path, command: list[str],
     except asyncio.CancelledError:
         return 130
     finally:
+        if args.console_log:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(sandbox.qemu.console_path, args.console_log)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(sandbox.destroy())
 

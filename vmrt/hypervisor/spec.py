@@ -116,24 +116,35 @@ def _cpu(spec: VMSpec) -> str:
     return "max,-erms,-fsrm"
 
 
-def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
-               qemu: str = "qemu-system-x86_64") -> list[str]:
+def machine_args(spec: VMSpec) -> list[str]:
+    """The machine, CPU and memory part of the argv.
+
+    Shared with the bare-boot baseline of bench/boot.py, so the benchmark
+    compares like with like.
+    """
     spec.validate()
-    bus = _bus(spec.machine)
     if spec.machine == "microvm":
         machine = "microvm,acpi=on"
     else:
-        machine = f"{spec.machine},accel={spec.accel}"
+        machine = spec.machine
     accel = "kvm" if spec.accel == "kvm" else f"tcg,tb-size={spec.tb_size_mib}"
-    argv = [
-        qemu,
-        "-name", f"{name},process={name[:15]}",
+    return [
         "-machine", machine,
         "-accel", accel,
         "-cpu", _cpu(spec),
         "-m", f"{spec.memory_mib}M",
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    ]
+
+
+def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
+               qemu: str = "qemu-system-x86_64") -> list[str]:
+    bus = _bus(spec.machine)
+    argv = [
+        qemu,
+        "-name", f"{name},process={name[:15]}",
+        *machine_args(spec),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-chardev", f"socket,id=qmp,fd={endpoints.qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",

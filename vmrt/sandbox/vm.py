@@ -121,6 +121,10 @@ class SandboxVM:
         if _MEMORY_TROUBLE.search(self.qemu.console_tail(80)):
             message += (f"; the guest ran out of memory with {self.config.memory_mib} MiB "
                         "(raise --memory)")
+        elif not tail.strip():
+            size_mib = (self.image.kernel.stat().st_size + self.image.initrd.stat().st_size) >> 20
+            message += (f"; the guest printed nothing: {self.config.memory_mib} MiB of memory "
+                        f"may not even hold the {size_mib} MiB kernel and initrd (raise --memory)")
         return VMDied(message, tail)
 
     async def _close_agent(self) -> None:
