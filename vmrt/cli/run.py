@@ -78,9 +78,9 @@ def _run(args: argparse.Namespace) -> int:
     image = GuestImage.load((args.image or default_image_dir(args.root)).resolve())
     rootfs = (args.rootfs or image.busybox_rootfs).resolve()
     if not rootfs.exists():
-        raise UsageError(f"rootfs {args.rootfs} does not exist")
+        raise UsageError(f"rootfs {rootfs} does not exist")
     if not rootfs.is_dir():
-        raise UsageError(f"rootfs {args.rootfs} is not a directory")
+        raise UsageError(f"rootfs {rootfs} is not a directory")
     for item in args.env:
         if "=" not in item:
             raise UsageError(f"--env {item!r}: expected KEY=VALUE")
@@ -148,8 +148,10 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
     try:
         done, _ = await asyncio.wait({wait, died}, return_when=asyncio.FIRST_COMPLETED)
         if wait not in done or wait.exception() is not None:
-            # The agent's reply may race the VM's death; the death explains it.
-            if not sandbox.qemu.alive or died in done:
+            # A lost agent connection usually means the VM is dying; give
+            # QEMU's exit a moment to arrive, since it explains the loss.
+            await asyncio.wait({died}, timeout=5)
+            if died.done():
                 raise sandbox.died("the VM died while the command ran")
             wait.result()
         # Output streams end once the process exited and its output is drained.

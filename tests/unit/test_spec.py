@@ -1,0 +1,109 @@
+"""The QEMU argv builder and the kernel command line."""
+
+from pathlib import Path
+
+import pytest
+
+from vmrt.hypervisor.spec import (
+    Share,
+    SpecError,
+    VMEndpoints,
+    VMSpec,
+    boot_modules,
+    build_argv,
+    kernel_cmdline,
+)
+
+ENDPOINTS = VMEndpoints(console_log=Path("/s/console.log"), qmp_fd=7, agent_fd=8)
+
+
+def spec(**overrides: object) -> VMSpec:
+    values: dict[str, object] = {"kernel": Path("/img/vmlinux"), "initrd": Path("/img/initrd.img")}
+    values.update(overrides)
+    return VMSpec(**values)  # type: ignore[arg-type]
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, word in enumerate(argv) if word == flag]
+
+
+def test_microvm_tcg_serial_argv() -> None:
+    argv = build_argv(spec(shares=(Share("vmrt-share", Path("/s/shared")),), tsc_khz=2299998),
+                      ENDPOINTS, "vmrt-abc")
+    assert argv[0] == "qemu-system-x86_64"
+    assert option(argv, "-machine") == ["microvm,acpi=on"]
+    assert option(argv, "-accel") == ["tcg,tb-size=128"]
+    assert option(argv, "-cpu") == ["max,-erms,-fsrm"]
+    assert option(argv, "-m") == ["256M"]
+    assert option(argv, "-kernel") == ["/img/vmlinux"]
+    assert option(argv, "-initrd") == ["/img/initrd.img"]
+    assert "socket,id=qmp,fd=7,server=on,wait=off" in option(argv, "-chardev")
+    assert "socket,id=agent,fd=8,server=on,wait=off" in option(argv, "-chardev")
+    assert "file,id=console,path=/s/console.log" in option(argv, "-chardev")
+    devices = option(argv, "-device")
+    assert "virtio-serial-device,id=vser0" in devices
+    assert "virtserialport,bus=vser0.0,chardev=agent,name=vmrt.agent" in devices
+    assert "virtio-9p-device,fsdev=fs0,mount_tag=vmrt-share" in devices
+    assert option(argv, "-fsdev") == [
+        "local,id=fs0,path=/s/shared,security_model=none,multidevs=remap"]
+    assert "-no-reboot" in argv and "-nodefaults" in argv
+    assert option(argv, "-serial") == ["chardev:console"]
+
+
+def test_pc_machine_uses_pci_devices() -> None:
+    argv = build_argv(spec(machine="pc", shares=(Share("t", Path("/x")),)), ENDPOINTS, "n")
+    devices = option(argv, "-device")
+    assert "virtio-serial-pci,id=vser0" in devices
+    assert "virtio-9p-pci,fsdev=fs0,mount_tag=t" in devices
+    assert option(argv, "-machine") == ["pc"]
+
+
+def test_kvm_uses_host_cpu_and_no_translation_cache() -> None:
+    argv = build_argv(spec(accel="kvm"), ENDPOINTS, "n")
+    assert option(argv, "-accel") == ["kvm"]
+    assert option(argv, "-cpu") == ["host"]
+
+
+def test_vsock_transport_has_no_serial_port() -> None:
+    argv = build_argv(spec(agent_transport="vsock", vsock_cid=42),
+                      VMEndpoints(Path("/c"), 7, None), "n")
+    devices = option(argv, "-device")
+    assert "vhost-vsock-device,guest-cid=42" in devices
+    assert not any(d.startswith("virtio-serial") for d in devices)
+
+
+def test_readonly_share() -> None:
+    argv = build_argv(spec(shares=(Share("ro", Path("/r"), readonly=True),)), ENDPOINTS, "n")
+    assert option(argv, "-fsdev")[0].endswith(",readonly=on")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"memory_mib": 16}, "below the minimum"),
+    ({"vcpus": 0}, "vcpus"),
+    ({"machine": "virt"}, "machine"),
+    ({"agent_transport": "tcp"}, "transport"),
+    ({"accel": "auto"}, "resolved"),
+    ({"agent_transport": "vsock", "vsock_cid": 2}, "CID"),
+])
+def test_invalid_specs_are_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        build_argv(spec(**overrides), ENDPOINTS, "n")
+
+
+def test_cmdline_carries_tsc_transport_and_boot_modules() -> None:
+    line = kernel_cmdline(spec(tsc_khz=2299998))
+    words = line.split()
+    assert "console=ttyS0" in words and "panic=-1" in words
+    assert "tsc_early_khz=2299998" in words
+    assert "vmrt.transport=serial" in words
+    assert "vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console" in words
+    assert "vmrt.debug=1" not in words
+    assert "vmrt.debug=1" in kernel_cmdline(spec(debug=True)).split()
+
+
+def test_boot_modules_follow_machine_and_transport() -> None:
+    assert boot_modules(spec(machine="q35", agent_transport="vsock", vsock_cid=3)) == [
+        "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
+        "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+    ]
+    assert "tsc_early_khz" not in kernel_cmdline(spec(tsc_khz=None))
