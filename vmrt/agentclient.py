@@ -90,7 +90,7 @@ class AgentClient:
             return reply
         raise AgentUnreachable("the VM exited before its agent answered")
 
-    async def follow_output(self, container_id: str, exec_id: str, stream: int,
+    async def follow_output(self, container_id: str, exec_id: str, stream: pb.Stream,
                             offset: int = 0) -> AsyncIterator[pb.OutputChunk]:
         request = pb.ReadOutputRequest(container_id=container_id, exec_id=exec_id,
                                        stream=stream, offset=offset, follow=True)

@@ -16,7 +16,7 @@ def test_agent_cmdline() -> None:
     assert config.vsock_port == 2000
     assert config.debug
     assert parse_cmdline("quiet").transport == "serial"
-    with pytest.raises(ValueError, match="vmrt.transport=tcp"):
+    with pytest.raises(ValueError, match=r"vmrt\.transport=tcp"):
         parse_cmdline("vmrt.transport=tcp")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vmrt.agent.transport import HTTP2_PREFACE, _pump, _PrefaceSync, find_serial_port
+from vmrt.agent.transport import HTTP2_PREFACE, _PrefaceSync, _pump, find_serial_port
 
 
 def test_preface_sync_drops_stale_bytes_even_when_split() -> None:

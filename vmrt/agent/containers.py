@@ -6,6 +6,7 @@ One ``Container`` per crun container; its init and every exec are a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -298,18 +299,14 @@ class ContainerManager:
         if proc.exit is not None:
             return
         if exec_id:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal)
-            except ProcessLookupError:
-                pass
             return
         if proc.state == "created":
             # crun refuses to signal a created container; it has no user code
             # running yet, so killing its init directly is equivalent.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal)
-            except ProcessLookupError:
-                pass
             return
         try:
             self._crun.kill(container_id, signal, all_processes, ctr.log_path)
@@ -327,19 +324,16 @@ class ContainerManager:
             ctr = self.get(container_id)
         except NotFound:
             return
-        if ctr.init.exit is None:
-            if not force:
-                raise FailedPrecondition(f"container {container_id} is still {ctr.init.state}")
+        if ctr.init.exit is None and not force:
+            raise FailedPrecondition(f"container {container_id} is still {ctr.init.state}")
         self._destroy(ctr, kill=True)
 
     def _destroy(self, ctr: Container, kill: bool) -> None:
         """Tear a container down completely; used by remove and by failed creates."""
         procs = [ctr.init, *ctr.execs.values()]
         if kill and ctr.init.pid and ctr.init.exit is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(ctr.init.pid, 9)
-            except ProcessLookupError:
-                pass
         for proc in procs:
             if proc.pid and not proc.done.wait(KILL_GRACE):
                 log.warning("%s/%s did not exit after SIGKILL", ctr.id, proc.exec_id)

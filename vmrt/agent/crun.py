@@ -8,6 +8,7 @@ stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,10 +117,8 @@ class Crun:
         if force:
             argv.append("--force")
         argv.append(container_id)
-        try:
+        with contextlib.suppress(NotFound):
             self._check("delete", argv, log_path)
-        except NotFound:
-            pass
 
     def state(self, container_id: str) -> dict[str, object]:
         output = self._check("state", [*self._global_args(None), "state", container_id], None)

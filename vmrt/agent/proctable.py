@@ -13,6 +13,7 @@ status from it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -145,10 +146,8 @@ class ProcessTable:
             )
             info = self.wait(pid, timeout)
             if info is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
                 info = self.wait(pid)
                 assert info is not None
                 self.release(pid)

@@ -12,6 +12,7 @@ process EOF.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -20,7 +21,7 @@ import socket
 import struct
 import termios
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class OutputSpool:
             self._cond.notify_all()
 
     def read_from(
-        self, offset: int, follow: bool, keep_going: callable = lambda: True  # type: ignore[valid-type]
+        self, offset: int, follow: bool, keep_going: Callable[[], bool] = lambda: True
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, data) from ``offset`` on; with ``follow``, until closed and drained."""
         while True:
@@ -81,10 +82,8 @@ class OutputSpool:
     def destroy(self) -> None:
         self.close()
         os.close(self._fd)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _drain(fd: int, spool: OutputSpool, name: str) -> None:
@@ -171,10 +170,8 @@ class ProcessIO:
         finally:
             listener.close()
             self._console_listener = None
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.console_socket_path)
-            except FileNotFoundError:
-                pass
         if not fds:
             raise RuntimeError("crun sent no terminal file descriptor")
         self._pty_master = fds[0]
@@ -240,7 +237,5 @@ class ProcessIO:
         self.close()
         self.stdout.destroy()
         self.stderr.destroy()
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(self.directory)
-        except OSError:
-            pass

@@ -14,6 +14,7 @@ on a unix socket inside the guest and a pump thread joins it to the host:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -116,10 +117,8 @@ def _pump(outer: int, inner: socket.socket) -> str:
                 elif events & (select.POLLHUP | select.POLLERR):
                     return "agent hung up"
                 if events & select.POLLOUT and to_inner:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         del to_inner[: inner.send(to_inner)]
-                    except BlockingIOError:
-                        pass
 
 
 def _read(fd: int) -> bytes | None:

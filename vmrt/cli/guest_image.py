@@ -11,7 +11,7 @@ from vmrt.guest.builder import DEFAULT_RECIPE, Builder
 from vmrt.guest.image import GuestImage, default_image_dir
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     parser = sub.add_parser("guest-image", help="build or inspect the guest kernel + initramfs")
     actions = parser.add_subparsers(dest="action", required=True)
     build = actions.add_parser("build", help="build the guest image (idempotent)")

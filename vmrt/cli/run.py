@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from vmrt import oci
 from vmrt.agent.v1 import agent_pb2 as pb
@@ -42,7 +43,7 @@ def parse_memory(text: str) -> int:
     return int(mib)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     parser = sub.add_parser(
         "run", help="run a command as a container in a fresh VM",
         usage="vmrt run [--rootfs DIR] [--memory 256M] [--cpus 1] -- CMD [ARGS...]",
@@ -165,12 +166,10 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
         await asyncio.gather(*work, wait, died, return_exceptions=True)
 
 
-async def _copy_out(agent: AgentClient, stream: int, out: object) -> None:
-    write = out.write  # type: ignore[attr-defined]
-    flush = out.flush  # type: ignore[attr-defined]
+async def _copy_out(agent: AgentClient, stream: pb.Stream, out: BinaryIO) -> None:
     async for chunk in agent.follow_output(CONTAINER_ID, "", stream):
-        write(chunk.data)
-        flush()
+        out.write(chunk.data)
+        out.flush()
 
 
 async def _copy_in(agent: AgentClient) -> None:

@@ -206,7 +206,7 @@ class Builder:
             "packages": [p.as_dict() for p in packages],
             "wheels": list(self.recipe.wheels),
             "python": python_report.get("python"),
-            "stdlib_modules": len(python_report.get("stdlib_modules", [])),
+            "stdlib_modules": python_report.get("stdlib_modules", []),
             "libraries": libs,
             "files": files,
         }
@@ -261,7 +261,8 @@ class Builder:
         return [str(debroot / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
                 "--library-path", ":".join(str(d) for d in libdirs)]
 
-    def _prepare_python(self, work: Path, debroot: Path, site: Path, tree: Path) -> dict[str, object]:
+    def _prepare_python(self, work: Path, debroot: Path, site: Path,
+                        tree: Path) -> dict[str, object]:
         agent_src = work / "agent-src"
         for path in _agent_sources():
             dst = agent_src / path.relative_to(SOURCE_ROOT)

@@ -51,7 +51,8 @@ class GuestImage:
                 "'vmrt guest-image build'"
             ) from None
         except ValueError as exc:
-            raise GuestImageError(f"guest image manifest {manifest_path} is corrupt: {exc}") from None
+            raise GuestImageError(
+                f"guest image manifest {manifest_path} is corrupt: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != IMAGE_FORMAT:
             raise GuestImageError(
                 f"guest image at {root} has an unknown format; rebuild it with "

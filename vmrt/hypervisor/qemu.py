@@ -185,8 +185,9 @@ class QemuVM:
             async for event in qmp.events:
                 name = event["event"]
                 data = event.get("data", {})
+                assert isinstance(data, dict)
                 if name == "SHUTDOWN":
-                    self.shutdown_reason = data.get("reason", "unknown")
+                    self.shutdown_reason = str(data.get("reason", "unknown"))
                 elif name == "GUEST_PANICKED":
                     self.panicked = True
                 log.debug("%s: QMP event %s %s", self.name, name, data)

@@ -123,10 +123,7 @@ def machine_args(spec: VMSpec) -> list[str]:
     compares like with like.
     """
     spec.validate()
-    if spec.machine == "microvm":
-        machine = "microvm,acpi=on"
-    else:
-        machine = spec.machine
+    machine = "microvm,acpi=on" if spec.machine == "microvm" else spec.machine
     accel = "kvm" if spec.accel == "kvm" else f"tcg,tb-size={spec.tb_size_mib}"
     return [
         "-machine", machine,

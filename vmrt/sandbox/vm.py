@@ -6,7 +6,6 @@ any point leaves nothing behind: no QEMU, no socket, no mount, no directory.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -42,6 +41,7 @@ class VMConfig:
     transport: str = "serial"
     tb_size_mib: int = 128
     debug: bool = False
+    extra_cmdline: tuple[str, ...] = ()
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     qemu_binary: str = "qemu-system-x86_64"
 
@@ -66,6 +66,7 @@ class SandboxVM:
             shares=(Share(SHARE_TAG, self.shared),),
             tsc_khz=host_tsc_khz(),
             debug=config.debug,
+            extra_cmdline=config.extra_cmdline,
         )
         self.qemu = QemuVM(self.spec, self.directory, f"vmrt-{sandbox_id}",
                            config.qemu_binary)

@@ -1,0 +1,56 @@
+# The two set-up commands for a fresh Debian 12 machine (see README.md):
+#   make run    installs what is missing, then runs a container in a VM
+#   make test   installs what is missing, then runs the whole test suite
+# Both are idempotent: finished steps leave stamps and are skipped.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+VMRT_ROOT ?= /var/lib/vmrt
+APT_PACKAGES := qemu-system-x86 qemu-system-common cpio dpkg apt util-linux \
+                python3 python3-venv python3-pip ca-certificates
+
+.PHONY: run test deps image proto lint bench clean
+
+run: image
+	$(BIN)/vmrt --root $(VMRT_ROOT) run -- sh -c \
+	  'echo "hello from a container in a vmrt VM"; echo "guest kernel: $$(uname -r)"; \
+	   echo "container pid: $$$$"; echo "processes visible:"; ps -o pid,comm'
+
+test: image
+	$(BIN)/python -m pytest
+
+deps: $(STAMPS)/apt $(STAMPS)/venv
+
+image: deps
+	$(BIN)/vmrt --root $(VMRT_ROOT) guest-image build
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt, QEMU, mounts)" >&2; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	touch $@
+
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+proto:
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+	  --grpc_python_out=. proto/vmrt/agent/v1/agent.proto
+
+lint:
+	$(BIN)/ruff check vmrt tests bench guest-image
+	$(BIN)/mypy vmrt
+
+bench: image
+	$(BIN)/python bench/boot.py
+
+clean:
+	rm -rf $(STAMPS) $(VENV) test-artifacts
