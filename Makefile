@@ -20,7 +20,7 @@ run: image
 	   echo "container pid: $$$$"; echo "processes visible:"; ps -o pid,comm'
 
 test: image
-	$(BIN)/python -m pytest
+	VMRT_ROOT=$(VMRT_ROOT) $(BIN)/python -m pytest
 
 deps: $(STAMPS)/apt $(STAMPS)/venv
 
