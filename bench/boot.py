@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +39,7 @@ from vmrt import oci
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel, host_tsc_khz
-from vmrt.hypervisor.spec import BASE_CMDLINE, VMSpec, machine_args
+from vmrt.hypervisor.spec import VMSpec, base_cmdline, machine_args
 from vmrt.sandbox.vm import SandboxVM, VMConfig
 
 MARKER = b"VMRT-BOOT-MARKER"
@@ -48,8 +49,7 @@ def bare_boot(image: GuestImage, config: VMConfig) -> float:
     spec = VMSpec(kernel=image.kernel, initrd=image.marker_initrd, memory_mib=config.memory_mib,
                   vcpus=config.vcpus, machine=config.machine, accel=config.accel,
                   tb_size_mib=config.tb_size_mib)
-    tsc = host_tsc_khz()
-    cmdline = BASE_CMDLINE + (f" tsc_early_khz={tsc}" if tsc else "")
+    cmdline = base_cmdline(replace(spec, tsc_khz=host_tsc_khz()))
     argv = ["qemu-system-x86_64", *machine_args(spec), "-serial", "stdio",
             "-kernel", str(image.kernel), "-initrd", str(image.marker_initrd), "-append", cmdline]
     start = time.monotonic()

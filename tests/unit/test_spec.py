@@ -98,6 +98,8 @@ def test_cmdline_carries_tsc_transport_and_boot_modules() -> None:
     assert "vmrt.transport=serial" in words
     assert "vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console" in words
     assert "vmrt.debug=1" not in words
+    assert "mitigations=off" in words
+    assert "mitigations=off" not in kernel_cmdline(spec(accel="kvm")).split()
     assert "vmrt.debug=1" in kernel_cmdline(spec(debug=True)).split()
 
 

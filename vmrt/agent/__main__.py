@@ -36,6 +36,7 @@ def main() -> None:
         level=logging.DEBUG if config.debug else logging.WARNING,
         format="vmrt-agent: %(levelname)s %(name)s: %(message)s",
     )
+    log.debug("imports done at %.3fs", _uptime())
     table = ProcessTable()
     table.start()
     guest = Guest(table)
@@ -49,6 +50,7 @@ def main() -> None:
     agent_pb2_grpc.add_AgentServicer_to_server(service, server)
     server.add_insecure_port(f"unix:{config.grpc_socket}")
     server.start()
+    log.debug("gRPC server started at %.3fs", _uptime())
 
     if config.transport == "vsock":
         bridge = threading.Thread(

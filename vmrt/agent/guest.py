@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -13,6 +15,9 @@ from vmrt.agent.proctable import ProcessTable
 
 log = logging.getLogger(__name__)
 
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 MODULE_DIR = "/lib/modules"
 SHARE_MOUNT = "/run/vmrt/share"
 # Kernel modules each feature needs, in load order (dependencies first).
@@ -59,6 +64,14 @@ class Guest:
             "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
             tag, SHARE_MOUNT,
         ])
+
+    @staticmethod
+    def bring_up_loopback() -> None:
+        """``ip link set lo up`` without a process: SIOCSIFFLAGS on a socket."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            ifreq = struct.pack("16sH22x", b"lo", 0)
+            flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq))[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
     @staticmethod
     def set_hostname(hostname: str) -> None:

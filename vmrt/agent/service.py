@@ -114,6 +114,7 @@ class AgentService(pb_grpc.AgentServicer):
     @rpc
     def SetupSandbox(self, request: pb.SetupSandboxRequest, context: grpc.ServicerContext) -> Any:
         self._guest.set_clock(request.host_time_ns)
+        self._guest.bring_up_loopback()
         self._guest.set_hostname(request.hostname)
         if request.HasField("dns"):
             self._guest.set_dns(request.dns.servers, request.dns.searches, request.dns.options)

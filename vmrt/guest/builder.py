@@ -255,6 +255,7 @@ class Builder:
                 raise BuildError(f"kernel module {module}.ko is not in {release}'s module tree")
             shutil.copy2(src, tree / "lib" / "modules" / src.name)
         _etc_files(tree, "vmrt")
+        _install_fstab(self.recipe.directory, tree)
 
     def _guest_loader(self, debroot: Path) -> list[str]:
         libdirs = [debroot / "lib/x86_64-linux-gnu", debroot / "usr/lib/x86_64-linux-gnu"]
@@ -369,6 +370,10 @@ def _etc_files(root: Path, hostname: str) -> None:
     (etc / "hostname").write_text(hostname + "\n")
     (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n")
     (etc / "resolv.conf").write_text("")
+
+
+def _install_fstab(recipe: Path, root: Path) -> None:
+    shutil.copy2(recipe / "fstab", root / "etc" / "fstab")
 
 
 def _write_cpio(tree: Path, output: Path) -> None:

@@ -94,10 +94,21 @@ def boot_modules(spec: VMSpec) -> list[str]:
     return modules
 
 
-def kernel_cmdline(spec: VMSpec) -> str:
+def base_cmdline(spec: VMSpec) -> str:
+    """The kernel's own parameters; shared with the bare-boot benchmark."""
     words = [BASE_CMDLINE]
     if spec.tsc_khz:
         words.append(f"tsc_early_khz={spec.tsc_khz}")
+    if spec.accel == "tcg":
+        # Speculation mitigations (page-table isolation above all) guard
+        # against the host CPU's speculation; an emulated CPU does not
+        # speculate, and every CR3 switch flushes TCG's TLB.
+        words.append("mitigations=off")
+    return " ".join(words)
+
+
+def kernel_cmdline(spec: VMSpec) -> str:
+    words = [base_cmdline(spec)]
     words.append(f"vmrt.transport={spec.agent_transport}")
     if spec.agent_transport == "vsock":
         words.append(f"vmrt.vsock_port={spec.vsock_port}")
