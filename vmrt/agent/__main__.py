@@ -28,6 +28,18 @@ def _uptime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def _become_subreaper() -> None:
+    """As PID 1 we reap orphans anyway; run any other way, ask for them."""
+    if os.getpid() == 1:
+        return
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        log.warning("cannot become a child subreaper: errno %d", ctypes.get_errno())
+
+
 def main() -> None:
     with open("/proc/cmdline") as f:
         config = parse_cmdline(f.read())
@@ -37,6 +49,7 @@ def main() -> None:
         format="vmrt-agent: %(levelname)s %(name)s: %(message)s",
     )
     log.debug("imports done at %.3fs", _uptime())
+    _become_subreaper()
     table = ProcessTable()
     table.start()
     guest = Guest(table)

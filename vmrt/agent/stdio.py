@@ -1,12 +1,14 @@
 """Container stdio inside the guest.
 
-A process's stdout and stderr are pipes (or one pty master) drained by a
-thread each into an *output spool*: an append-only file in the guest's tmpfs
-with a byte offset per stream. Readers ask for "everything from offset N",
-so a host that reconnects picks up exactly where it stopped, and a process
-never blocks on a full pipe while nobody reads.
+A process's stdout and stderr are FIFOs in the process's io directory (or
+one pty master) drained by a thread each into an *output spool*: an
+append-only file in the guest's tmpfs with a byte offset per stream. Readers
+ask for "everything from offset N", so a host that reconnects picks up
+exactly where it stopped, and a process never blocks on a full pipe while
+nobody reads. Nothing ever waits for these FIFOs' EOF before crun returns:
+the container holds their write ends until it exits.
 
-Stdin is a pipe whose write end the agent keeps; closing it gives the
+Stdin is a FIFO whose write end the agent keeps; closing it gives the
 process EOF.
 """
 
@@ -17,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import struct
 import termios
@@ -137,10 +140,21 @@ class ProcessIO:
 
     # -- before spawn ---------------------------------------------------
 
+    def _fifo(self, name: str) -> tuple[int, int]:
+        """A named pipe in the io directory: (read fd, write fd), both blocking."""
+        path = os.path.join(self.directory, name)
+        os.mkfifo(path, 0o600)
+        # Opening the read end non-blocking first lets the write end open
+        # without waiting for a peer.
+        read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        write_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        os.set_blocking(read_fd, True)
+        return read_fd, write_fd
+
     def child_fds(self) -> ChildStdio:
-        """Create the pipes; returns the ends that belong to the child."""
+        """Create the FIFOs; returns the ends that belong to the child."""
         if self._open_stdin and not self.terminal:
-            stdin_r, self._stdin_w = os.pipe2(os.O_CLOEXEC)
+            stdin_r, self._stdin_w = self._fifo("stdin.fifo")
         else:
             stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if self.terminal:
@@ -152,8 +166,8 @@ class ProcessIO:
             null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
             self.stderr.close()
             return ChildStdio(stdin_r, null_out, os.dup(null_out))
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = self._fifo("stdout.fifo")
+        err_r, err_w = self._fifo("stderr.fifo")
         self._start_drain(out_r, self.stdout, "stdout")
         self._start_drain(err_r, self.stderr, "stderr")
         return ChildStdio(stdin_r, out_w, err_w)
@@ -237,5 +251,4 @@ class ProcessIO:
         self.close()
         self.stdout.destroy()
         self.stderr.destroy()
-        with contextlib.suppress(OSError):
-            os.rmdir(self.directory)
+        shutil.rmtree(self.directory, ignore_errors=True)
