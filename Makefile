@@ -15,6 +15,7 @@ APT_PACKAGES := qemu-system-x86 qemu-system-common cpio dpkg apt util-linux \
 .PHONY: run test deps image proto lint bench clean
 
 run: image
+	@echo "host kernel: $$(uname -r)"
 	$(BIN)/vmrt --root $(VMRT_ROOT) run -- sh -c \
 	  'echo "hello from a container in a vmrt VM"; echo "guest kernel: $$(uname -r)"; \
 	   echo "container pid: $$$$"; echo "processes visible:"; ps -o pid,comm'

@@ -117,8 +117,7 @@ class Builder:
     def build(self, force: bool = False) -> GuestImage:
         _require_tools("apt-get", "apt-cache", "dpkg-deb", "cpio")
         self._step("resolving Debian packages")
-        packages = [debs.resolve(self.recipe.kernel_package, follow_first_dependency=True)]
-        packages += [debs.resolve(name) for name in self.recipe.packages]
+        packages = debs.resolve(self.recipe.kernel_package, list(self.recipe.packages))
         key = image_key(self.recipe, packages)
         final = self.images_dir / key
         if final.exists() and not force:
