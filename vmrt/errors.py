@@ -3,3 +3,27 @@
 
 class VmrtError(Exception):
     """An error with a message meant for the user."""
+
+
+class NotFoundError(VmrtError):
+    """The object does not exist. (gRPC NOT_FOUND)"""
+
+
+class AlreadyExistsError(VmrtError):
+    """(gRPC ALREADY_EXISTS)"""
+
+
+class InvalidArgumentError(VmrtError):
+    """The request is malformed; the message names the field. (gRPC INVALID_ARGUMENT)"""
+
+
+class FailedPreconditionError(VmrtError):
+    """The object is in the wrong state for the request. (gRPC FAILED_PRECONDITION)"""
+
+
+class UnimplementedError(VmrtError):
+    """(gRPC UNIMPLEMENTED)"""
+
+
+class DeadlineExceededError(VmrtError):
+    """(gRPC DEADLINE_EXCEEDED)"""

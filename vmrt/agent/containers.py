@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmrt.agent import cgroups
+from vmrt.agent import cgroups, specfix
 from vmrt.agent.crun import Crun
 from vmrt.agent.errors import (
     AlreadyExists,
@@ -110,6 +110,8 @@ class ContainerManager:
         self._share = share_dir
         self._lock = threading.Lock()
         self._containers: dict[str, Container] = {}
+        self._pod_ns = specfix.PodNamespaces(table)
+        self._shm_lock = threading.Lock()
 
     def get(self, container_id: str) -> Container:
         with self._lock:
@@ -165,6 +167,7 @@ class ContainerManager:
                             "readonly": bool(spec.get("root", {}).get("readonly", False))}
             spec["process"]["terminal"] = terminal
             spec.setdefault("linux", {})["cgroupsPath"] = ctr.cgroups_path
+            specfix.resolve(spec, self._share, self._pod_ns, self._init_pid, self._ensure_pod_shm)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(spec, f)
             ctr.init.pid = self._spawn(
@@ -178,6 +181,34 @@ class ContainerManager:
             raise
         self._watch(ctr, ctr.init)
         return ctr.init.pid
+
+    def _init_pid(self, container_id: str) -> int:
+        ctr = self.get(container_id)
+        if not ctr.init.pid or ctr.init.exit is not None:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        return ctr.init.pid
+
+    def _ensure_pod_shm(self) -> None:
+        path = os.path.join(specfix.POD_DIR, "shm")
+        with self._shm_lock:
+            if os.path.ismount(path):
+                return
+            os.makedirs(path, exist_ok=True)
+            self._mount(["-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=1777,size=65536k",
+                         "shm", path])
+
+    def update(self, container_id: str, resources_json: bytes) -> None:
+        ctr = self.get(container_id)
+        try:
+            resources = json.loads(resources_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"resources are not valid JSON: {exc}") from None
+        if ctr.init.exit is not None:
+            raise FailedPrecondition(f"container {container_id} has exited")
+        path = os.path.join(ctr.bundle, "resources.json")
+        with open(path, "w") as f:
+            json.dump(resources, f)
+        self._crun.update(container_id, path, ctr.log_path)
 
     def _prepare_rootfs(self, ctr: Container, source: str, guest_overlay: bool) -> None:
         rootfs = os.path.join(ctr.bundle, "rootfs")
@@ -376,5 +407,7 @@ class ContainerManager:
             raise FailedPrecondition(str(exc)) from None
 
     def stats(self, container_id: str) -> cgroups.CgroupStats:
+        if not container_id:
+            return cgroups.read_stats(cgroups.cgroup_dir("/vmrt"))
         ctr = self.get(container_id)
         return cgroups.read_stats(cgroups.cgroup_dir(ctr.cgroups_path))

@@ -105,6 +105,10 @@ class Crun:
     def start(self, container_id: str, log_path: str) -> None:
         self._check("start", [*self._global_args(log_path), "start", container_id], log_path)
 
+    def update(self, container_id: str, resources_file: str, log_path: str) -> None:
+        self._check("update", [*self._global_args(log_path), "update",
+                               f"--resources={resources_file}", container_id], log_path)
+
     def kill(self, container_id: str, signal: int, all_processes: bool, log_path: str) -> None:
         argv = [*self._global_args(log_path), "kill"]
         if all_processes:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from vmrt.agent.errors import CommandFailed, InvalidArgument
 from vmrt.agent.proctable import ProcessTable
+from vmrt.agent.specfix import POD_DIR
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ class Guest:
 
     @staticmethod
     def set_hostname(hostname: str) -> None:
-        if not hostname:
-            return
+        """Set the guest's hostname and write the pod's hostname and hosts files."""
+        hostname = hostname or socket.gethostname()
         if len(hostname) > 64 or "/" in hostname:
             raise InvalidArgument(f"invalid hostname {hostname!r}")
         socket.sethostname(hostname)
-        with open("/etc/hostname", "w") as f:
-            f.write(hostname + "\n")
-        write_hosts(hostname)
+        for directory in ("/etc", POD_DIR):
+            _write(os.path.join(directory, "hostname"), hostname + "\n")
+            _write(os.path.join(directory, "hosts"), _hosts(hostname))
 
     @staticmethod
     def set_dns(servers: Iterable[str], searches: Iterable[str], options: Iterable[str]) -> None:
@@ -93,8 +94,8 @@ class Guest:
         options = list(options)
         if options:
             lines.append("options " + " ".join(options))
-        with open("/etc/resolv.conf", "w") as f:
-            f.write("".join(line + "\n" for line in lines))
+        for directory in ("/etc", POD_DIR):
+            _write(os.path.join(directory, "resolv.conf"), "".join(line + "\n" for line in lines))
 
     @staticmethod
     def set_sysctls(sysctls: Iterable[tuple[str, str]]) -> None:
@@ -116,7 +117,12 @@ class Guest:
             time.clock_settime_ns(time.CLOCK_REALTIME, host_time_ns)
 
 
-def write_hosts(hostname: str) -> None:
-    with open("/etc/hosts", "w") as f:
-        f.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-        f.write(f"127.0.1.1\t{hostname}\n")
+def _hosts(hostname: str) -> str:
+    return ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n")
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)

@@ -116,8 +116,8 @@ class AgentService(pb_grpc.AgentServicer):
         self._guest.set_clock(request.host_time_ns)
         self._guest.bring_up_loopback()
         self._guest.set_hostname(request.hostname)
-        if request.HasField("dns"):
-            self._guest.set_dns(request.dns.servers, request.dns.searches, request.dns.options)
+        # Always written: containers bind-mount the pod's resolv.conf.
+        self._guest.set_dns(request.dns.servers, request.dns.searches, request.dns.options)
         self._guest.set_sysctls((s.key, s.value) for s in request.sysctls)
         if request.share_tag:
             self._guest.mount_share(request.share_tag)
@@ -184,6 +184,13 @@ class AgentService(pb_grpc.AgentServicer):
     ) -> Any:
         self._containers.remove(request.container_id, request.force)
         return pb.RemoveContainerResponse()
+
+    @rpc
+    def UpdateContainer(
+        self, request: pb.UpdateContainerRequest, context: grpc.ServicerContext
+    ) -> Any:
+        self._containers.update(request.container_id, request.resources)
+        return pb.UpdateContainerResponse()
 
     @rpc
     def ListProcesses(

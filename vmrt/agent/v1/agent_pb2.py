@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vmrt/agent/v1/agent.proto\x12\rvmrt.agent.v1\"\x0f\n\rHealthRequest\"k\n\x0eHealthResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x16\n\x0ekernel_release\x18\x02 \x01(\t\x12\x17\n\x0fready_at_uptime\x18\x03 \x01(\x01\x12\x11\n\ttransport\x18\x04 \x01(\t\")\n\x0bSysctlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"?\n\tDnsConfig\x12\x0f\n\x07servers\x18\x01 \x03(\t\x12\x10\n\x08searches\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\"\xb8\x01\n\x13SetupSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12%\n\x03\x64ns\x18\x03 \x01(\x0b\x32\x18.vmrt.agent.v1.DnsConfig\x12+\n\x07sysctls\x18\x04 \x03(\x0b\x32\x1a.vmrt.agent.v1.SysctlEntry\x12\x14\n\x0chost_time_ns\x18\x05 \x01(\x03\x12\x11\n\tshare_tag\x18\x06 \x01(\t\"\x16\n\x14SetupSandboxResponse\"\'\n\x0fSetClockRequest\x12\x14\n\x0chost_time_ns\x18\x01 \x01(\x03\"\x12\n\x10SetClockResponse\"3\n\x06Rootfs\x12\x12\n\nshare_path\x18\x01 \x01(\t\x12\x15\n\rguest_overlay\x18\x02 \x01(\x08\"H\n\x0cStdioOptions\x12\x10\n\x08terminal\x18\x01 \x01(\x08\x12\x12\n\nopen_stdin\x18\x02 \x01(\x08\x12\x12\n\nstdin_once\x18\x03 \x01(\x08\"\x93\x01\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x10\n\x08oci_spec\x18\x02 \x01(\x0c\x12%\n\x06rootfs\x18\x03 \x01(\x0b\x32\x15.vmrt.agent.v1.Rootfs\x12*\n\x05stdio\x18\x04 \x01(\x0b\x32\x1b.vmrt.agent.v1.StdioOptions\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"-\n\x15StartContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\x18\n\x16StartContainerResponse\"x\n\x12\x45xecProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0f\n\x07process\x18\x03 \x01(\x0c\x12*\n\x05stdio\x18\x04 \x01(\x0b\x32\x1b.vmrt.agent.v1.StdioOptions\"\"\n\x13\x45xecProcessResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"Z\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\"\x17\n\x15SignalProcessResponse\";\n\x12WaitProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"r\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x12\n\noom_killed\x18\x03 \x01(\x08\x12\x15\n\rstarted_at_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x66inished_at_ns\x18\x05 \x01(\x03\"@\n\x13WaitProcessResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\"=\n\x16RemoveContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x19\n\x17RemoveContainerResponse\"\x16\n\x14ListProcessesRequest\"\xf4\x01\n\x0bProcessInfo\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .vmrt.agent.v1.ProcessInfo.State\x12\'\n\x04\x65xit\x18\x05 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\x12\x13\n\x0bstdout_size\x18\x06 \x01(\x03\x12\x13\n\x0bstderr_size\x18\x07 \x01(\x03\"-\n\x05State\x12\x0b\n\x07\x43REATED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\n\n\x06\x45XITED\x10\x02\"F\n\x15ListProcessesResponse\x12-\n\tprocesses\x18\x01 \x03(\x0b\x32\x1a.vmrt.agent.v1.ProcessInfo\"\x81\x01\n\x11ReadOutputRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.vmrt.agent.v1.Stream\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\x08\"+\n\x0bOutputChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"W\n\x11WriteStdinRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"\x14\n\x12WriteStdinResponse\"U\n\x10ResizeTtyRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\"\x13\n\x11ResizeTtyResponse\"-\n\x15\x43ontainerStatsRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\xed\x01\n\x16\x43ontainerStatsResponse\x12\x14\n\x0ctimestamp_ns\x18\x01 \x01(\x03\x12\x14\n\x0c\x63pu_usage_ns\x18\x02 \x01(\x04\x12\x1a\n\x12memory_usage_bytes\x18\x03 \x01(\x04\x12 \n\x18memory_working_set_bytes\x18\x04 \x01(\x04\x12\x18\n\x10memory_rss_bytes\x18\x05 \x01(\x04\x12\x13\n\x0bpage_faults\x18\x06 \x01(\x04\x12\x19\n\x11major_page_faults\x18\x07 \x01(\x04\x12\x0c\n\x04pids\x18\x08 \x01(\x04\x12\x11\n\toom_kills\x18\t \x01(\x04\"\x12\n\x10GetEventsRequest\"\x9b\x01\n\x05\x45vent\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.vmrt.agent.v1.Event.Kind\x12\'\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\"\x19\n\x04Kind\x12\x08\n\x04\x45XIT\x10\x00\x12\x07\n\x03OOM\x10\x01* \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\x32\x91\n\n\x05\x41gent\x12\x45\n\x06Health\x12\x1c.vmrt.agent.v1.HealthRequest\x1a\x1d.vmrt.agent.v1.HealthResponse\x12W\n\x0cSetupSandbox\x12\".vmrt.agent.v1.SetupSandboxRequest\x1a#.vmrt.agent.v1.SetupSandboxResponse\x12K\n\x08SetClock\x12\x1e.vmrt.agent.v1.SetClockRequest\x1a\x1f.vmrt.agent.v1.SetClockResponse\x12`\n\x0f\x43reateContainer\x12%.vmrt.agent.v1.CreateContainerRequest\x1a&.vmrt.agent.v1.CreateContainerResponse\x12]\n\x0eStartContainer\x12$.vmrt.agent.v1.StartContainerRequest\x1a%.vmrt.agent.v1.StartContainerResponse\x12T\n\x0b\x45xecProcess\x12!.vmrt.agent.v1.ExecProcessRequest\x1a\".vmrt.agent.v1.ExecProcessResponse\x12Z\n\rSignalProcess\x12#.vmrt.agent.v1.SignalProcessRequest\x1a$.vmrt.agent.v1.SignalProcessResponse\x12T\n\x0bWaitProcess\x12!.vmrt.agent.v1.WaitProcessRequest\x1a\".vmrt.agent.v1.WaitProcessResponse\x12`\n\x0fRemoveContainer\x12%.vmrt.agent.v1.RemoveContainerRequest\x1a&.vmrt.agent.v1.RemoveContainerResponse\x12Z\n\rListProcesses\x12#.vmrt.agent.v1.ListProcessesRequest\x1a$.vmrt.agent.v1.ListProcessesResponse\x12L\n\nReadOutput\x12 .vmrt.agent.v1.ReadOutputRequest\x1a\x1a.vmrt.agent.v1.OutputChunk0\x01\x12Q\n\nWriteStdin\x12 .vmrt.agent.v1.WriteStdinRequest\x1a!.vmrt.agent.v1.WriteStdinResponse\x12N\n\tResizeTty\x12\x1f.vmrt.agent.v1.ResizeTtyRequest\x1a .vmrt.agent.v1.ResizeTtyResponse\x12]\n\x0e\x43ontainerStats\x12$.vmrt.agent.v1.ContainerStatsRequest\x1a%.vmrt.agent.v1.ContainerStatsResponse\x12\x44\n\tGetEvents\x12\x1f.vmrt.agent.v1.GetEventsRequest\x1a\x14.vmrt.agent.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vmrt/agent/v1/agent.proto\x12\rvmrt.agent.v1\"\x0f\n\rHealthRequest\"k\n\x0eHealthResponse\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x16\n\x0ekernel_release\x18\x02 \x01(\t\x12\x17\n\x0fready_at_uptime\x18\x03 \x01(\x01\x12\x11\n\ttransport\x18\x04 \x01(\t\")\n\x0bSysctlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"?\n\tDnsConfig\x12\x0f\n\x07servers\x18\x01 \x03(\t\x12\x10\n\x08searches\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\"\xb8\x01\n\x13SetupSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12%\n\x03\x64ns\x18\x03 \x01(\x0b\x32\x18.vmrt.agent.v1.DnsConfig\x12+\n\x07sysctls\x18\x04 \x03(\x0b\x32\x1a.vmrt.agent.v1.SysctlEntry\x12\x14\n\x0chost_time_ns\x18\x05 \x01(\x03\x12\x11\n\tshare_tag\x18\x06 \x01(\t\"\x16\n\x14SetupSandboxResponse\"\'\n\x0fSetClockRequest\x12\x14\n\x0chost_time_ns\x18\x01 \x01(\x03\"\x12\n\x10SetClockResponse\"3\n\x06Rootfs\x12\x12\n\nshare_path\x18\x01 \x01(\t\x12\x15\n\rguest_overlay\x18\x02 \x01(\x08\"H\n\x0cStdioOptions\x12\x10\n\x08terminal\x18\x01 \x01(\x08\x12\x12\n\nopen_stdin\x18\x02 \x01(\x08\x12\x12\n\nstdin_once\x18\x03 \x01(\x08\"\x93\x01\n\x16\x43reateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x10\n\x08oci_spec\x18\x02 \x01(\x0c\x12%\n\x06rootfs\x18\x03 \x01(\x0b\x32\x15.vmrt.agent.v1.Rootfs\x12*\n\x05stdio\x18\x04 \x01(\x0b\x32\x1b.vmrt.agent.v1.StdioOptions\"&\n\x17\x43reateContainerResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"-\n\x15StartContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\x18\n\x16StartContainerResponse\"x\n\x12\x45xecProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0f\n\x07process\x18\x03 \x01(\x0c\x12*\n\x05stdio\x18\x04 \x01(\x0b\x32\x1b.vmrt.agent.v1.StdioOptions\"\"\n\x13\x45xecProcessResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"Z\n\x14SignalProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\"\x17\n\x15SignalProcessResponse\";\n\x12WaitProcessRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"r\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12\x12\n\noom_killed\x18\x03 \x01(\x08\x12\x15\n\rstarted_at_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x66inished_at_ns\x18\x05 \x01(\x03\"@\n\x13WaitProcessResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\"=\n\x16RemoveContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x19\n\x17RemoveContainerResponse\"A\n\x16UpdateContainerRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\tresources\x18\x02 \x01(\x0c\"\x19\n\x17UpdateContainerResponse\"\x16\n\x14ListProcessesRequest\"\xf4\x01\n\x0bProcessInfo\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .vmrt.agent.v1.ProcessInfo.State\x12\'\n\x04\x65xit\x18\x05 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\x12\x13\n\x0bstdout_size\x18\x06 \x01(\x03\x12\x13\n\x0bstderr_size\x18\x07 \x01(\x03\"-\n\x05State\x12\x0b\n\x07\x43REATED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\n\n\x06\x45XITED\x10\x02\"F\n\x15ListProcessesResponse\x12-\n\tprocesses\x18\x01 \x03(\x0b\x32\x1a.vmrt.agent.v1.ProcessInfo\"\x81\x01\n\x11ReadOutputRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.vmrt.agent.v1.Stream\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\x08\"+\n\x0bOutputChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"W\n\x11WriteStdinRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"\x14\n\x12WriteStdinResponse\"U\n\x10ResizeTtyRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\"\x13\n\x11ResizeTtyResponse\"-\n\x15\x43ontainerStatsRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\xed\x01\n\x16\x43ontainerStatsResponse\x12\x14\n\x0ctimestamp_ns\x18\x01 \x01(\x03\x12\x14\n\x0c\x63pu_usage_ns\x18\x02 \x01(\x04\x12\x1a\n\x12memory_usage_bytes\x18\x03 \x01(\x04\x12 \n\x18memory_working_set_bytes\x18\x04 \x01(\x04\x12\x18\n\x10memory_rss_bytes\x18\x05 \x01(\x04\x12\x13\n\x0bpage_faults\x18\x06 \x01(\x04\x12\x19\n\x11major_page_faults\x18\x07 \x01(\x04\x12\x0c\n\x04pids\x18\x08 \x01(\x04\x12\x11\n\toom_kills\x18\t \x01(\x04\"\x12\n\x10GetEventsRequest\"\x9b\x01\n\x05\x45vent\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.vmrt.agent.v1.Event.Kind\x12\'\n\x04\x65xit\x18\x04 \x01(\x0b\x32\x19.vmrt.agent.v1.ExitStatus\"\x19\n\x04Kind\x12\x08\n\x04\x45XIT\x10\x00\x12\x07\n\x03OOM\x10\x01* \n\x06Stream\x12\n\n\x06STDOUT\x10\x00\x12\n\n\x06STDERR\x10\x01\x32\xf3\n\n\x05\x41gent\x12\x45\n\x06Health\x12\x1c.vmrt.agent.v1.HealthRequest\x1a\x1d.vmrt.agent.v1.HealthResponse\x12W\n\x0cSetupSandbox\x12\".vmrt.agent.v1.SetupSandboxRequest\x1a#.vmrt.agent.v1.SetupSandboxResponse\x12K\n\x08SetClock\x12\x1e.vmrt.agent.v1.SetClockRequest\x1a\x1f.vmrt.agent.v1.SetClockResponse\x12`\n\x0f\x43reateContainer\x12%.vmrt.agent.v1.CreateContainerRequest\x1a&.vmrt.agent.v1.CreateContainerResponse\x12]\n\x0eStartContainer\x12$.vmrt.agent.v1.StartContainerRequest\x1a%.vmrt.agent.v1.StartContainerResponse\x12T\n\x0b\x45xecProcess\x12!.vmrt.agent.v1.ExecProcessRequest\x1a\".vmrt.agent.v1.ExecProcessResponse\x12Z\n\rSignalProcess\x12#.vmrt.agent.v1.SignalProcessRequest\x1a$.vmrt.agent.v1.SignalProcessResponse\x12T\n\x0bWaitProcess\x12!.vmrt.agent.v1.WaitProcessRequest\x1a\".vmrt.agent.v1.WaitProcessResponse\x12`\n\x0fRemoveContainer\x12%.vmrt.agent.v1.RemoveContainerRequest\x1a&.vmrt.agent.v1.RemoveContainerResponse\x12`\n\x0fUpdateContainer\x12%.vmrt.agent.v1.UpdateContainerRequest\x1a&.vmrt.agent.v1.UpdateContainerResponse\x12Z\n\rListProcesses\x12#.vmrt.agent.v1.ListProcessesRequest\x1a$.vmrt.agent.v1.ListProcessesResponse\x12L\n\nReadOutput\x12 .vmrt.agent.v1.ReadOutputRequest\x1a\x1a.vmrt.agent.v1.OutputChunk0\x01\x12Q\n\nWriteStdin\x12 .vmrt.agent.v1.WriteStdinRequest\x1a!.vmrt.agent.v1.WriteStdinResponse\x12N\n\tResizeTty\x12\x1f.vmrt.agent.v1.ResizeTtyRequest\x1a .vmrt.agent.v1.ResizeTtyResponse\x12]\n\x0e\x43ontainerStats\x12$.vmrt.agent.v1.ContainerStatsRequest\x1a%.vmrt.agent.v1.ContainerStatsResponse\x12\x44\n\tGetEvents\x12\x1f.vmrt.agent.v1.GetEventsRequest\x1a\x14.vmrt.agent.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vmrt.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAM']._serialized_start=2752
-  _globals['_STREAM']._serialized_end=2784
+  _globals['_STREAM']._serialized_start=2846
+  _globals['_STREAM']._serialized_end=2878
   _globals['_HEALTHREQUEST']._serialized_start=44
   _globals['_HEALTHREQUEST']._serialized_end=59
   _globals['_HEALTHRESPONSE']._serialized_start=61
@@ -79,36 +79,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REMOVECONTAINERREQUEST']._serialized_end=1519
   _globals['_REMOVECONTAINERRESPONSE']._serialized_start=1521
   _globals['_REMOVECONTAINERRESPONSE']._serialized_end=1546
-  _globals['_LISTPROCESSESREQUEST']._serialized_start=1548
-  _globals['_LISTPROCESSESREQUEST']._serialized_end=1570
-  _globals['_PROCESSINFO']._serialized_start=1573
-  _globals['_PROCESSINFO']._serialized_end=1817
-  _globals['_PROCESSINFO_STATE']._serialized_start=1772
-  _globals['_PROCESSINFO_STATE']._serialized_end=1817
-  _globals['_LISTPROCESSESRESPONSE']._serialized_start=1819
-  _globals['_LISTPROCESSESRESPONSE']._serialized_end=1889
-  _globals['_READOUTPUTREQUEST']._serialized_start=1892
-  _globals['_READOUTPUTREQUEST']._serialized_end=2021
-  _globals['_OUTPUTCHUNK']._serialized_start=2023
-  _globals['_OUTPUTCHUNK']._serialized_end=2066
-  _globals['_WRITESTDINREQUEST']._serialized_start=2068
-  _globals['_WRITESTDINREQUEST']._serialized_end=2155
-  _globals['_WRITESTDINRESPONSE']._serialized_start=2157
-  _globals['_WRITESTDINRESPONSE']._serialized_end=2177
-  _globals['_RESIZETTYREQUEST']._serialized_start=2179
-  _globals['_RESIZETTYREQUEST']._serialized_end=2264
-  _globals['_RESIZETTYRESPONSE']._serialized_start=2266
-  _globals['_RESIZETTYRESPONSE']._serialized_end=2285
-  _globals['_CONTAINERSTATSREQUEST']._serialized_start=2287
-  _globals['_CONTAINERSTATSREQUEST']._serialized_end=2332
-  _globals['_CONTAINERSTATSRESPONSE']._serialized_start=2335
-  _globals['_CONTAINERSTATSRESPONSE']._serialized_end=2572
-  _globals['_GETEVENTSREQUEST']._serialized_start=2574
-  _globals['_GETEVENTSREQUEST']._serialized_end=2592
-  _globals['_EVENT']._serialized_start=2595
-  _globals['_EVENT']._serialized_end=2750
-  _globals['_EVENT_KIND']._serialized_start=2725
-  _globals['_EVENT_KIND']._serialized_end=2750
-  _globals['_AGENT']._serialized_start=2787
-  _globals['_AGENT']._serialized_end=4084
+  _globals['_UPDATECONTAINERREQUEST']._serialized_start=1548
+  _globals['_UPDATECONTAINERREQUEST']._serialized_end=1613
+  _globals['_UPDATECONTAINERRESPONSE']._serialized_start=1615
+  _globals['_UPDATECONTAINERRESPONSE']._serialized_end=1640
+  _globals['_LISTPROCESSESREQUEST']._serialized_start=1642
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=1664
+  _globals['_PROCESSINFO']._serialized_start=1667
+  _globals['_PROCESSINFO']._serialized_end=1911
+  _globals['_PROCESSINFO_STATE']._serialized_start=1866
+  _globals['_PROCESSINFO_STATE']._serialized_end=1911
+  _globals['_LISTPROCESSESRESPONSE']._serialized_start=1913
+  _globals['_LISTPROCESSESRESPONSE']._serialized_end=1983
+  _globals['_READOUTPUTREQUEST']._serialized_start=1986
+  _globals['_READOUTPUTREQUEST']._serialized_end=2115
+  _globals['_OUTPUTCHUNK']._serialized_start=2117
+  _globals['_OUTPUTCHUNK']._serialized_end=2160
+  _globals['_WRITESTDINREQUEST']._serialized_start=2162
+  _globals['_WRITESTDINREQUEST']._serialized_end=2249
+  _globals['_WRITESTDINRESPONSE']._serialized_start=2251
+  _globals['_WRITESTDINRESPONSE']._serialized_end=2271
+  _globals['_RESIZETTYREQUEST']._serialized_start=2273
+  _globals['_RESIZETTYREQUEST']._serialized_end=2358
+  _globals['_RESIZETTYRESPONSE']._serialized_start=2360
+  _globals['_RESIZETTYRESPONSE']._serialized_end=2379
+  _globals['_CONTAINERSTATSREQUEST']._serialized_start=2381
+  _globals['_CONTAINERSTATSREQUEST']._serialized_end=2426
+  _globals['_CONTAINERSTATSRESPONSE']._serialized_start=2429
+  _globals['_CONTAINERSTATSRESPONSE']._serialized_end=2666
+  _globals['_GETEVENTSREQUEST']._serialized_start=2668
+  _globals['_GETEVENTSREQUEST']._serialized_end=2686
+  _globals['_EVENT']._serialized_start=2689
+  _globals['_EVENT']._serialized_end=2844
+  _globals['_EVENT_KIND']._serialized_start=2819
+  _globals['_EVENT_KIND']._serialized_end=2844
+  _globals['_AGENT']._serialized_start=2881
+  _globals['_AGENT']._serialized_end=4276
 # @@protoc_insertion_point(module_scope)

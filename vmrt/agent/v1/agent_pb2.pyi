@@ -198,6 +198,18 @@ class RemoveContainerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class UpdateContainerRequest(_message.Message):
+    __slots__ = ("container_id", "resources")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    resources: bytes
+    def __init__(self, container_id: _Optional[str] = ..., resources: _Optional[bytes] = ...) -> None: ...
+
+class UpdateContainerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListProcessesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -79,6 +79,11 @@ class AgentStub:
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerResponse.FromString,
                 _registered_method=True)
+        self.UpdateContainer = channel.unary_unary(
+                '/vmrt.agent.v1.Agent/UpdateContainer',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerResponse.FromString,
+                _registered_method=True)
         self.ListProcesses = channel.unary_unary(
                 '/vmrt.agent.v1.Agent/ListProcesses',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ListProcessesRequest.SerializeToString,
@@ -172,6 +177,12 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListProcesses(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -259,6 +270,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RemoveContainer,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerResponse.SerializeToString,
+            ),
+            'UpdateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContainer,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerRequest.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerResponse.SerializeToString,
             ),
             'ListProcesses': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProcesses,
@@ -534,6 +550,33 @@ class Agent:
             '/vmrt.agent.v1.Agent/RemoveContainer',
             vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerRequest.SerializeToString,
             vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmrt.agent.v1.Agent/UpdateContainer',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,

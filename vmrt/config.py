@@ -1,0 +1,190 @@
+"""vmrtd's configuration: TOML read into typed, validated dataclasses.
+
+An unknown key, a value of the wrong type or an out-of-range value stops
+start-up with a message that names it (``hypervisor.memory_mib: ...``).
+With no file, every default applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmrt.errors import VmrtError
+from vmrt.hypervisor.spec import MACHINES, MIN_MEMORY_MIB, TRANSPORTS
+
+
+class ConfigError(VmrtError):
+    pass
+
+
+@dataclass(frozen=True)
+class CRIConfig:
+    socket: str = "/run/vmrt/vmrt.sock"
+    stream_address: str = "127.0.0.1"
+    stream_port: int = 0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: str = "/var/lib/vmrt"
+    state: str = "/run/vmrt"
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    accel: str = "auto"
+    memory_mib: int = 256
+    vcpus: int = 1
+    machine: str = "microvm"
+    transport: str = "serial"
+    # A guest image directory; empty means <storage.root>/guest-images/default.
+    image: str = ""
+    qemu_binary: str = "qemu-system-x86_64"
+    tb_size_mib: int = 128
+    boot_timeout: float = 120.0
+    debug: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise ConfigError(f"{where}.accel: {self.accel!r} is not one of auto, kvm, tcg")
+        if self.memory_mib < MIN_MEMORY_MIB:
+            raise ConfigError(f"{where}.memory_mib: {self.memory_mib} is below the minimum "
+                              f"of {MIN_MEMORY_MIB}")
+        if not 1 <= self.vcpus <= 255:
+            raise ConfigError(f"{where}.vcpus: {self.vcpus} is not between 1 and 255")
+        if self.machine not in MACHINES:
+            raise ConfigError(f"{where}.machine: {self.machine!r} is not one of "
+                              + ", ".join(MACHINES))
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"{where}.transport: {self.transport!r} is not one of "
+                              + ", ".join(TRANSPORTS))
+        if self.tb_size_mib < 16:
+            raise ConfigError(f"{where}.tb_size_mib: {self.tb_size_mib} is below 16")
+        if self.boot_timeout <= 0:
+            raise ConfigError(f"{where}.boot_timeout: must be positive")
+
+
+@dataclass(frozen=True)
+class RegistryMirror:
+    endpoints: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    mirrors: dict[str, RegistryMirror] = field(default_factory=lambda: {
+        "registry.k8s.io": RegistryMirror(endpoints=["http://127.0.0.1:5000"]),
+    })
+
+
+@dataclass(frozen=True)
+class CNIConfig:
+    conf_dir: str = "/etc/cni/net.d"
+    bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+
+
+@dataclass(frozen=True)
+class Config:
+    cri: CRIConfig = field(default_factory=CRIConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
+    # RuntimeClass handler name -> the [hypervisor] keys it overrides.
+    runtime_handlers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vmrt": {}})
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    cni: CNIConfig = field(default_factory=CNIConfig)
+
+    def handler(self, name: str) -> HypervisorConfig:
+        """The hypervisor settings for a RuntimeClass handler ("" is the default)."""
+        if not name:
+            return self.hypervisor
+        if name not in self.runtime_handlers:
+            known = ", ".join(sorted(self.runtime_handlers)) or "none"
+            raise ConfigError(f"unknown runtime handler {name!r} (configured: {known})")
+        return dataclasses.replace(self.hypervisor, **self.runtime_handlers[name])
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", str: "a string", bool: "true or false",
+            float: "a number"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return _build(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _key, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return {k: _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(tp, type) and (not isinstance(value, tp) or
+                                 (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
+    return cls(**values)
+
+
+def _validate_handlers(config: Config) -> None:
+    allowed = {f.name for f in dataclasses.fields(HypervisorConfig)}
+    hints = typing.get_type_hints(HypervisorConfig)
+    for name, overrides in config.runtime_handlers.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"runtime_handlers.{name}: expected a table")
+        for key, value in overrides.items():
+            if key not in allowed:
+                raise ConfigError(f"unknown key runtime_handlers.{name}.{key} "
+                                  f"(known: {', '.join(sorted(allowed))})")
+            _convert(value, hints[key], f"runtime_handlers.{name}.{key}")
+        config.handler(name).validate(f"runtime_handlers.{name}")
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    config: Config = _build(Config, data, "")
+    config.hypervisor.validate("hypervisor")
+    _validate_handlers(config)
+    if not 0 <= config.cri.stream_port <= 65535:
+        raise ConfigError(f"cri.stream_port: {config.cri.stream_port} is not a port number")
+    return config
+
+
+def load(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse(text, str(path))

@@ -1,0 +1,1 @@
+"""vmrtd's core, below the CRI layer: pods, containers, logs, recovery."""
