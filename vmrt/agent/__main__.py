@@ -59,7 +59,9 @@ def main() -> None:
     service = AgentService(containers, guest, events, config.transport, lambda: ready_at)
 
     os.makedirs(os.path.dirname(config.grpc_socket), exist_ok=True)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"))
+    # Streams (output follows, waits, events) each hold a worker for as long
+    # as they last; threads are created only as needed.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rpc"))
     agent_pb2_grpc.add_AgentServicer_to_server(service, server)
     server.add_insecure_port(f"unix:{config.grpc_socket}")
     server.start()

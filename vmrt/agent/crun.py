@@ -38,10 +38,13 @@ class Crun:
         return args
 
     def _check(self, what: str, argv: Sequence[str], log_path: str | None) -> bytes:
+        log_start = _size(log_path)
         code, output = self._table.run(argv, timeout=TIMEOUT)
         if code != 0:
-            message = _last_log_message(log_path) or output.decode(errors="replace").strip()
-            if "does not exist" in message or "not found" in message.lower():
+            message = (_last_log_message(log_path, log_start)
+                       or output.decode(errors="replace").strip())
+            # crun's words for "no container of that id".
+            if "does not exist" in message and "container" in message:
                 raise NotFound(f"crun {what}: {message}")
             raise CommandFailed(f"crun {what} failed (exit {code}): {message}")
         return output
@@ -93,13 +96,18 @@ class Crun:
     def _spawn_and_check(
         self, what: str, argv: Sequence[str], stdio: ChildStdio, log_path: str
     ) -> None:
+        log_start = _size(log_path)
         pid = self._table.spawn(argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr)
         info = self._table.wait(pid, TIMEOUT)
-        self._table.release(pid)
         if info is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            self._table.wait(pid, 5.0)
+            self._table.release(pid)
             raise CommandFailed(f"crun {what} did not finish within {TIMEOUT} s")
+        self._table.release(pid)
         if info.exit_code != 0:
-            message = _last_log_message(log_path) or "no message in crun's log"
+            message = _last_log_message(log_path, log_start) or "no message in crun's log"
             raise CommandFailed(f"crun {what} failed (exit {info.exit_code}): {message}")
 
     def start(self, container_id: str, log_path: str) -> None:
@@ -135,12 +143,20 @@ def _read_pid(path: str) -> int:
         return int(f.read().strip())
 
 
-def _last_log_message(log_path: str | None) -> str:
-    """The last error crun wrote to its JSON log, if any."""
+def _size(path: str | None) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except FileNotFoundError:
+        return 0
+
+
+def _last_log_message(log_path: str | None, start: int = 0) -> str:
+    """The last error crun wrote to its JSON log since byte ``start``, if any."""
     if not log_path:
         return ""
     try:
         with open(log_path, "rb") as f:
+            f.seek(start)
             lines = f.read().decode(errors="replace").splitlines()
     except FileNotFoundError:
         return ""

@@ -120,6 +120,10 @@ class ProcessTable:
                 file_actions=actions,
                 setsid=setsid,
             )
+            # The reaper could not have filed this child's status yet (we
+            # hold the lock), so anything filed under its pid belongs to an
+            # earlier process that had the same pid.
+            self._unclaimed.pop(pid, None)
             self._claim_locked(pid)
         return pid
 

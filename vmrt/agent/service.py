@@ -29,8 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _status_code(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, AgentError):
         return getattr(grpc.StatusCode, exc.code)
-    if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
+    # Internal timeouts (a helper command, crun) are failures of ours, not the
+    # caller's deadline running out: INTERNAL, so clients do not treat them
+    # as their own.
     return grpc.StatusCode.INTERNAL
 
 

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import shutil
 import socket
 import struct
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+STDIN_WRITE_TIMEOUT = 30.0
 
 
 class OutputSpool:
@@ -40,6 +42,7 @@ class OutputSpool:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self._size = 0
         self._closed = False
+        self._destroyed = False
         self._cond = threading.Condition()
 
     @property
@@ -52,6 +55,8 @@ class OutputSpool:
 
     def append(self, data: bytes) -> None:
         with self._cond:
+            if self._destroyed:
+                return
             os.pwrite(self._fd, data, self._size)
             self._size += len(data)
             self._cond.notify_all()
@@ -72,10 +77,14 @@ class OutputSpool:
                     self._cond.wait(timeout=1.0)
                     if not keep_going():
                         return
+                if self._destroyed:
+                    return
                 size = self._size
                 done = self._closed or not follow
-            if offset < size:
-                data = os.pread(self._fd, min(CHUNK, size - offset), offset)
+                # Read under the lock: destroy() must not close the fd midway.
+                data = os.pread(self._fd, min(CHUNK, size - offset), offset) \
+                    if offset < size else b""
+            if data:
                 yield offset, data
                 offset += len(data)
                 continue
@@ -83,10 +92,31 @@ class OutputSpool:
                 return
 
     def destroy(self) -> None:
-        self.close()
-        os.close(self._fd)
+        with self._cond:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            self._closed = True
+            self._cond.notify_all()
+            os.close(self._fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _write_all(fd: int, data: bytes, timeout: float) -> None:
+    """Write everything, giving up if the reader takes no input for ``timeout``.
+
+    The fd stays blocking (a pty master's flags are shared with the drain's
+    dup); poll first, then write at most PIPE_BUF, which a writable pipe
+    takes without blocking.
+    """
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while view:
+        if not poller.poll(timeout * 1000):
+            raise TimeoutError(f"the process took no input for {timeout:.0f} s")
+        view = view[os.write(fd, view[:select.PIPE_BUF]):]
 
 
 def _drain(fd: int, spool: OutputSpool, name: str) -> None:
@@ -214,10 +244,7 @@ class ProcessIO:
                 if data:
                     raise BrokenPipeError("stdin is not open for this process")
                 return
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, data, STDIN_WRITE_TIMEOUT)
             if close:
                 if self.terminal:
                     # A terminal has no half-close; EOT at line start is what

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,11 +117,17 @@ async def _main(sandbox: SandboxVM, rootfs: Path, command: list[str],
     except asyncio.CancelledError:
         return 130
     finally:
+        # Teardown must finish: further signals are ignored from here on.
+        for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signo, lambda: None)
         if args.console_log:
             with contextlib.suppress(OSError):
                 shutil.copyfile(sandbox.qemu.console_path, args.console_log)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(sandbox.destroy())
+        teardown = asyncio.ensure_future(sandbox.destroy())
+        while not teardown.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(teardown)
+        teardown.result()
 
 
 async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
@@ -173,10 +180,25 @@ async def _copy_out(agent: AgentClient, stream: pb.Stream, out: BinaryIO) -> Non
 
 
 async def _copy_in(agent: AgentClient) -> None:
+    # A daemon thread, not the executor: a read blocked on a terminal must
+    # not keep the process alive after the command has exited.
     loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
     fd = sys.stdin.fileno()
+
+    def reader() -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
+            if not data:
+                return
+
+    threading.Thread(target=reader, name="stdin", daemon=True).start()
     while True:
-        data = await loop.run_in_executor(None, os.read, fd, 65536)
+        data = await chunks.get()
         await agent.call("WriteStdin", pb.WriteStdinRequest(
             container_id=CONTAINER_ID, data=data, close=not data))
         if not data:

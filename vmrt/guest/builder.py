@@ -310,7 +310,10 @@ class Builder:
                 needed[soname] = path
         libdir = tree / "lib" / "x86_64-linux-gnu"
         for soname, path in sorted(needed.items()):
-            _copy_into(tree, path.resolve(), libdir / soname)
+            source = path.resolve()
+            if debroot.resolve() not in source.parents:
+                raise BuildError(f"{soname} resolves to {source}, outside the packages")
+            _copy_into(tree, source, libdir / soname)
         loader = debroot / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
         _copy_into(tree, loader.resolve(), libdir / "ld-linux-x86-64.so.2")
         (tree / "lib64" / "ld-linux-x86-64.so.2").symlink_to(

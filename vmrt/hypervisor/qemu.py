@@ -73,6 +73,17 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (clock ticks since boot); 0 if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    # The command name may contain spaces and parentheses; fields follow the last ')'.
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
 def _listen(path: Path) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -106,14 +117,17 @@ class QemuVM:
         self._events_task: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
         self._exit_task: asyncio.Task[None] | None = None
+        self._pidfd = -1
 
     # -- launch ---------------------------------------------------------
 
     async def launch(self, die_with_parent: bool = False) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         qmp_sock = _listen(self.qmp_path)
-        agent_sock = _listen(self.agent_path) if self.spec.agent_transport == "serial" else None
+        agent_sock = None
         try:
+            if self.spec.agent_transport == "serial":
+                agent_sock = _listen(self.agent_path)
             endpoints = VMEndpoints(
                 console_log=self.console_path,
                 qmp_fd=qmp_sock.fileno(),
@@ -151,6 +165,39 @@ class QemuVM:
         assert self._proc is not None
         self.exitcode = await self._proc.wait()
         self._exited.set()
+
+    @classmethod
+    async def adopt(cls, spec: VMSpec, directory: Path, name: str, pid: int,
+                    start_time: int) -> QemuVM:
+        """Take over a QEMU started by an earlier vmrtd (after a daemon restart).
+
+        ``start_time`` (from /proc/PID/stat) guards against a recycled pid.
+        The process is not our child: its exit is watched through a pidfd
+        and its exit code is unknown.
+        """
+        vm = cls(spec, directory, name)
+        if process_start_time(pid) != start_time:
+            raise VMError(f"{name}: QEMU (pid {pid}) is no longer running")
+        vm.pid = pid
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise VMError(f"{name}: QEMU (pid {pid}) is no longer running") from None
+        vm._pidfd = pidfd
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            vm._exited.set()
+
+        loop.add_reader(pidfd, exited)
+        try:
+            await vm._connect_qmp()
+        except BaseException:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            raise
+        return vm
 
     async def _connect_qmp(self) -> None:
         qmp = QMPClient(self.name)
@@ -196,7 +243,11 @@ class QemuVM:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and not self._exited.is_set()
+        return self.pid is not None and not self._exited.is_set()
+
+    @property
+    def start_time(self) -> int:
+        return process_start_time(self.pid) if self.pid else 0
 
     async def wait_exit(self) -> int | None:
         await self._exited.wait()
@@ -255,9 +306,11 @@ class QemuVM:
         await self._cleanup()
 
     def _signal(self, signo: int) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            if self._proc is not None:
                 self._proc.send_signal(signo)
+            elif self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, signo)
 
     async def _wait(self, timeout: float | None) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -276,4 +329,21 @@ class QemuVM:
         for path in (self.qmp_path, self.agent_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if self._pidfd >= 0 and not self.alive:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    async def detach(self) -> None:
+        """Let go of a running VM without stopping it (vmrtd is shutting down)."""
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                await self._qmp.disconnect()
+            self._qmp = None
+        if self._events_task is not None:
+            self._events_task.cancel()
+        if self._pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
 

@@ -269,7 +269,7 @@ def resources(r: api.LinuxContainerResources) -> dict[str, Any]:
     return out
 
 
-_PROPAGATION = {
+_PROPAGATION: dict[int, str] = {
     api.PROPAGATION_PRIVATE: "rprivate",
     api.PROPAGATION_HOST_TO_CONTAINER: "rslave",
     api.PROPAGATION_BIDIRECTIONAL: "rshared",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentClient, AgentUnreachable
+from vmrt.errors import InvalidArgumentError
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import host_tsc_khz
 from vmrt.hypervisor.qemu import QemuVM, VMDied
@@ -46,10 +47,20 @@ class VMConfig:
     qemu_binary: str = "qemu-system-x86_64"
 
 
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _checked_id(value: str) -> str:
+    """Ids become path components under the sandbox directory: no '/', no '..'."""
+    if not _ID.match(value):
+        raise InvalidArgumentError(f"invalid id {value!r}")
+    return value
+
+
 class SandboxVM:
     def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
                  config: VMConfig) -> None:
-        self.id = sandbox_id
+        self.id = _checked_id(sandbox_id)
         self.directory = state_root / "sandboxes" / sandbox_id
         self.shared = self.directory / "shared"
         self.image = image
@@ -136,16 +147,16 @@ class SandboxVM:
     # -- rootfs sharing -------------------------------------------------
 
     def share_path(self, container_id: str) -> str:
-        return f"{container_id}/rootfs"
+        return f"{_checked_id(container_id)}/rootfs"
 
     async def bind_rootfs(self, container_id: str, source: Path, readonly: bool) -> str:
         """Expose a host directory to the guest; returns its path inside the share."""
-        target = self.shared / container_id / "rootfs"
+        target = self.shared / self.share_path(container_id)
         await mounts.bind(source, target, readonly)
         return self.share_path(container_id)
 
     async def unbind_rootfs(self, container_id: str) -> None:
-        await mounts.unmount_all(self.shared / container_id)
+        await mounts.unmount_all(self.shared / _checked_id(container_id))
 
     # -- stop -----------------------------------------------------------
 

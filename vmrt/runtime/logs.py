@@ -1,0 +1,150 @@
+"""Container logs in the CRI format, fed from the guest's output spools.
+
+Each line is ``<RFC 3339 nano timestamp> <stream> <P|F> <message>``: F ends
+a line, P marks a piece of a line longer than MAX_LINE (kubelet joins them).
+The pump reads the guest spools from the offsets stored in the container
+record, and stores how far it has *written*, so a daemon that restarts
+carries on without losing output (it may repeat a fraction of a second of
+it if killed between a write and the offset update).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentClient, AgentError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 16 * 1024
+OFFSET_SAVE_INTERVAL = 0.2
+
+
+def timestamp(now_ns: int | None = None) -> str:
+    ns = time.time_ns() if now_ns is None else now_ns
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos:09d}Z"
+
+
+class CRILogWriter:
+    """Writes both streams of one container into its CRI log file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Start a new file at ``path`` (after kubelet rotated the old one away)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        if not self.path:
+            self._fd = -1
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                           0o640)
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Write every complete line; an unfinished one waits in ``pending``."""
+        buffer = self._partial[stream] + data
+        out = []
+        consumed = 0
+        stamp = timestamp().encode()
+        tag = stream.encode()
+        while True:
+            newline = buffer.find(b"\n", consumed)
+            if newline < 0 or newline - consumed > MAX_LINE:
+                if len(buffer) - consumed <= MAX_LINE:
+                    break
+                # A line longer than MAX_LINE goes out in P pieces.
+                out.append(b"%s %s P %s\n" % (stamp, tag, buffer[consumed:consumed + MAX_LINE]))
+                consumed += MAX_LINE
+                continue
+            out.append(b"%s %s F %s\n" % (stamp, tag, buffer[consumed:newline]))
+            consumed = newline + 1
+        self._emit(out)
+        self._partial[stream] = buffer[consumed:]
+
+    def finish(self, stream: str) -> None:
+        """End of stream: a trailing line without a newline is still a full line."""
+        rest = self._partial[stream]
+        if rest:
+            self._emit([b"%s %s F %s\n" % (timestamp().encode(), stream.encode(), rest)])
+            self._partial[stream] = b""
+
+    def pending(self, stream: str) -> int:
+        return len(self._partial[stream])
+
+    def _emit(self, lines: list[bytes]) -> None:
+        if lines and self._fd >= 0:
+            os.write(self._fd, b"".join(lines))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LogPump:
+    """Follows a container's two output streams into its CRI log."""
+
+    def __init__(self, agent: AgentClient, container_id: str, writer: CRILogWriter,
+                 offsets: dict[str, int], save: Callable[[dict[str, int]], None]) -> None:
+        self._agent = agent
+        self._id = container_id
+        self.writer = writer
+        self.offsets = dict(offsets)
+        self._save = save
+        self._last_save = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"logs-{self._id}")
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.gather(self._follow("stdout", pb.STDOUT),
+                                 self._follow("stderr", pb.STDERR))
+        except AgentError as exc:
+            log.warning("log pump of %s stopped: %s", self._id, exc)
+        finally:
+            self._save(dict(self.offsets))
+
+    async def _follow(self, name: str, stream: pb.Stream) -> None:
+        # ``offsets`` counts bytes on disk; what sits in the writer's partial
+        # buffer is read again after a restart rather than lost.
+        read_from = self.offsets[name]
+        async for chunk in self._agent.follow_output(self._id, "", stream, read_from):
+            self.writer.write(name, chunk.data)
+            read_from = chunk.offset + len(chunk.data)
+            self.offsets[name] = read_from - self.writer.pending(name)
+            self._maybe_save()
+        self.writer.finish(name)
+        self.offsets[name] = read_from
+
+    def _maybe_save(self) -> None:
+        now = time.monotonic()
+        if now - self._last_save >= OFFSET_SAVE_INTERVAL:
+            self._last_save = now
+            self._save(dict(self.offsets))
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self.writer.close()
