@@ -91,6 +91,8 @@ class ContainerRecord:
     image_ref: str
     log_path: str
     config_b64: str
+    # The OCI "process" the container runs with: execs start from it.
+    process_json: str = ""
     state: str = "created"
     started_at: int = 0
     finished_at: int = 0

@@ -26,13 +26,23 @@ async def _run(*argv: str) -> None:
         raise MountError(f"{' '.join(argv)}: {output.decode(errors='replace').strip()}")
 
 
-async def bind(source: Path, target: Path, readonly: bool) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    options = "bind,ro" if readonly else "bind"
-    await _run("mount", "--bind", "-o", options, str(source), str(target))
-    # Keep host-side mount events from propagating into the sandbox share
-    # and back out.
-    await _run("mount", "--make-private", str(target))
+async def bind(source: Path, target: Path, readonly: bool, slave: bool = False) -> None:
+    """Bind ``source`` at ``target`` (created as a directory if missing).
+
+    Private by default, so mount events do not cross between the host and the
+    sandbox share; ``slave`` lets the host's later mounts under ``source``
+    show through (CRI's HostToContainer propagation).
+    """
+    if not target.exists():
+        target.mkdir(parents=True)
+    options = "rbind,ro" if readonly else "rbind"
+    await _run("mount", "-o", options, str(source), str(target))
+    await _run("mount", "--make-rslave" if slave else "--make-rprivate", str(target))
+
+
+async def overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    await _run("mount", "-t", "overlay", "-o", options, "overlay", str(target))
 
 
 async def unmount(target: Path) -> None:

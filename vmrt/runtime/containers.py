@@ -1,0 +1,332 @@
+"""Containers: create (with rollback), start, stop, remove, update, exec, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal as signals
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentError
+from vmrt.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from vmrt.runtime import ocispec
+from vmrt.runtime.core import LivePod, Runtime, container_key
+from vmrt.runtime.records import ContainerRecord
+from vmrt.sandbox import mounts
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ContainerFilter:
+    id: str = ""
+    pod_id: str = ""
+    state: str | None = None  # created | running | exited | unknown
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+def _validate_mount(mount: api.Mount) -> None:
+    if not mount.container_path or not os.path.isabs(mount.container_path):
+        raise InvalidArgumentError(
+            f"mounts: container_path {mount.container_path!r} must be an absolute path")
+    if mount.HasField("image") and mount.image.image:
+        raise InvalidArgumentError("mounts: image volumes are not supported yet")
+    if not mount.host_path or not os.path.isabs(mount.host_path):
+        raise InvalidArgumentError(
+            f"mounts: host_path {mount.host_path!r} must be an absolute path")
+    if os.path.normpath(mount.container_path) == "/":
+        raise InvalidArgumentError("mounts: cannot mount over the container's /")
+
+
+def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -> int:
+    if config.stop_signal:
+        name = api.Signal.Name(config.stop_signal)
+        name = name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
+        if name.startswith("SIGRTMIN+"):
+            return int(signals.SIGRTMIN) + int(name.split("+")[1])
+        if name.startswith("SIGRTMAX-"):
+            return int(signals.SIGRTMAX) - int(name.split("-")[1])
+        return int(getattr(signals, name, signals.SIGTERM))
+    image_signal = str(image_config.get("StopSignal", ""))
+    if image_signal:
+        if image_signal.isdigit():
+            return int(image_signal)
+        name = image_signal if image_signal.startswith("SIG") else f"SIG{image_signal}"
+        return int(getattr(signals, name, signals.SIGTERM))
+    return int(signals.SIGTERM)
+
+
+class ContainerService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    # -- create ---------------------------------------------------------------
+
+    async def create(self, pod_id: str, config: api.ContainerConfig,
+                     pod_config: api.PodSandboxConfig) -> str:
+        pod = self.rt.pod(pod_id)
+        if not config.HasField("metadata") or not config.metadata.name:
+            raise InvalidArgumentError("config.metadata.name is required")
+        if not config.image.image:
+            raise InvalidArgumentError("config.image.image is required")
+        for mount in config.mounts:
+            _validate_mount(mount)
+        live = self.rt.live_pod(pod)
+        image = self.rt.images.resolve(config.image.image)
+        container_id = secrets.token_hex(32)
+        log_path = ""
+        log_dir = pod.config().log_directory
+        if config.log_path:
+            if os.path.isabs(config.log_path) and not log_dir:
+                log_path = config.log_path
+            elif log_dir:
+                log_path = os.path.join(log_dir, config.log_path)
+        record = ContainerRecord.new(container_id, pod.id, config, image.id, log_path,
+                                     time.time_ns())
+        key = container_key(record, pod)
+        self.rt.reserve_container_name(key, container_id)
+        try:
+            async with contextlib.AsyncExitStack() as undo:
+                share = live.vm.shared / container_id
+                undo.push_async_callback(mounts.remove_tree, share)
+                undo.push_async_callback(mounts.remove_tree, self.rt.container_dir(container_id))
+                await self._rootfs(container_id, Path(image.rootfs), share)
+                shared = await self._mounts(config.mounts, share, container_id)
+                spec = ocispec.build(config=config, pod_config=pod_config or pod.config(),
+                                     image_config=image.config, image_rootfs=Path(image.rootfs),
+                                     mounts=shared)
+                record.process_json = json.dumps(spec["process"])
+                await live.agent.call("CreateContainer", pb.CreateContainerRequest(
+                    container_id=container_id,
+                    oci_spec=json.dumps(spec).encode(),
+                    rootfs=pb.Rootfs(share_path=f"{container_id}/rootfs"),
+                    stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
+                                          stdin_once=config.stdin_once),
+                ))
+                undo.push_async_callback(self._agent_remove, live, container_id)
+                self.rt.store.add_container(record)
+                undo.pop_all()
+        except BaseException:
+            self.rt.release_container_name(key, container_id)
+            raise
+        self.rt.events.publish(container_id, pod.id, "created")
+        return container_id
+
+    async def _rootfs(self, container_id: str, image_rootfs: Path, share: Path) -> None:
+        """overlayfs on the host: the image read-only below, a private upper dir."""
+        base = self.rt.container_dir(container_id)
+        upper, work, target = base / "upper", base / "work", share / "rootfs"
+        for path in (upper, work, target):
+            path.mkdir(parents=True, exist_ok=True)
+        await mounts.overlay(lower=image_rootfs, upper=upper, work=work, target=target)
+
+    async def _mounts(self, cri_mounts: Sequence[api.Mount], share: Path,
+                      container_id: str) -> list[ocispec.SharedMount]:
+        shared = []
+        for index, mount in enumerate(cri_mounts):
+            source = Path(mount.host_path)
+            if not source.exists():
+                # As containerd does: a missing host directory is created.
+                source.mkdir(parents=True, exist_ok=True)
+            target = share / "mounts" / str(index)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                target.touch()
+            await mounts.bind(source, target, mount.readonly,
+                              slave=mount.propagation != api.PROPAGATION_PRIVATE)
+            shared.append(ocispec.SharedMount(mount.container_path,
+                                              f"{container_id}/mounts/{index}",
+                                              mount.readonly, mount.propagation))
+        return shared
+
+    async def _agent_remove(self, live: LivePod, container_id: str) -> None:
+        with contextlib.suppress(AgentError):
+            await live.agent.call("RemoveContainer", pb.RemoveContainerRequest(
+                container_id=container_id, force=True))
+
+    # -- start / stop / remove ---------------------------------------------
+
+    async def start(self, container_id: str) -> None:
+        container = self.rt.container(container_id)
+        if container.state != "created":
+            raise FailedPreconditionError(
+                f"container {container.id} is {container.state}, not created")
+        live = self.rt.live_pod(self.rt.pod(container.pod_id))
+        self.rt.start_log_pump(live, container)
+        await live.agent.call("StartContainer",
+                              pb.StartContainerRequest(container_id=container.id))
+        self.rt.store.update_container(container, state="running", started_at=time.time_ns())
+        self.rt.events.publish(container.id, container.pod_id, "started")
+
+    async def stop(self, container_id: str, timeout: int) -> None:
+        container = self.rt.container(container_id)
+        if container.state in ("exited", "unknown"):
+            return
+        live = self.rt.live.get(container.pod_id)
+        if live is None:
+            return
+        image = self.rt.images.find(container.image_ref)
+        stop_signal = _stop_signal(container.config(), image.config if image else {})
+        try:
+            if timeout > 0:
+                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
+                    container_id=container.id, signal=stop_signal))
+                if await self._wait(live, container, timeout):
+                    return
+            await live.agent.call("SignalProcess", pb.SignalProcessRequest(
+                container_id=container.id, signal=9, all=True))
+            await self._wait(live, container, None)
+        except AgentError as exc:
+            if exc.code.name != "NOT_FOUND":
+                raise
+
+    async def _wait(self, live: LivePod, container: ContainerRecord,
+                    timeout: float | None) -> bool:
+        try:
+            reply = await live.agent.call("WaitProcess", pb.WaitProcessRequest(
+                container_id=container.id), timeout=timeout)
+        except AgentError as exc:
+            if exc.code.name == "DEADLINE_EXCEEDED":
+                return False
+            raise
+        assert isinstance(reply, pb.WaitProcessResponse)
+        self.rt.container_exited(container, reply.status.exit_code, reply.status.finished_at_ns,
+                                 reply.status.oom_killed)
+        pump = live.pumps.get(container.id)
+        if pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pump.wait(), 10)
+        return True
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            container = self.rt.container(container_id)
+        except NotFoundError:
+            return
+        live = self.rt.live.get(container.pod_id)
+        if live is not None:
+            if container.state in ("created", "running"):
+                await self.stop(container.id, 0)
+            await self._agent_remove(live, container.id)
+            pump = live.pumps.pop(container.id, None)
+            if pump is not None:
+                await pump.stop()
+            await mounts.remove_tree(live.vm.shared / container.id)
+        await mounts.remove_tree(self.rt.container_dir(container.id))
+        pod = self.rt.store.pods.get(container.pod_id)
+        if pod is not None:
+            self.rt.release_container_name(container_key(container, pod), container.id)
+        self.rt.store.remove_container(container.id)
+        self.rt.events.publish(container.id, container.pod_id, "deleted")
+
+    # -- update, logs ----------------------------------------------------------
+
+    async def update_resources(self, container_id: str,
+                               resources: api.LinuxContainerResources) -> None:
+        container = self.rt.container(container_id)
+        if container.state not in ("created", "running"):
+            raise FailedPreconditionError(f"container {container.id} is {container.state}")
+        live = self.rt.live_pod(self.rt.pod(container.pod_id))
+        await live.agent.call("UpdateContainer", pb.UpdateContainerRequest(
+            container_id=container.id,
+            resources=json.dumps(ocispec.resources(resources)).encode()))
+
+    def reopen_log(self, container_id: str) -> None:
+        container = self.rt.container(container_id)
+        if container.state != "running":
+            raise FailedPreconditionError(f"container {container.id} is not running")
+        live = self.rt.live_pod(self.rt.pod(container.pod_id))
+        pump = live.pumps.get(container.id)
+        if pump is None:
+            raise FailedPreconditionError(f"container {container.id} has no log file")
+        pump.writer.reopen()
+
+    # -- exec -----------------------------------------------------------------
+
+    async def exec_sync(self, container_id: str, cmd: Sequence[str],
+                        timeout: int) -> ExecResult:
+        if not cmd:
+            raise InvalidArgumentError("cmd is empty")
+        if timeout < 0:
+            raise InvalidArgumentError(f"timeout {timeout} is negative")
+        container = self.rt.container(container_id)
+        if container.state != "running":
+            raise FailedPreconditionError(f"container {container.id} is {container.state}, "
+                                          "not running")
+        live = self.rt.live_pod(self.rt.pod(container.pod_id))
+        process = json.loads(container.process_json) if container.process_json else {}
+        process["args"] = list(cmd)
+        process["terminal"] = False
+        exec_id = secrets.token_hex(8)
+        await live.agent.call("ExecProcess", pb.ExecProcessRequest(
+            container_id=container.id, exec_id=exec_id,
+            process=json.dumps(process).encode()))
+
+        async def collect(stream: pb.Stream) -> bytes:
+            data = bytearray()
+            async for chunk in live.agent.follow_output(container.id, exec_id, stream):
+                data += chunk.data
+                if len(data) > EXEC_OUTPUT_LIMIT:
+                    raise InvalidArgumentError(
+                        f"exec output exceeds {EXEC_OUTPUT_LIMIT >> 20} MiB")
+            return bytes(data)
+
+        async def run() -> ExecResult:
+            out, err, reply = await asyncio.gather(
+                collect(pb.STDOUT), collect(pb.STDERR),
+                live.agent.call("WaitProcess", pb.WaitProcessRequest(
+                    container_id=container.id, exec_id=exec_id), timeout=None))
+            assert isinstance(reply, pb.WaitProcessResponse)
+            return ExecResult(reply.status.exit_code, out, err)
+
+        try:
+            return await asyncio.wait_for(run(), timeout or None)
+        except TimeoutError:
+            with contextlib.suppress(AgentError):
+                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
+                    container_id=container.id, exec_id=exec_id, signal=9))
+            raise DeadlineExceededError(
+                f"command {list(cmd)!r} did not finish within {timeout} s") from None
+
+    # -- queries ----------------------------------------------------------------
+
+    def list(self, flt: ContainerFilter) -> list[ContainerRecord]:
+        found = []
+        for container in self.rt.store.containers.values():
+            if flt.id and not container.id.startswith(flt.id):
+                continue
+            if flt.pod_id and not container.pod_id.startswith(flt.pod_id):
+                continue
+            if flt.state and container.state != flt.state:
+                continue
+            labels = container.config().labels
+            if any(labels.get(k) != v for k, v in flt.labels):
+                continue
+            found.append(container)
+        return found

@@ -1,0 +1,277 @@
+"""The runtime's shared state: records, live pods, images, events.
+
+``Runtime`` is what the CRI layer talks to through ``PodService`` and
+``ContainerService``; it owns the lookups and the single place where a
+container's end is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentClient
+from vmrt.config import Config
+from vmrt.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from vmrt.guest.image import GuestImage
+from vmrt.hypervisor.accel import choose_accel
+from vmrt.runtime.events import EventBus
+from vmrt.runtime.images import ImageStore
+from vmrt.runtime.logs import CRILogWriter, LogPump
+from vmrt.runtime.records import ContainerRecord, PodRecord, RecordStore
+from vmrt.sandbox.vm import SandboxVM, VMConfig
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+T = TypeVar("T")
+
+
+@dataclass
+class LivePod:
+    """The running parts of a ready pod."""
+
+    record: PodRecord
+    vm: SandboxVM
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pumps: dict[str, LogPump] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
+
+    @property
+    def agent(self) -> AgentClient:
+        if self.vm.agent is None:
+            raise FailedPreconditionError(f"pod {self.record.id} has no agent connection")
+        return self.vm.agent
+
+    async def cancel_tasks(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self.tasks.clear()
+
+
+class Runtime:
+    def __init__(self, config: Config, guest_image: GuestImage) -> None:
+        self.config = config
+        self.guest_image = guest_image
+        self.root = Path(config.storage.root)
+        self.state = Path(config.storage.state)
+        self.store = RecordStore(self.root)
+        self.images = ImageStore(self.root)
+        self.events = EventBus()
+        self.live: dict[str, LivePod] = {}
+        self.pod_cidr = ""
+        self._pod_names: dict[str, str] = {}
+        self._container_names: dict[str, str] = {}
+
+    # -- lookups ------------------------------------------------------------
+
+    def pod(self, pod_id: str) -> PodRecord:
+        return _lookup(self.store.pods, pod_id, "pod sandbox")
+
+    def container(self, container_id: str) -> ContainerRecord:
+        return _lookup(self.store.containers, container_id, "container")
+
+    def live_pod(self, pod: PodRecord) -> LivePod:
+        live = self.live.get(pod.id)
+        if live is None or pod.state != "ready":
+            raise FailedPreconditionError(f"pod sandbox {pod.id} is not ready")
+        return live
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.root / "containers" / container_id
+
+    # -- name reservations -------------------------------------------------
+
+    def reserve_pod_name(self, key: str, pod_id: str) -> None:
+        holder = self._pod_names.get(key)
+        if holder is not None and holder != pod_id:
+            raise AlreadyExistsError(f"pod sandbox name {key} is already in use by {holder}")
+        self._pod_names[key] = pod_id
+
+    def release_pod_name(self, key: str, pod_id: str) -> None:
+        if self._pod_names.get(key) == pod_id:
+            del self._pod_names[key]
+
+    def reserve_container_name(self, key: str, container_id: str) -> None:
+        holder = self._container_names.get(key)
+        if holder is not None and holder != container_id:
+            raise AlreadyExistsError(f"container name {key} is already in use by {holder}")
+        self._container_names[key] = container_id
+
+    def release_container_name(self, key: str, container_id: str) -> None:
+        if self._container_names.get(key) == container_id:
+            del self._container_names[key]
+
+    def rebuild_reservations(self) -> None:
+        for pod in self.store.pods.values():
+            self._pod_names[pod.key] = pod.id
+        for container in self.store.containers.values():
+            self._container_names[container_key(container, self.store.pods[container.pod_id])] = \
+                container.id
+
+    # -- VM sizing ----------------------------------------------------------
+
+    def vm_config(self, handler: str, pod_config: api.PodSandboxConfig) -> VMConfig:
+        """The handler's VM, grown by the pod's declared resources and overhead."""
+        hv = self.config.handler(handler)
+        linux = pod_config.linux
+        memory = hv.memory_mib
+        cpus = float(hv.vcpus)
+        for resources in (linux.resources, linux.overhead):
+            if resources.memory_limit_in_bytes > 0:
+                memory += math.ceil(resources.memory_limit_in_bytes / MIB)
+            if resources.cpu_quota > 0 and resources.cpu_period > 0:
+                cpus += resources.cpu_quota / resources.cpu_period
+        vcpus = max(1, min(math.ceil(cpus), os.cpu_count() or 1, 255))
+        return VMConfig(
+            memory_mib=memory, vcpus=vcpus, machine=hv.machine,
+            accel=choose_accel(hv.accel).name, transport=hv.transport,
+            tb_size_mib=hv.tb_size_mib, debug=hv.debug, boot_timeout=hv.boot_timeout,
+            qemu_binary=hv.qemu_binary,
+        )
+
+    def guest_image_for(self, handler: str) -> GuestImage:
+        image_dir = self.config.handler(handler).image
+        return GuestImage.load(image_dir) if image_dir else self.guest_image
+
+    # -- the one place a container's end is recorded ------------------------
+
+    def container_exited(self, container: ContainerRecord, exit_code: int, finished_at: int,
+                         oom_killed: bool = False, message: str = "") -> None:
+        if container.state == "exited":
+            return
+        if oom_killed:
+            reason = "OOMKilled"
+        elif exit_code == 0:
+            reason = "Completed"
+        else:
+            reason = "Error"
+        self.store.update_container(container, state="exited", exit_code=exit_code,
+                                    finished_at=finished_at or time.time_ns(), reason=reason,
+                                    message=message)
+        self.events.publish(container.id, container.pod_id, "stopped")
+
+    # -- watching a live pod -----------------------------------------------
+
+    def watch(self, live: LivePod) -> None:
+        live.tasks.append(asyncio.create_task(self._follow_events(live),
+                                              name=f"events-{live.record.id}"))
+        live.tasks.append(asyncio.create_task(self._watch_vm(live),
+                                              name=f"vm-{live.record.id}"))
+
+    async def _follow_events(self, live: LivePod) -> None:
+        while True:
+            try:
+                call = live.agent.stub.GetEvents(pb.GetEventsRequest())
+                async for event in call:
+                    if event.exec_id or event.kind != pb.Event.EXIT:
+                        continue
+                    container = self.store.containers.get(event.container_id)
+                    if container is not None:
+                        self.container_exited(container, event.exit.exit_code,
+                                              event.exit.finished_at_ns, event.exit.oom_killed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not live.vm.qemu.alive:
+                    return
+                log.warning("event stream of pod %s broke (%s); resubscribing",
+                            live.record.id, exc)
+                await asyncio.sleep(1.0)
+                await self.reconcile(live)
+
+    async def reconcile(self, live: LivePod) -> None:
+        """Bring container records in line with what the agent knows."""
+        reply = await live.agent.call("ListProcesses", pb.ListProcessesRequest())
+        assert isinstance(reply, pb.ListProcessesResponse)
+        known = {p.container_id: p for p in reply.processes if not p.exec_id}
+        for container in self.store.pod_containers(live.record.id):
+            proc = known.get(container.id)
+            if container.state == "exited":
+                continue
+            if proc is None:
+                self.container_exited(container, 255, time.time_ns(),
+                                      message="the container is gone from the VM")
+            elif proc.state == pb.ProcessInfo.EXITED:
+                self.container_exited(container, proc.exit.exit_code, proc.exit.finished_at_ns,
+                                      proc.exit.oom_killed)
+
+    async def _watch_vm(self, live: LivePod) -> None:
+        await live.vm.qemu.wait_exit()
+        if live.stopping:
+            return
+        how = live.vm.qemu.death_message()
+        log.error("the VM of pod %s died: %s", live.record.id, how)
+        await self.vm_gone(live.record, f"the pod's VM exited: {how}")
+
+    async def vm_gone(self, pod: PodRecord, message: str) -> None:
+        """The VM is gone: the pod is NOTREADY and its containers EXITED."""
+        live = self.live.pop(pod.id, None)
+        for container in self.store.pod_containers(pod.id):
+            if container.state != "exited":
+                self.container_exited(container, 255, time.time_ns(), message=message)
+        if pod.state == "ready":
+            self.store.update_pod(pod, state="notready", reason=message)
+        if live is not None:
+            live.stopping = True
+            for pump in live.pumps.values():
+                await pump.stop()
+            current = asyncio.current_task()
+            live.tasks = [t for t in live.tasks if t is not current]
+            await live.cancel_tasks()
+            await live.vm.destroy()
+
+    # -- logs ---------------------------------------------------------------
+
+    def start_log_pump(self, live: LivePod, container: ContainerRecord) -> None:
+        if container.id in live.pumps or not container.log_path:
+            return
+        offsets = {"stdout": container.stdout_offset, "stderr": container.stderr_offset}
+
+        def save(offsets: dict[str, int]) -> None:
+            if container.id in self.store.containers:
+                self.store.update_container(container, durable=False,
+                                            stdout_offset=offsets["stdout"],
+                                            stderr_offset=offsets["stderr"])
+
+        pump = LogPump(live.agent, container.id, CRILogWriter(container.log_path), offsets, save)
+        live.pumps[container.id] = pump
+        pump.start()
+
+
+def container_key(container: ContainerRecord, pod: PodRecord) -> str:
+    return f"{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_{container.attempt}"
+
+
+def _lookup(table: Mapping[str, T], object_id: str, kind: str) -> T:
+    if not object_id:
+        raise InvalidArgumentError(f"{kind} id is empty")
+    if object_id in table:
+        return table[object_id]
+    # A unique prefix, as crictl and containerd accept.
+    matches = [k for k in table if k.startswith(object_id)]
+    if len(matches) == 1:
+        return table[matches[0]]
+    if len(matches) > 1:
+        raise InvalidArgumentError(f"{kind} id prefix {object_id!r} is ambiguous")
+    raise NotFoundError(f"{kind} {object_id!r} not found")

@@ -1,0 +1,160 @@
+"""Pod sandboxes: run (with rollback), stop, remove, status, list."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.errors import InvalidArgumentError, NotFoundError
+from vmrt.runtime.core import LivePod, Runtime, container_key
+from vmrt.runtime.records import PodRecord
+from vmrt.sandbox import mounts
+from vmrt.sandbox.persist import write_json
+from vmrt.sandbox.vm import SandboxVM
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class PodFilter:
+    id: str = ""
+    state: str | None = None  # "ready" | "notready"
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class PodService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    # -- run ----------------------------------------------------------------
+
+    async def run(self, config: api.PodSandboxConfig, handler: str) -> str:
+        meta = config.metadata
+        if not config.HasField("metadata") or not meta.name:
+            raise InvalidArgumentError("config.metadata.name is required")
+        if not meta.namespace:
+            raise InvalidArgumentError("config.metadata.namespace is required")
+        if not meta.uid:
+            raise InvalidArgumentError("config.metadata.uid is required")
+        vm_config = self.rt.vm_config(handler, config)
+        image = self.rt.guest_image_for(handler)
+        pod_id = secrets.token_hex(32)
+        record = PodRecord.new(pod_id, config, handler, time.time_ns())
+        self.rt.reserve_pod_name(record.key, pod_id)
+        try:
+            record.vm = {"memory_mib": vm_config.memory_mib, "vcpus": vm_config.vcpus,
+                         "machine": vm_config.machine, "accel": vm_config.accel,
+                         "transport": vm_config.transport, "tb_size_mib": vm_config.tb_size_mib,
+                         "image": str(image.directory)}
+            self.rt.store.add_pod(record)
+            vm = SandboxVM(pod_id, self.rt.state, image, vm_config)
+            try:
+                await vm.start(
+                    hostname=config.hostname or meta.name,
+                    dns=pb.DnsConfig(servers=config.dns_config.servers,
+                                     searches=config.dns_config.searches,
+                                     options=config.dns_config.options),
+                    sysctls=sorted(config.linux.sysctls.items()),
+                )
+            except BaseException:
+                # start() has already undone itself: no QEMU, no directory.
+                self.rt.store.remove_pod(pod_id)
+                raise
+            record.vm.update(pid=vm.qemu.pid, start_time=vm.qemu.start_time,
+                             boot_seconds=round(vm.timings.get("setup", 0.0), 3))
+            self._write_runtime_state(record)
+            self.rt.store.update_pod(record, state="ready", vm=record.vm)
+        except BaseException:
+            self.rt.release_pod_name(record.key, pod_id)
+            raise
+        live = LivePod(record, vm)
+        self.rt.live[pod_id] = live
+        self.rt.watch(live)
+        log.info("pod %s (%s/%s) is ready", pod_id[:12], meta.namespace, meta.name)
+        return pod_id
+
+    def _write_runtime_state(self, record: PodRecord) -> None:
+        """state.json in the sandbox's runtime dir: what recovery needs to find the VM."""
+        write_json(self.rt.state / "sandboxes" / record.id / "state.json",
+                   {"pod_id": record.id, "qemu_pid": record.vm["pid"],
+                    "qemu_start_time": record.vm["start_time"]})
+
+    # -- stop and remove ----------------------------------------------------
+
+    async def stop(self, pod_id: str) -> None:
+        pod = self.rt.pod(pod_id)
+        live = self.rt.live.get(pod.id)
+        if live is None:
+            # Already stopped, or its VM died: make sure nothing is left.
+            await mounts.remove_tree(self.rt.state / "sandboxes" / pod.id)
+            return
+        async with live.lock:
+            if live.stopping:
+                return
+            live.stopping = True
+            with contextlib.suppress(Exception):
+                await self._stop_containers(live)
+            await self.rt.vm_gone(pod, "the pod sandbox was stopped")
+
+    async def _stop_containers(self, live: LivePod) -> None:
+        running = [c for c in self.rt.store.pod_containers(live.record.id)
+                   if c.state in ("created", "running")]
+        for container in running:
+            with contextlib.suppress(Exception):
+                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
+                    container_id=container.id, signal=9, all=True), timeout=STOP_TIMEOUT)
+        for container in running:
+            with contextlib.suppress(Exception):
+                reply = await live.agent.call("WaitProcess", pb.WaitProcessRequest(
+                    container_id=container.id), timeout=STOP_TIMEOUT)
+                assert isinstance(reply, pb.WaitProcessResponse)
+                self.rt.container_exited(container, reply.status.exit_code,
+                                         reply.status.finished_at_ns, reply.status.oom_killed)
+        for container in running:
+            pump = live.pumps.get(container.id)
+            if pump is not None:
+                with contextlib.suppress(Exception):
+                    await pump.wait()
+
+    async def remove(self, pod_id: str) -> None:
+        try:
+            pod = self.rt.pod(pod_id)
+        except NotFoundError:
+            return
+        await self.stop(pod.id)
+        for container in self.rt.store.pod_containers(pod.id):
+            await mounts.remove_tree(self.rt.container_dir(container.id))
+            self.rt.events.publish(container.id, pod.id, "deleted")
+        for container in self.rt.store.pod_containers(pod.id):
+            self.rt.release_container_name(container_key(container, pod), container.id)
+        self.rt.store.remove_pod(pod.id)
+        self.rt.release_pod_name(pod.key, pod.id)
+
+    # -- queries ------------------------------------------------------------
+
+    def list(self, flt: PodFilter) -> list[PodRecord]:
+        pods = []
+        for pod in self.rt.store.pods.values():
+            if pod.state == "starting":
+                continue
+            if flt.id and not pod.id.startswith(flt.id):
+                continue
+            if flt.state and cri_state(pod) != flt.state:
+                continue
+            labels = pod.config().labels
+            if any(labels.get(k) != v for k, v in flt.labels):
+                continue
+            pods.append(pod)
+        return pods
+
+
+def cri_state(pod: PodRecord) -> str:
+    return "ready" if pod.state == "ready" else "notready"
