@@ -57,8 +57,8 @@ class AgentClient:
 
     @classmethod
     def for_vm(cls, transport: str, agent_socket: str, vsock_cid: int = 0,
-               vsock_port: int = 1024) -> AgentClient:
-        return cls(_target(transport, agent_socket, vsock_cid, vsock_port))
+               vsock_port: int = 1024, connect_timeout: float = 20.0) -> AgentClient:
+        return cls(_target(transport, agent_socket, vsock_cid, vsock_port), connect_timeout)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -6,6 +6,7 @@ any point leaves nothing behind: no QEMU, no socket, no mount, no directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -112,6 +113,29 @@ class SandboxVM:
             ))
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
+
+    @classmethod
+    async def adopt(cls, sandbox_id: str, state_root: Path, image: GuestImage,
+                    config: VMConfig, pid: int, start_time: int,
+                    connect_timeout: float = 10.0) -> SandboxVM:
+        """Reattach to a sandbox VM that an earlier vmrtd started."""
+        vm = cls(sandbox_id, state_root, image, config)
+        vm.qemu = await QemuVM.adopt(vm.spec, vm.directory, vm.qemu.name, pid, start_time)
+        vm.agent = AgentClient.for_vm(config.transport, str(vm.qemu.agent_path),
+                                      connect_timeout=connect_timeout)
+        try:
+            vm.health = await asyncio.wait_for(
+                vm.agent.wait_ready(connect_timeout, vm.qemu.wait_exit()), connect_timeout * 2)
+        except BaseException:
+            await vm.agent.close()
+            await vm.qemu.detach()
+            raise
+        return vm
+
+    async def detach(self) -> None:
+        """Let go of the VM without stopping it: vmrtd is going away, the pod is not."""
+        await self._close_agent()
+        await self.qemu.detach()
 
     async def _wait_ready(self) -> None:
         assert self.agent is not None

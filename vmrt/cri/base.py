@@ -1,0 +1,17 @@
+"""What every RPC group of the CRI servicer shares."""
+
+from __future__ import annotations
+
+from vmrt.runtime.containers import ContainerService
+from vmrt.runtime.core import Runtime
+from vmrt.runtime.pods import PodService
+
+
+class Base:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.pods = PodService(runtime)
+        self.containers = ContainerService(runtime)
+        # (timestamp_ns, cpu_usage_ns) of the previous sample per container
+        # or pod, to turn cumulative CPU time into usage_nano_cores.
+        self.cpu_samples: dict[str, tuple[int, int]] = {}

@@ -1,0 +1,116 @@
+"""The one place CRI calls are logged and errors become gRPC status codes.
+
+Handlers just raise. This interceptor wraps every handler of every service:
+it applies the caller's deadline, logs the call and its outcome, and maps
+vmrt's exceptions to status codes with the exception's message, which
+names the field or object at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from vmrt.agentclient import AgentError
+from vmrt.config import ConfigError
+from vmrt.errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnimplementedError,
+    VmrtError,
+)
+
+log = logging.getLogger("vmrt.cri")
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, AgentError):
+        return exc.code, str(exc)
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc) or type(exc).__name__
+    if isinstance(exc, VmrtError):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 1e9 else None
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException,
+                started: float) -> None:
+    code, message = status_of(exc)
+    elapsed = time.monotonic() - started
+    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, VmrtError):
+        log.exception("%s failed after %.3fs", method, elapsed)
+    else:
+        log.info("%s -> %s after %.3fs: %s", method, code.name, elapsed, message)
+    await context.abort(code, message)
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(_deadline(context)):
+                reply = await behavior(request, context)
+        except Exception as exc:
+            await _fail(context, method, exc, started)
+        log.debug("%s ok in %.3fs", method, time.monotonic() - started)
+        return reply
+
+    return unary
+
+
+def _wrap_stream(method: str,
+                 behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.monotonic()
+        try:
+            async for reply in behavior(request, context):
+                yield reply
+        except Exception as exc:
+            await _fail(context, method, exc, started)
+
+    return stream
+
+
+class ErrorBoundary(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Any,
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler

@@ -1,0 +1,133 @@
+"""Container lifecycle RPCs, ExecSync, and the streaming RPCs still to come."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.cri import convert
+from vmrt.cri.base import Base
+from vmrt.errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from vmrt.runtime.containers import ContainerFilter
+
+_STREAMING = ("streaming (Exec, Attach, PortForward) is not implemented yet; "
+              "ExecSync works")
+
+
+class ContainerRPCs(Base):
+    async def CreateContainer(self, request: api.CreateContainerRequest,
+                              context: Any) -> api.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgumentError("pod_sandbox_id is required")
+        if not request.HasField("config"):
+            raise InvalidArgumentError("config is required")
+        container_id = await self.containers.create(request.pod_sandbox_id, request.config,
+                                                    request.sandbox_config)
+        return api.CreateContainerResponse(container_id=container_id)
+
+    async def StartContainer(self, request: api.StartContainerRequest,
+                             context: Any) -> api.StartContainerResponse:
+        await self.containers.start(request.container_id)
+        return api.StartContainerResponse()
+
+    async def StopContainer(self, request: api.StopContainerRequest,
+                            context: Any) -> api.StopContainerResponse:
+        if request.timeout < 0:
+            raise InvalidArgumentError(f"timeout {request.timeout} is negative")
+        # CRI: stopping what is not there succeeds.
+        with contextlib.suppress(NotFoundError):
+            await self.containers.stop(request.container_id, request.timeout)
+        return api.StopContainerResponse()
+
+    async def RemoveContainer(self, request: api.RemoveContainerRequest,
+                              context: Any) -> api.RemoveContainerResponse:
+        await self.containers.remove(request.container_id)
+        return api.RemoveContainerResponse()
+
+    async def ListContainers(self, request: api.ListContainersRequest,
+                             context: Any) -> api.ListContainersResponse:
+        flt = request.filter
+        state = None
+        if flt.HasField("state"):
+            state = convert.CONTAINER_STATE_NAMES[flt.state.state]
+        found = self.containers.list(ContainerFilter(
+            id=flt.id, pod_id=flt.pod_sandbox_id, state=state,
+            labels=tuple(flt.label_selector.items())))
+        return api.ListContainersResponse(containers=[convert.container_item(c) for c in found])
+
+    async def ContainerStatus(self, request: api.ContainerStatusRequest,
+                              context: Any) -> api.ContainerStatusResponse:
+        container = self.rt.container(request.container_id)
+        reply = api.ContainerStatusResponse(status=convert.container_status(container))
+        if request.verbose:
+            reply.info.update(convert.container_info(container))
+        return reply
+
+    async def UpdateContainerResources(self, request: api.UpdateContainerResourcesRequest,
+                                       context: Any) -> api.UpdateContainerResourcesResponse:
+        await self.containers.update_resources(request.container_id, request.linux)
+        return api.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(self, request: api.ReopenContainerLogRequest,
+                                 context: Any) -> api.ReopenContainerLogResponse:
+        self.containers.reopen_log(request.container_id)
+        return api.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: api.ExecSyncRequest,
+                       context: Any) -> api.ExecSyncResponse:
+        result = await self.containers.exec_sync(request.container_id, request.cmd,
+                                                 request.timeout)
+        return api.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
+                                    exit_code=result.exit_code)
+
+    async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
+        raise UnimplementedError(_STREAMING)
+
+    async def Attach(self, request: api.AttachRequest, context: Any) -> api.AttachResponse:
+        raise UnimplementedError(_STREAMING)
+
+    async def PortForward(self, request: api.PortForwardRequest,
+                          context: Any) -> api.PortForwardResponse:
+        raise UnimplementedError(_STREAMING)
+
+    async def CheckpointContainer(self, request: api.CheckpointContainerRequest,
+                                  context: Any) -> api.CheckpointContainerResponse:
+        raise UnimplementedError("container checkpointing is not supported by vmrt")
+
+    async def UpdatePodSandboxResources(
+            self, request: api.UpdatePodSandboxResourcesRequest,
+            context: Any) -> api.UpdatePodSandboxResourcesResponse:
+        raise UnimplementedError("resizing a running pod's VM is not supported yet")
+
+    async def GetContainerEvents(self, request: api.GetEventsRequest, context: Any) -> Any:
+        queue = self.rt.events.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                reply = api.ContainerEventResponse(
+                    container_id=event.container_id,
+                    container_event_type={
+                        "created": api.CONTAINER_CREATED_EVENT,
+                        "started": api.CONTAINER_STARTED_EVENT,
+                        "stopped": api.CONTAINER_STOPPED_EVENT,
+                        "deleted": api.CONTAINER_DELETED_EVENT}[event.kind],
+                    created_at=event.at_ns)
+                pod = self.rt.store.pods.get(event.pod_id)
+                if pod is not None:
+                    reply.pod_sandbox_status.CopyFrom(convert.pod_status(pod))
+                    reply.containers_statuses.extend(
+                        convert.container_status(c)
+                        for c in self.rt.store.pod_containers(pod.id))
+                yield reply
+        finally:
+            self.rt.events.unsubscribe(queue)
+
+    async def ListMetricDescriptors(self, request: api.ListMetricDescriptorsRequest,
+                                    context: Any) -> api.ListMetricDescriptorsResponse:
+        raise UnimplementedError("CRI metrics (ListMetricDescriptors) are not supported yet")
+
+    async def ListPodSandboxMetrics(self, request: api.ListPodSandboxMetricsRequest,
+                                    context: Any) -> api.ListPodSandboxMetricsResponse:
+        raise UnimplementedError("CRI metrics (ListPodSandboxMetrics) are not supported yet")

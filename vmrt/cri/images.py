@@ -1,0 +1,86 @@
+"""ImageService over the local image store (registry pulls are a later issue)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.cri.base import Base
+from vmrt.errors import InvalidArgumentError, UnimplementedError
+from vmrt.runtime.images import LocalImage, normalize
+
+
+def _image(image: LocalImage) -> api.Image:
+    uid, username = None, ""
+    user = image.user.split(":")[0]
+    if user.isdigit():
+        uid = api.Int64Value(value=int(user))
+    elif user:
+        username = user
+    return api.Image(id=image.id, repo_tags=image.repo_tags, size=image.size,
+                     uid=uid, username=username,
+                     spec=api.ImageSpec(image=image.id))
+
+
+class ImageRPCs(Base):
+    async def ListImages(self, request: api.ListImagesRequest,
+                         context: Any) -> api.ListImagesResponse:
+        images = self.rt.images.list()
+        if request.filter.image.image:
+            wanted = self.rt.images.find(request.filter.image.image)
+            images = [wanted] if wanted else []
+        return api.ListImagesResponse(images=[_image(i) for i in images])
+
+    async def ImageStatus(self, request: api.ImageStatusRequest,
+                          context: Any) -> api.ImageStatusResponse:
+        if not request.image.image:
+            raise InvalidArgumentError("image.image is required")
+        image = self.rt.images.find(request.image.image)
+        if image is None:
+            # CRI: an image that is not present is an empty reply, not an error.
+            return api.ImageStatusResponse()
+        reply = api.ImageStatusResponse(image=_image(image))
+        if request.verbose:
+            reply.info["info"] = json.dumps({"rootfs": image.rootfs, "config": image.config})
+        return reply
+
+    async def PullImage(self, request: api.PullImageRequest,
+                        context: Any) -> api.PullImageResponse:
+        reference = request.image.image
+        if not reference:
+            raise InvalidArgumentError("image.image is required")
+        image = self.rt.images.find(reference)
+        if image is not None:
+            return api.PullImageResponse(image_ref=image.id)
+        raise UnimplementedError(
+            f"cannot pull {normalize(reference)}: pulling from registries is not implemented "
+            "yet; images present: " + ", ".join(t for i in self.rt.images.list()
+                                                for t in i.repo_tags))
+
+    async def RemoveImage(self, request: api.RemoveImageRequest,
+                          context: Any) -> api.RemoveImageResponse:
+        if not request.image.image:
+            raise InvalidArgumentError("image.image is required")
+        self.rt.images.remove(request.image.image)
+        return api.RemoveImageResponse()
+
+    async def ImageFsInfo(self, request: api.ImageFsInfoRequest,
+                          context: Any) -> api.ImageFsInfoResponse:
+        def usage(path: str) -> api.FilesystemUsage:
+            used = inodes = 0
+            if os.path.exists(path):
+                info = os.statvfs(path)
+                used = (info.f_blocks - info.f_bfree) * info.f_frsize
+                inodes = info.f_files - info.f_ffree
+            return api.FilesystemUsage(timestamp=time.time_ns(),
+                                       fs_id=api.FilesystemIdentifier(mountpoint=path),
+                                       used_bytes=api.UInt64Value(value=used),
+                                       inodes_used=api.UInt64Value(value=inodes))
+
+        return api.ImageFsInfoResponse(
+            image_filesystems=[usage(str(self.rt.root / "images"))],
+            container_filesystems=[usage(str(self.rt.root / "containers"))])

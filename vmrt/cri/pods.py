@@ -1,0 +1,53 @@
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.cri import convert
+from vmrt.cri.base import Base
+from vmrt.errors import InvalidArgumentError
+from vmrt.runtime.pods import PodFilter
+
+
+class PodRPCs(Base):
+    async def RunPodSandbox(self, request: api.RunPodSandboxRequest,
+                            context: Any) -> api.RunPodSandboxResponse:
+        if not request.HasField("config"):
+            raise InvalidArgumentError("config is required")
+        pod_id = await self.pods.run(request.config, request.runtime_handler)
+        return api.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    async def StopPodSandbox(self, request: api.StopPodSandboxRequest,
+                             context: Any) -> api.StopPodSandboxResponse:
+        await self.pods.stop(request.pod_sandbox_id)
+        return api.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(self, request: api.RemovePodSandboxRequest,
+                               context: Any) -> api.RemovePodSandboxResponse:
+        await self.pods.remove(request.pod_sandbox_id)
+        return api.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(self, request: api.PodSandboxStatusRequest,
+                               context: Any) -> api.PodSandboxStatusResponse:
+        pod = self.rt.pod(request.pod_sandbox_id)
+        reply = api.PodSandboxStatusResponse(status=convert.pod_status(pod),
+                                             timestamp=time.time_ns())
+        reply.containers_statuses.extend(
+            convert.container_status(c) for c in self.rt.store.pod_containers(pod.id))
+        if request.verbose:
+            reply.info.update(convert.pod_info(pod, str(self.rt.state / "sandboxes" / pod.id)))
+        return reply
+
+    async def ListPodSandbox(self, request: api.ListPodSandboxRequest,
+                             context: Any) -> api.ListPodSandboxResponse:
+        flt = request.filter
+        state = None
+        if flt.HasField("state"):
+            state = "ready" if flt.state.state == api.SANDBOX_READY else "notready"
+        pods = self.pods.list(PodFilter(id=flt.id, state=state,
+                                        labels=tuple(flt.label_selector.items())))
+        return api.ListPodSandboxResponse(items=[convert.pod_item(p) for p in pods])

@@ -1,0 +1,55 @@
+"""Version, Status, RuntimeConfig, UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt import __version__
+from vmrt.cri.base import Base
+from vmrt.hypervisor.accel import choose_accel
+
+CRI_VERSION = "v1"
+
+
+class RuntimeInfoRPCs(Base):
+    async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
+        return api.VersionResponse(version="0.1.0", runtime_name="vmrt",
+                                   runtime_version=__version__,
+                                   runtime_api_version=CRI_VERSION)
+
+    async def Status(self, request: api.StatusRequest, context: Any) -> api.StatusResponse:
+        conditions = [
+            api.RuntimeCondition(type="RuntimeReady", status=True),
+            # Pod networking (CNI into the VM) is not implemented yet, and
+            # saying so keeps kubelet from placing pods that need it.
+            api.RuntimeCondition(type="NetworkReady", status=False,
+                                 reason="NetworkPluginNotReady",
+                                 message="vmrt does not set up pod networking yet"),
+        ]
+        handlers = [api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures())]
+        handlers += [api.RuntimeHandler(name=name, features=api.RuntimeHandlerFeatures())
+                     for name in sorted(self.rt.config.runtime_handlers)]
+        info = {}
+        if request.verbose:
+            hv = self.rt.config.hypervisor
+            info["config"] = json.dumps({
+                "guestImage": str(self.rt.guest_image.directory),
+                "kernelRelease": self.rt.guest_image.kernel_release,
+                "accel": choose_accel(hv.accel).name,
+                "runtimeHandlers": sorted(self.rt.config.runtime_handlers),
+            }, sort_keys=True)
+        return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions), info=info,
+                                  runtime_handlers=handlers, features=api.RuntimeFeatures())
+
+    async def RuntimeConfig(self, request: api.RuntimeConfigRequest,
+                            context: Any) -> api.RuntimeConfigResponse:
+        return api.RuntimeConfigResponse(
+            linux=api.LinuxRuntimeConfiguration(cgroup_driver=api.CGROUPFS))
+
+    async def UpdateRuntimeConfig(self, request: api.UpdateRuntimeConfigRequest,
+                                  context: Any) -> api.UpdateRuntimeConfigResponse:
+        self.rt.pod_cidr = request.runtime_config.network_config.pod_cidr
+        return api.UpdateRuntimeConfigResponse()

@@ -1,0 +1,52 @@
+"""The CRI gRPC server: both services on one unix socket, behind the error boundary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2_grpc as api_grpc
+
+from vmrt.cri.boundary import ErrorBoundary
+from vmrt.cri.containers import ContainerRPCs
+from vmrt.cri.images import ImageRPCs
+from vmrt.cri.pods import PodRPCs
+from vmrt.cri.runtime_info import RuntimeInfoRPCs
+from vmrt.cri.stats import StatsRPCs
+from vmrt.runtime.core import Runtime
+
+MAX_MESSAGE = 16 * 1024 * 1024 + 4096
+
+
+class RuntimeServicer(RuntimeInfoRPCs, PodRPCs, ContainerRPCs, StatsRPCs,
+                      api_grpc.RuntimeServiceServicer):
+    pass
+
+
+class ImageServicer(ImageRPCs, api_grpc.ImageServiceServicer):
+    pass
+
+
+async def serve(runtime: Runtime, socket_path: str) -> grpc.aio.Server:
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = grpc.aio.server(
+        interceptors=[ErrorBoundary()],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                 ("grpc.max_send_message_length", MAX_MESSAGE)],
+    )
+    api_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(runtime), server)
+    api_grpc.add_ImageServiceServicer_to_server(ImageServicer(runtime), server)
+    server.add_insecure_port(f"unix://{path}")
+    # Tighten the mode before anyone can connect: the socket is root's.
+    old_umask = os.umask(0o117)
+    try:
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    return server

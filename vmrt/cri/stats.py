@@ -1,0 +1,131 @@
+"""ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.cri.base import Base
+from vmrt.runtime.containers import ContainerFilter
+from vmrt.runtime.core import LivePod
+from vmrt.runtime.records import ContainerRecord, PodRecord
+
+
+def _usage(path: Path) -> tuple[int, int]:
+    """Bytes and inodes used under ``path`` (a container's writable layer)."""
+    used = inodes = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+            inodes += 1
+    return used, inodes
+
+
+def _u64(value: int) -> api.UInt64Value:
+    return api.UInt64Value(value=value)
+
+
+class StatsRPCs(Base):
+    def _nano_cores(self, key: str, timestamp: int, usage: int) -> int:
+        previous = self.cpu_samples.get(key)
+        self.cpu_samples[key] = (timestamp, usage)
+        if previous is None or timestamp <= previous[0]:
+            return 0
+        return max(0, (usage - previous[1]) * 1_000_000_000 // (timestamp - previous[0]))
+
+    async def _agent_stats(self, live: LivePod, container_id: str) -> pb.ContainerStatsResponse:
+        reply = await live.agent.call("ContainerStats",
+                                      pb.ContainerStatsRequest(container_id=container_id))
+        assert isinstance(reply, pb.ContainerStatsResponse)
+        return reply
+
+    def _cpu(self, key: str, raw: pb.ContainerStatsResponse) -> api.CpuUsage:
+        return api.CpuUsage(timestamp=raw.timestamp_ns,
+                            usage_core_nano_seconds=_u64(raw.cpu_usage_ns),
+                            usage_nano_cores=_u64(self._nano_cores(key, raw.timestamp_ns,
+                                                                   raw.cpu_usage_ns)))
+
+    @staticmethod
+    def _memory(raw: pb.ContainerStatsResponse) -> api.MemoryUsage:
+        return api.MemoryUsage(timestamp=raw.timestamp_ns,
+                               working_set_bytes=_u64(raw.memory_working_set_bytes),
+                               usage_bytes=_u64(raw.memory_usage_bytes),
+                               rss_bytes=_u64(raw.memory_rss_bytes),
+                               page_faults=_u64(raw.page_faults),
+                               major_page_faults=_u64(raw.major_page_faults))
+
+    async def _container_stats(self, container: ContainerRecord) -> api.ContainerStats:
+        config = container.config()
+        stats = api.ContainerStats(attributes=api.ContainerAttributes(
+            id=container.id, metadata=config.metadata, labels=config.labels,
+            annotations=config.annotations))
+        upper = self.rt.container_dir(container.id) / "upper"
+        used, inodes = await asyncio.to_thread(_usage, upper)
+        stats.writable_layer.CopyFrom(api.FilesystemUsage(
+            timestamp=time.time_ns(), fs_id=api.FilesystemIdentifier(mountpoint=str(upper)),
+            used_bytes=_u64(used), inodes_used=_u64(inodes)))
+        live = self.rt.live.get(container.pod_id)
+        if live is not None and container.state == "running":
+            raw = await self._agent_stats(live, container.id)
+            stats.cpu.CopyFrom(self._cpu(container.id, raw))
+            stats.memory.CopyFrom(self._memory(raw))
+        return stats
+
+    async def ContainerStats(self, request: api.ContainerStatsRequest,
+                             context: Any) -> api.ContainerStatsResponse:
+        container = self.rt.container(request.container_id)
+        return api.ContainerStatsResponse(stats=await self._container_stats(container))
+
+    async def ListContainerStats(self, request: api.ListContainerStatsRequest,
+                                 context: Any) -> api.ListContainerStatsResponse:
+        flt = request.filter
+        found = self.containers.list(ContainerFilter(
+            id=flt.id, pod_id=flt.pod_sandbox_id, labels=tuple(flt.label_selector.items())))
+        stats = [await self._container_stats(c) for c in found if c.state == "running"]
+        return api.ListContainerStatsResponse(stats=stats)
+
+    async def _pod_stats(self, pod: PodRecord) -> api.PodSandboxStats:
+        config = pod.config()
+        stats = api.PodSandboxStats(attributes=api.PodSandboxAttributes(
+            id=pod.id, metadata=config.metadata, labels=config.labels,
+            annotations=config.annotations))
+        live = self.rt.live.get(pod.id)
+        if live is None:
+            return stats
+        raw = await self._agent_stats(live, "")
+        linux = stats.linux
+        linux.cpu.CopyFrom(self._cpu(pod.id, raw))
+        linux.memory.CopyFrom(self._memory(raw))
+        linux.process.CopyFrom(api.ProcessUsage(timestamp=raw.timestamp_ns,
+                                                process_count=_u64(raw.pids)))
+        for container in self.rt.store.pod_containers(pod.id):
+            if container.state == "running":
+                linux.containers.append(await self._container_stats(container))
+        return stats
+
+    async def PodSandboxStats(self, request: api.PodSandboxStatsRequest,
+                              context: Any) -> api.PodSandboxStatsResponse:
+        pod = self.rt.pod(request.pod_sandbox_id)
+        return api.PodSandboxStatsResponse(stats=await self._pod_stats(pod))
+
+    async def ListPodSandboxStats(self, request: api.ListPodSandboxStatsRequest,
+                                  context: Any) -> api.ListPodSandboxStatsResponse:
+        flt = request.filter
+        stats = []
+        for pod in list(self.rt.store.pods.values()):
+            if pod.state != "ready" or (flt.id and not pod.id.startswith(flt.id)):
+                continue
+            labels = pod.config().labels
+            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                continue
+            stats.append(await self._pod_stats(pod))
+        return api.ListPodSandboxStatsResponse(stats=stats)

@@ -1,0 +1,1 @@
+"""vmrtd: the CRI daemon."""

@@ -1,0 +1,70 @@
+"""``vmrtd --config FILE``: serve CRI on a unix socket until SIGTERM.
+
+Stopping vmrtd leaves pods and their VMs running; the next vmrtd picks them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vmrt.config import Config, load
+from vmrt.cri.server import serve
+from vmrt.errors import VmrtError
+from vmrt.guest.image import GuestImage, default_image_dir
+from vmrt.hypervisor.accel import choose_accel
+from vmrt.runtime.core import Runtime
+from vmrt.runtime.recovery import detach_all, recover
+
+log = logging.getLogger("vmrtd")
+GRACE = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmrtd", description="vmrt's CRI daemon")
+    parser.add_argument("--config", type=Path, help="TOML config file (default: built-in "
+                                                    "defaults)")
+    parser.add_argument("--debug", action="store_true", help="log every CRI call")
+    return parser
+
+
+async def run(config: Config, image: GuestImage) -> None:
+    runtime = Runtime(config, image)
+    runtime.images.ensure_builtin(image.busybox_rootfs)
+    # One warning about TCG, at start-up rather than at the first pod.
+    choose_accel(config.hypervisor.accel)
+    await recover(runtime)
+    server = await serve(runtime, config.cri.socket)
+    log.info("serving CRI on %s (%d pods recovered)", config.cri.socket, len(runtime.live))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signo, stop.set)
+    await stop.wait()
+    log.info("stopping; pods and their VMs keep running")
+    await server.stop(GRACE)
+    await detach_all(runtime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s vmrtd %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+    try:
+        config = load(args.config)
+        image_dir = config.hypervisor.image or default_image_dir(config.storage.root)
+        image = GuestImage.load(Path(image_dir).resolve())
+        asyncio.run(run(config, image))
+    except VmrtError as exc:
+        print(f"vmrtd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
