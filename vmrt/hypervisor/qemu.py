@@ -84,7 +84,13 @@ def process_start_time(pid: int) -> int:
     return int(text.rsplit(")", 1)[1].split()[19])
 
 
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes, NUL included
+
+
 def _listen(path: Path) -> socket.socket:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise VMError(f"socket path {path} is {len(os.fsencode(path))} bytes, more than a unix "
+                      f"socket allows ({MAX_SOCKET_PATH}); use a shorter state directory")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

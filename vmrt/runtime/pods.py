@@ -16,7 +16,7 @@ from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import PodRecord
 from vmrt.sandbox import mounts
 from vmrt.sandbox.persist import write_json
-from vmrt.sandbox.vm import SandboxVM
+from vmrt.sandbox.vm import SandboxVM, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class PodService:
 
     def _write_runtime_state(self, record: PodRecord) -> None:
         """state.json in the sandbox's runtime dir: what recovery needs to find the VM."""
-        write_json(self.rt.state / "sandboxes" / record.id / "state.json",
+        write_json(sandbox_dir(self.rt.state, record.id) / "state.json",
                    {"pod_id": record.id, "qemu_pid": record.vm["pid"],
                     "qemu_start_time": record.vm["start_time"]})
 
@@ -94,7 +94,7 @@ class PodService:
         live = self.rt.live.get(pod.id)
         if live is None:
             # Already stopped, or its VM died: make sure nothing is left.
-            await mounts.remove_tree(self.rt.state / "sandboxes" / pod.id)
+            await mounts.remove_tree(sandbox_dir(self.rt.state, pod.id))
             return
         async with live.lock:
             if live.stopping:

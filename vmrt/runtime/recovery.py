@@ -20,7 +20,7 @@ from vmrt.guest.image import GuestImage
 from vmrt.runtime.core import LivePod, Runtime
 from vmrt.runtime.records import PodRecord
 from vmrt.sandbox import mounts
-from vmrt.sandbox.vm import SandboxVM, VMConfig
+from vmrt.sandbox.vm import SandboxVM, VMConfig, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,16 @@ async def recover(rt: Runtime) -> None:
         elif pod.state == "ready":
             await _reattach(rt, pod)
         else:
-            await mounts.remove_tree(rt.state / "sandboxes" / pod.id)
+            await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
     _kill_leaked_vms(rt)
 
 
 async def _discard(rt: Runtime, pod: PodRecord) -> None:
-    for pid, pod_id in qemu_processes_under(rt.state / "sandboxes").items():
-        if pod_id == pod.id:
+    for pid, dir_name in qemu_processes_under(rt.state / "sandboxes").items():
+        if pod.id.startswith(dir_name):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    await mounts.remove_tree(rt.state / "sandboxes" / pod.id)
+    await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
     rt.store.remove_pod(pod.id)
     rt.release_pod_name(pod.key, pod.id)
 
@@ -85,7 +85,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     except Exception as exc:
         log.warning("pod %s: its VM is gone (%s)", pod.id[:12], exc)
         await rt.vm_gone(pod, "the pod's VM exited while vmrtd was not running")
-        await mounts.remove_tree(rt.state / "sandboxes" / pod.id)
+        await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
         return
     live = LivePod(pod, vm)
     rt.live[pod.id] = live
@@ -98,11 +98,11 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
 
 
 def _kill_leaked_vms(rt: Runtime) -> None:
-    for pid, pod_id in qemu_processes_under(rt.state / "sandboxes").items():
-        if pod_id in rt.live:
+    for pid, dir_name in qemu_processes_under(rt.state / "sandboxes").items():
+        if any(pod_id.startswith(dir_name) for pod_id in rt.live):
             continue
         log.warning("killing leaked QEMU %d of sandbox %s, which no pod record claims",
-                    pid, pod_id[:12])
+                    pid, dir_name[:12])
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

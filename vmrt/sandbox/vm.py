@@ -51,6 +51,16 @@ class VMConfig:
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+# Sandbox directories hold unix sockets, whose paths may not exceed 107
+# bytes; a 64-character CRI pod id would leave too little room for the state
+# directory, so directories use the first 32 characters (128 random bits).
+DIR_NAME_LENGTH = 32
+
+
+def sandbox_dir(state_root: Path, sandbox_id: str) -> Path:
+    return state_root / "sandboxes" / sandbox_id[:DIR_NAME_LENGTH]
+
+
 def _checked_id(value: str) -> str:
     """Ids become path components under the sandbox directory: no '/', no '..'."""
     if not _ID.match(value):
@@ -62,7 +72,7 @@ class SandboxVM:
     def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
                  config: VMConfig) -> None:
         self.id = _checked_id(sandbox_id)
-        self.directory = state_root / "sandboxes" / sandbox_id
+        self.directory = sandbox_dir(state_root, sandbox_id)
         self.shared = self.directory / "shared"
         self.image = image
         self.config = config

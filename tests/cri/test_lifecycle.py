@@ -1,0 +1,291 @@
+"""Pods and containers through CRI: lifecycle, exec, logs, filters, stats, events."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from tests.cri.conftest import Daemon, expect_error, wait_for
+
+pytestmark = pytest.mark.vm
+
+LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
+
+
+def test_version_status_and_runtime_config(vmrtd: Daemon) -> None:
+    version = vmrtd.runtime.Version(api.VersionRequest())
+    assert version.runtime_name == "vmrt" and version.runtime_api_version == "v1"
+    status = vmrtd.runtime.Status(api.StatusRequest(verbose=True))
+    conditions = {c.type: c for c in status.status.conditions}
+    assert conditions["RuntimeReady"].status
+    assert not conditions["NetworkReady"].status and conditions["NetworkReady"].reason
+    assert {"", "vmrt", "tiny"} <= {h.name for h in status.runtime_handlers}
+    assert json.loads(status.info["config"])["accel"] in ("tcg", "kvm")
+    config = vmrtd.runtime.RuntimeConfig(api.RuntimeConfigRequest())
+    assert config.linux.cgroup_driver == api.CGROUPFS
+
+
+def test_two_containers_in_one_pod(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config(labels={"app": "two"})
+    pod_id = vmrtd.run_pod(config)
+    status = vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id, verbose=True))
+    assert status.status.state == api.SANDBOX_READY
+    assert status.status.metadata.name == config.metadata.name
+    assert json.loads(status.info["info"])["vm"]["memory_mib"] == 256
+
+    first = vmrtd.run_container(pod_id, config, ["sh", "-c", "echo one; sleep 300"],
+                                labels={"role": "server"})
+    second = vmrtd.create(pod_id, config, ["sh", "-c", "echo two; sleep 1; exit 3"],
+                          envs=[api.KeyValue(key="GREETING", value="hi")], working_dir="/tmp")
+    assert vmrtd.status(second).state == api.CONTAINER_CREATED
+    vmrtd.runtime.StartContainer(api.StartContainerRequest(container_id=second))
+
+    exited = vmrtd.wait_exited(second)
+    assert exited.state == api.CONTAINER_EXITED
+    assert exited.exit_code == 3 and exited.reason == "Error"
+    assert exited.created_at <= exited.started_at <= exited.finished_at
+    running = vmrtd.status(first)
+    assert running.state == api.CONTAINER_RUNNING and running.started_at > 0
+
+    # Both share the pod's hostname; each has its own pid namespace.
+    reply = vmrtd.exec(first, ["sh", "-c", "hostname; echo $$; ps -o comm"])
+    lines = reply.stdout.decode().split()
+    assert lines[0] == config.hostname
+    assert "sleep" in lines and "two" not in reply.stdout.decode()
+
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=first, timeout=5))
+    stopped = vmrtd.status(first)
+    assert stopped.state == api.CONTAINER_EXITED and stopped.exit_code in (128 + 15, 128 + 9)
+    for container_id in (first, second):
+        vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container_id))
+    listed = vmrtd.runtime.ListContainers(api.ListContainersRequest(
+        filter=api.ContainerFilter(pod_sandbox_id=pod_id)))
+    assert not listed.containers
+    vmrtd.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    stopped_pod = vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status
+    assert stopped_pod.state == api.SANDBOX_NOTREADY
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    expect_error(grpc.StatusCode.NOT_FOUND, vmrtd.runtime.PodSandboxStatus,
+                 api.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+
+
+def test_image_config_env_workdir_and_user(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]
+                                           ) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(
+        pod_id, config, ["sh", "-c", "sleep 300"], working_dir="/tmp",
+        envs=[api.KeyValue(key="GREETING", value="hi")],
+        linux=api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+            run_as_user=api.Int64Value(value=65534), supplemental_groups=[1234])))
+    reply = vmrtd.exec(container, ["sh", "-c", "echo $GREETING $PATH; pwd; id -u; id -G"])
+    out = reply.stdout.decode().splitlines()
+    assert out[0].startswith("hi /usr/local/sbin")
+    assert out[1] == "/tmp"
+    assert out[2] == "65534"
+    assert "1234" in out[3].split()
+    assert vmrtd.status(container).user.linux.uid == 65534
+
+
+def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
+                                                 pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    reply = vmrtd.exec(container, ["sh", "-c", "echo out; echo err >&2; exit 5"])
+    assert (reply.stdout, reply.stderr, reply.exit_code) == (b"out\n", b"err\n", 5)
+    assert vmrtd.exec(container, ["true"]).exit_code == 0
+    big = vmrtd.exec(container, ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"])
+    assert big.stdout == b"x" * 3_000_000
+    started = time.monotonic()
+    details = expect_error(grpc.StatusCode.DEADLINE_EXCEEDED, vmrtd.exec, container,
+                           ["sleep", "30"], timeout=2)
+    assert time.monotonic() - started < 25
+    assert "did not finish within 2 s" in details
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.ExecSync,
+                           api.ExecSyncRequest(container_id=container, cmd=["true"],
+                                               timeout=-1))
+    assert "negative" in details
+    # As with containerd, a program that cannot start is an error, not an exit code.
+    details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.exec, container, ["/no/such/program"])
+    assert "/no/such/program" in details
+
+
+def test_log_file_format_partial_lines_and_reopen(vmrtd: Daemon,
+                                                  pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(pod_id, config, [
+        "sh", "-c",
+        "echo first; echo oops >&2; head -c 40000 /dev/zero | tr '\\0' a; echo; "
+        "printf 'no newline'; sleep 2; echo after-rotate; sleep 300"])
+    log_path = vmrtd.status(container).log_path
+    assert log_path.endswith(".log") and log_path.startswith(config.log_directory)
+
+    def log_has(text: bytes) -> bool:
+        try:
+            with open(log_path, "rb") as f:
+                return text in f.read()
+        except FileNotFoundError:
+            return False
+
+    assert wait_for(lambda: log_has(b"F " + b"a" * 100))
+    with open(log_path, "rb") as f:
+        lines = f.read().splitlines()
+    parsed = [LOG_LINE.match(line) for line in lines]
+    assert all(parsed), lines[:5]
+    assert [(m.group(1), m.group(2), m.group(3)) for m in parsed[:2]] == [  # type: ignore[union-attr]
+        (b"stdout", b"F", b"first"), (b"stderr", b"F", b"oops")]
+    pieces = [m for m in parsed if m and m.group(3).startswith(b"aaaa")]
+    assert [m.group(2) for m in pieces] == [b"P", b"P", b"F"]
+    assert b"".join(m.group(3) for m in pieces) == b"a" * 40000
+
+    rotated = log_path + ".1"
+    import os
+
+    os.rename(log_path, rotated)
+    vmrtd.runtime.ReopenContainerLog(api.ReopenContainerLogRequest(container_id=container))
+    assert wait_for(lambda: log_has(b"after-rotate"))
+    with open(log_path, "rb") as f:
+        assert b"first" not in f.read()
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=container, timeout=0))
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION, vmrtd.runtime.ReopenContainerLog,
+                 api.ReopenContainerLogRequest(container_id=container))
+
+
+def test_stop_and_remove_are_idempotent(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config()
+    pod_id = vmrtd.run_pod(config)
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    for _ in range(2):
+        vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=container, timeout=1))
+    for _ in range(2):
+        vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container))
+    for _ in range(2):
+        vmrtd.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    for _ in range(2):
+        vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    unknown = "0" * 64
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=unknown))
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=unknown))
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=unknown))
+
+
+def test_list_filters(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    running = vmrtd.run_container(pod_id, config, ["sleep", "300"], labels={"tier": "a"})
+    created = vmrtd.create(pod_id, config, ["true"], labels={"tier": "b"})
+
+    def containers(**fields: object) -> set[str]:
+        reply = vmrtd.runtime.ListContainers(api.ListContainersRequest(
+            filter=api.ContainerFilter(**fields)))  # type: ignore[arg-type]
+        return {c.id for c in reply.containers}
+
+    assert {running, created} <= containers()
+    assert containers(id=running[:16]) == {running}
+    assert running in containers(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    assert created not in containers(state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    assert containers(label_selector={"tier": "b"}) == {created}
+    assert containers(pod_sandbox_id="f" * 64) == set()
+
+    def pods(**fields: object) -> set[str]:
+        reply = vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest(
+            filter=api.PodSandboxFilter(**fields)))  # type: ignore[arg-type]
+        return {p.id for p in reply.items}
+
+    assert pod_id in pods(label_selector={"app": "shared"})
+    assert pod_id not in pods(label_selector={"app": "other"})
+    assert pod_id in pods(state=api.PodSandboxStateValue(state=api.SANDBOX_READY))
+    assert pod_id not in pods(state=api.PodSandboxStateValue(state=api.SANDBOX_NOTREADY))
+    assert pods(id=pod_id[:20]) == {pod_id}
+
+
+def test_stats(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(pod_id, config, ["sh", "-c",
+                                                     "dd if=/dev/zero of=/big bs=1k count=2048;"
+                                                     " sleep 300"])
+    wait_for(lambda: vmrtd.exec(container, ["test", "-s", "/big"]).exit_code == 0)
+    stats = vmrtd.runtime.ContainerStats(api.ContainerStatsRequest(container_id=container)).stats
+    assert stats.attributes.id == container
+    assert stats.memory.working_set_bytes.value > 0
+    assert stats.cpu.usage_core_nano_seconds.value > 0
+    assert stats.writable_layer.used_bytes.value >= 2048 * 1024
+    listed = vmrtd.runtime.ListContainerStats(api.ListContainerStatsRequest(
+        filter=api.ContainerStatsFilter(pod_sandbox_id=pod_id)))
+    assert container in {s.attributes.id for s in listed.stats}
+    pod_stats = vmrtd.runtime.PodSandboxStats(api.PodSandboxStatsRequest(
+        pod_sandbox_id=pod_id)).stats
+    assert pod_stats.linux.memory.working_set_bytes.value > 0
+    assert pod_stats.linux.process.process_count.value >= 1
+    assert container in {c.attributes.id for c in pod_stats.linux.containers}
+    all_pods = vmrtd.runtime.ListPodSandboxStats(api.ListPodSandboxStatsRequest())
+    assert pod_id in {s.attributes.id for s in all_pods.stats}
+
+
+def test_update_resources_and_oom_killed(vmrtd: Daemon,
+                                         pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    vmrtd.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+        container_id=container,
+        linux=api.LinuxContainerResources(memory_limit_in_bytes=48 * 1024 * 1024)))
+    reply = vmrtd.exec(container, ["cat", "/sys/fs/cgroup/memory.max"])
+    assert reply.stdout.strip() == str(48 * 1024 * 1024).encode()
+
+    limited = api.LinuxContainerConfig(resources=api.LinuxContainerResources(
+        memory_limit_in_bytes=16 * 1024 * 1024))
+    hog = vmrtd.run_container(pod_id, config, ["sh", "-c",
+                                               "head -c 200m /dev/zero | tail > /dev/null"],
+                              linux=limited)
+    status = vmrtd.wait_exited(hog)
+    assert status.reason == "OOMKilled", status
+    assert status.exit_code == 137
+
+
+def test_container_events(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    events: list[api.ContainerEventResponse] = []
+    call = vmrtd.runtime.GetContainerEvents(api.GetEventsRequest())
+
+    def read() -> None:
+        try:
+            for event in call:
+                events.append(event)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    container = vmrtd.run_container(pod_id, config, ["sh", "-c", "exit 0"])
+    vmrtd.wait_exited(container)
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container))
+    wait_for(lambda: len([e for e in events if e.container_id == container]) >= 4)
+    call.cancel()
+    kinds = [e.container_event_type for e in events if e.container_id == container]
+    assert kinds == [api.CONTAINER_CREATED_EVENT, api.CONTAINER_STARTED_EVENT,
+                     api.CONTAINER_STOPPED_EVENT, api.CONTAINER_DELETED_EVENT]
+    assert all(e.pod_sandbox_status.id == pod_id for e in events if e.container_id == container)
+
+
+def test_pod_resources_size_the_vm_and_handlers_select_it(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config()
+    config.linux.resources.memory_limit_in_bytes = 128 * 1024 * 1024
+    config.linux.overhead.memory_limit_in_bytes = 32 * 1024 * 1024
+    pod_id = vmrtd.run_pod(config, handler="vmrt")
+    info = json.loads(vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id, verbose=True)).info["info"])
+    assert info["vm"]["memory_mib"] == 256 + 128 + 32
+    assert vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status.runtime_handler == "vmrt"
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    total_kib = int(vmrtd.exec(container, ["awk", "/MemTotal/ {print $2}",
+                                           "/proc/meminfo"]).stdout)
+    assert total_kib > 300 * 1024
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
