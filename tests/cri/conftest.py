@@ -63,9 +63,8 @@ class Daemon:
         self.runtime.Version(api.VersionRequest(), timeout=30, wait_for_ready=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
+        # Signal first: closing the channel first would cancel in-flight
+        # calls, and a cancelled RunPodSandbox rolls itself back.
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -74,6 +73,9 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)

@@ -75,6 +75,12 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
         try:
             async with asyncio.timeout(_deadline(context)):
                 reply = await behavior(request, context)
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the caller goes away or its
+            # deadline passes; handlers have unwound their work by now.
+            log.info("%s cancelled by the caller after %.3fs", method,
+                     time.monotonic() - started)
+            raise
         except Exception as exc:
             await _fail(context, method, exc, started)
         log.debug("%s ok in %.3fs", method, time.monotonic() - started)

@@ -1,0 +1,159 @@
+"""Bad CRI requests get the right code and a message naming the problem; failures
+part-way roll back everything; the daemon keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from tests.cri.conftest import Daemon, expect_error, wait_for
+from tests.helpers import leaks
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(autouse=True)
+def still_serving(vmrtd: Daemon):  # type: ignore[no-untyped-def]
+    yield
+    assert vmrtd.runtime.Version(api.VersionRequest(), timeout=10).runtime_name == "vmrt"
+
+
+def test_missing_metadata(vmrtd: Daemon) -> None:
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=api.PodSandboxConfig()))
+    assert "metadata.name" in details
+    config = vmrtd.pod_config()
+    config.metadata.uid = ""
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=config))
+    assert "metadata.uid" in details
+
+
+def test_unknown_ids(vmrtd: Daemon) -> None:
+    unknown = "ab" * 32
+    for call, request in [
+        (vmrtd.runtime.PodSandboxStatus, api.PodSandboxStatusRequest(pod_sandbox_id=unknown)),
+        (vmrtd.runtime.ContainerStatus, api.ContainerStatusRequest(container_id=unknown)),
+        (vmrtd.runtime.StartContainer, api.StartContainerRequest(container_id=unknown)),
+        (vmrtd.runtime.ExecSync, api.ExecSyncRequest(container_id=unknown, cmd=["true"])),
+        (vmrtd.runtime.ContainerStats, api.ContainerStatsRequest(container_id=unknown)),
+    ]:
+        details = expect_error(grpc.StatusCode.NOT_FOUND, call, request)
+        assert unknown in details
+    details = expect_error(grpc.StatusCode.NOT_FOUND, vmrtd.runtime.CreateContainer,
+                           api.CreateContainerRequest(
+                               pod_sandbox_id=unknown,
+                               config=api.ContainerConfig(
+                                   metadata=api.ContainerMetadata(name="x"),
+                                   image=api.ImageSpec(image="busybox"))))
+    assert "pod sandbox" in details
+
+
+def test_unknown_runtime_handler(vmrtd: Daemon) -> None:
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=vmrtd.pod_config(),
+                                                    runtime_handler="gvisor"))
+    assert "gvisor" in details
+
+
+def test_duplicate_pod_name_and_bad_container_requests(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config(name="dup")
+    pod_id = vmrtd.run_pod(config)
+    details = expect_error(grpc.StatusCode.ALREADY_EXISTS, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=config))
+    assert "dup" in details
+
+    def create(**fields: object) -> api.CreateContainerRequest:
+        container = api.ContainerConfig(metadata=api.ContainerMetadata(name="bad"),
+                                        image=api.ImageSpec(image="busybox"),
+                                        command=["true"])
+        for key, value in fields.items():
+            if key == "mounts":
+                container.mounts.extend(value)  # type: ignore[arg-type]
+            else:
+                getattr(container, key).CopyFrom(value)
+        return api.CreateContainerRequest(pod_sandbox_id=pod_id, config=container,
+                                          sandbox_config=config)
+
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.CreateContainer,
+                           create(mounts=[api.Mount(container_path="relative/path",
+                                                    host_path="/tmp")]))
+    assert "container_path" in details
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.CreateContainer,
+                           create(mounts=[api.Mount(container_path="/data", host_path="")]))
+    assert "host_path" in details
+    details = expect_error(grpc.StatusCode.NOT_FOUND, vmrtd.runtime.CreateContainer,
+                           create(image=api.ImageSpec(image="no-such-image:1.0")))
+    assert "no-such-image" in details
+    no_name = api.CreateContainerRequest(pod_sandbox_id=pod_id, config=api.ContainerConfig(
+        image=api.ImageSpec(image="busybox")), sandbox_config=config)
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.CreateContainer,
+                           no_name)
+    assert "metadata.name" in details
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.StopContainer,
+                           api.StopContainerRequest(container_id="x", timeout=-5))
+    assert "negative" in details
+
+    # The same container name twice in one pod.
+    first = vmrtd.create(pod_id, config, ["true"], name="twin")
+    details = expect_error(grpc.StatusCode.ALREADY_EXISTS, vmrtd.create, pod_id, config,
+                           ["true"], name="twin")
+    assert "twin" in details
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=first))
+
+    vmrtd.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    details = expect_error(grpc.StatusCode.FAILED_PRECONDITION, vmrtd.runtime.CreateContainer,
+                           create())
+    assert "not ready" in details
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    # The name is free again once the pod is removed.
+    again = vmrtd.run_pod(config)
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=again))
+
+
+def test_failed_run_pod_sandbox_leaves_nothing(vmrtd: Daemon) -> None:
+    before = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
+    # The "tiny" handler's 96 MiB cannot hold the guest: the VM dies while booting.
+    details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=vmrtd.pod_config(),
+                                                    runtime_handler="tiny"))
+    assert "while booting" in details and "memory" in details
+    after = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
+    assert after == before
+    assert not leaks.find(vmrtd.state)
+    assert not list((vmrtd.root / "pods").glob("*/pod.json")) or \
+        {p.parent.name for p in (vmrtd.root / "pods").glob("*/pod.json")} == before
+
+
+def test_failed_create_container_leaves_nothing(vmrtd: Daemon,
+                                                pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    before = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
+    details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.create, pod_id, config,
+                           ["/no/such/binary"], name="broken",
+                           mounts=[api.Mount(container_path="/data", host_path="/tmp")])
+    assert "/no/such/binary" in details
+    after = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
+    assert after == before
+    shared = next(vmrtd.state.glob("sandboxes/*/shared"))
+    assert not any(shared.iterdir()), list(shared.iterdir())
+    assert not leaks.mounts_under(shared)
+    assert not any((vmrtd.root / "containers").iterdir()) or \
+        {p.name for p in (vmrtd.root / "containers").iterdir()} <= before
+    # The name was released with everything else.
+    retry = vmrtd.create(pod_id, config, ["true"], name="broken")
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=retry))
+
+
+def test_deadline_cancels_run_pod_sandbox_and_rolls_back(vmrtd: Daemon) -> None:
+    before = leaks.find(vmrtd.state)
+    pods_before = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
+    expect_error(grpc.StatusCode.DEADLINE_EXCEEDED, vmrtd.runtime.RunPodSandbox,
+                 api.RunPodSandboxRequest(config=vmrtd.pod_config()), timeout=1.0)
+    # The daemon applies the same deadline and unwinds what it had done.
+    assert wait_for(lambda: leaks.find(vmrtd.state) == before, timeout=20), \
+        (before, leaks.find(vmrtd.state))
+    after = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
+    assert after == pods_before
+    assert "RunPodSandbox cancelled by the caller" in vmrtd.log_file.read_text()
