@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from vmrt.cli import guest_image, run
+from vmrt.cli import cri_commands, guest_image, run
 from vmrt.errors import VmrtError
 
 DEFAULT_ROOT = "/var/lib/vmrt"
@@ -25,7 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     guest_image.add_parser(sub)
     run.add_parser(sub)
+    cri_commands.add_parsers(sub)
+    daemon = sub.add_parser("daemon", help="run vmrtd (same as the vmrtd command)",
+                            add_help=False)
+    daemon.add_argument("daemon_args", nargs=argparse.REMAINDER)
+    daemon.set_defaults(func=_daemon)
     return parser
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from vmrt.daemon.main import main as vmrtd
+
+    return vmrtd(args.daemon_args)
 
 
 def main(argv: list[str] | None = None) -> int:

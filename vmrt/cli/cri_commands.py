@@ -1,0 +1,224 @@
+"""``vmrt pods|ps|inspect|exec|logs|stop|rm|stats``: crictl-style commands over CRI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.cli.cri_client import (
+    DEFAULT_ENDPOINT,
+    Client,
+    CRIError,
+    ago,
+    print_json,
+    print_table,
+    size,
+    to_dict,
+)
+
+STATE_NAMES = {api.CONTAINER_CREATED: "Created", api.CONTAINER_RUNNING: "Running",
+               api.CONTAINER_EXITED: "Exited", api.CONTAINER_UNKNOWN: "Unknown"}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runtime-endpoint", "-r", default=os.environ.get(
+        "CONTAINER_RUNTIME_ENDPOINT", DEFAULT_ENDPOINT), help="vmrtd's CRI socket")
+    common.add_argument("--timeout", type=float, default=60.0)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    p = sub.add_parser("pods", parents=[common, output], help="list pod sandboxes")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_pods)
+    p = sub.add_parser("ps", parents=[common, output], help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    p.add_argument("-p", "--pod", default="", help="only this pod's containers")
+    p.set_defaults(func=_ps)
+    p = sub.add_parser("inspect", parents=[common], help="status of a container or pod, as JSON")
+    p.add_argument("id")
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser("exec", parents=[common], help="run a command in a running container")
+    p.add_argument("--exec-timeout", type=int, default=0, help="seconds; 0 means no limit")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_exec)
+    p = sub.add_parser("logs", parents=[common], help="a container's log")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--timestamps", action="store_true")
+    p.add_argument("container")
+    p.set_defaults(func=_logs)
+    p = sub.add_parser("stop", parents=[common], help="stop containers or pods")
+    p.add_argument("-t", "--stop-timeout", type=int, default=10)
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=_stop)
+    p = sub.add_parser("rm", parents=[common], help="remove containers or pods")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=_rm)
+    p = sub.add_parser("stats", parents=[common, output], help="container resource usage")
+    p.set_defaults(func=_stats)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.runtime_endpoint, args.timeout)
+
+
+def _pods(args: argparse.Namespace) -> int:
+    labels = dict(item.split("=", 1) for item in args.label)
+    reply = _client(args).rt("ListPodSandbox", api.ListPodSandboxRequest(
+        filter=api.PodSandboxFilter(label_selector=labels)))
+    if args.output == "json":
+        print_json(to_dict(reply))
+        return 0
+    rows = [[p.id[:13], ago(p.created_at),
+             "Ready" if p.state == api.SANDBOX_READY else "NotReady",
+             p.metadata.name, p.metadata.namespace, str(p.metadata.attempt),
+             p.runtime_handler or "(default)"] for p in reply.items]
+    print_table(["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"], rows)
+    return 0
+
+
+def _ps(args: argparse.Namespace) -> int:
+    flt = api.ContainerFilter(pod_sandbox_id=args.pod)
+    if not args.all:
+        flt.state.CopyFrom(api.ContainerStateValue(state=api.CONTAINER_RUNNING))
+    reply = _client(args).rt("ListContainers", api.ListContainersRequest(filter=flt))
+    if args.output == "json":
+        print_json(to_dict(reply))
+        return 0
+    rows = [[c.id[:13], c.image.image, ago(c.created_at), STATE_NAMES[c.state],
+             c.metadata.name, str(c.metadata.attempt), c.pod_sandbox_id[:13]]
+            for c in reply.containers]
+    print_table(["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"], rows)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if client.find_container(args.id) is not None:
+        reply = client.rt("ContainerStatus", api.ContainerStatusRequest(
+            container_id=args.id, verbose=True))
+    elif client.find_pod(args.id) is not None:
+        reply = client.rt("PodSandboxStatus", api.PodSandboxStatusRequest(
+            pod_sandbox_id=args.id, verbose=True))
+    else:
+        raise CRIError(f"no container or pod {args.id!r}")
+    print_json(to_dict(reply))
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise CRIError("no command given: vmrt exec CONTAINER -- CMD [ARGS...]")
+    reply = _client(args).rt("ExecSync", api.ExecSyncRequest(
+        container_id=args.container, cmd=command, timeout=args.exec_timeout),
+        timeout=args.exec_timeout + args.timeout if args.exec_timeout else None)
+    sys.stdout.buffer.write(reply.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(reply.stderr)
+    return int(reply.exit_code)
+
+
+def _write_log_line(line: bytes, timestamps: bool, pending: dict[bytes, bytes]) -> None:
+    parts = line.rstrip(b"\n").split(b" ", 3)
+    if len(parts) < 3:
+        return
+    stamp, stream, tag = parts[:3]
+    message = parts[3] if len(parts) > 3 else b""
+    out = sys.stderr.buffer if stream == b"stderr" else sys.stdout.buffer
+    if tag == b"P":
+        pending[stream] = pending.get(stream, b"") + message
+        return
+    text = pending.pop(stream, b"") + message
+    out.write((stamp + b" " if timestamps else b"") + text + b"\n")
+    out.flush()
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    status = client.find_container(args.container)
+    if status is None:
+        raise CRIError(f"no container {args.container!r}")
+    if not status.log_path:
+        raise CRIError(f"container {status.id[:13]} has no log file")
+    pending: dict[bytes, bytes] = {}
+    position = 0
+    while True:
+        try:
+            with open(status.log_path, "rb") as f:
+                f.seek(position)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break
+                    _write_log_line(line, args.timestamps, pending)
+                    position += len(line)
+        except FileNotFoundError:
+            if not args.follow:
+                raise CRIError(f"log file {status.log_path} does not exist") from None
+        if not args.follow:
+            return 0
+        current = client.find_container(status.id)
+        if current is None or current.state == api.CONTAINER_EXITED:
+            time.sleep(0.3)  # the last lines may still be on their way
+            if current is None or position >= os.path.getsize(status.log_path):
+                return 0
+        time.sleep(0.2)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for target in args.ids:
+        if client.find_container(target) is not None:
+            client.rt("StopContainer", api.StopContainerRequest(
+                container_id=target, timeout=args.stop_timeout),
+                timeout=args.stop_timeout + args.timeout)
+        elif client.find_pod(target) is not None:
+            client.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=target))
+        else:
+            raise CRIError(f"no container or pod {target!r}")
+        print(target)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for target in args.ids:
+        if client.find_container(target) is not None:
+            client.rt("RemoveContainer", api.RemoveContainerRequest(container_id=target))
+        elif client.find_pod(target) is not None:
+            client.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=target))
+        else:
+            raise CRIError(f"no container or pod {target!r}")
+        print(target)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    client = _client(args)
+    first = client.rt("ListContainerStats", api.ListContainerStatsRequest())
+    if args.output == "json":
+        print_json(to_dict(first))
+        return 0
+    # CPU% needs two samples.
+    time.sleep(1.0)
+    second = client.rt("ListContainerStats", api.ListContainerStatsRequest())
+    before: dict[str, Any] = {s.attributes.id: s for s in first.stats}
+    rows = []
+    for stat in second.stats:
+        cpu = ""
+        old = before.get(stat.attributes.id)
+        if old is not None and stat.cpu.timestamp > old.cpu.timestamp:
+            used = stat.cpu.usage_core_nano_seconds.value - old.cpu.usage_core_nano_seconds.value
+            cpu = f"{100 * used / (stat.cpu.timestamp - old.cpu.timestamp):.2f}"
+        rows.append([stat.attributes.id[:13], stat.attributes.metadata.name, cpu,
+                     size(stat.memory.working_set_bytes.value),
+                     size(stat.writable_layer.used_bytes.value),
+                     str(stat.writable_layer.inodes_used.value)])
+    print_table(["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"], rows)
+    return 0
