@@ -40,8 +40,10 @@ def test_two_containers_in_one_pod(vmrtd: Daemon) -> None:
     assert status.status.metadata.name == config.metadata.name
     assert json.loads(status.info["info"])["vm"]["memory_mib"] == 256
 
+    own_pids = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+        namespace_options=api.NamespaceOption(pid=api.CONTAINER)))
     first = vmrtd.run_container(pod_id, config, ["sh", "-c", "echo one; sleep 300"],
-                                labels={"role": "server"})
+                                labels={"role": "server"}, linux=own_pids)
     second = vmrtd.create(pod_id, config, ["sh", "-c", "echo two; sleep 1; exit 3"],
                           envs=[api.KeyValue(key="GREETING", value="hi")], working_dir="/tmp")
     assert vmrtd.status(second).state == api.CONTAINER_CREATED
@@ -55,10 +57,12 @@ def test_two_containers_in_one_pod(vmrtd: Daemon) -> None:
     assert running.state == api.CONTAINER_RUNNING and running.started_at > 0
 
     # Both share the pod's hostname; each has its own pid namespace.
-    reply = vmrtd.exec(first, ["sh", "-c", "hostname; echo $$; ps -o comm"])
-    lines = reply.stdout.decode().split()
+    reply = vmrtd.exec(first, ["sh", "-c", "hostname; ps -o args"])
+    lines = reply.stdout.decode().splitlines()
     assert lines[0] == config.hostname
-    assert "sleep" in lines and "two" not in reply.stdout.decode()
+    # Its own pid namespace: its sleep, the exec'd shell, and nothing of the pod's.
+    assert "sleep 300" in lines
+    assert not any("2147483647" in line for line in lines)
 
     vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=first, timeout=5))
     stopped = vmrtd.status(first)

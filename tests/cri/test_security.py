@@ -1,0 +1,146 @@
+"""CreateContainer's translation of CRI security and namespace settings, checked
+from inside real containers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from tests.cri.conftest import Daemon
+
+pytestmark = pytest.mark.vm
+
+
+MOUNT_TMPFS = "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo ok"
+
+
+def sc(**fields: object) -> api.LinuxContainerConfig:
+    return api.LinuxContainerConfig(
+        security_context=api.LinuxContainerSecurityContext(**fields))  # type: ignore[arg-type]
+
+
+def run(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig], *args: str,
+        **fields: object) -> str:
+    pod_id, config = pod
+    return vmrtd.run_container(pod_id, config, list(args) or ["sleep", "300"], **fields)
+
+
+def sh(vmrtd: Daemon, container: str, script: str) -> api.ExecSyncResponse:
+    return vmrtd.exec(container, ["sh", "-c", script])
+
+
+def test_capabilities_add_and_drop(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    default = run(vmrtd, pod)
+    assert sh(vmrtd, default, "chown 1:1 /tmp").exit_code == 0
+    assert sh(vmrtd, default, "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m").exit_code != 0
+    dropped = run(vmrtd, pod, linux=sc(capabilities=api.Capability(drop_capabilities=["CHOWN"])))
+    assert sh(vmrtd, dropped, "chown 1:1 /tmp").exit_code != 0
+    added = run(vmrtd, pod, linux=sc(capabilities=api.Capability(
+        add_capabilities=["SYS_ADMIN"]), seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.RuntimeDefault)))
+    assert sh(vmrtd, added, MOUNT_TMPFS).stdout == b"ok\n"
+
+
+def test_privileged(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    container = run(vmrtd, pod, linux=sc(privileged=True))
+    assert sh(vmrtd, container, MOUNT_TMPFS).stdout == b"ok\n"
+    caps = sh(vmrtd, container, "grep CapEff /proc/self/status").stdout.split()[1]
+    assert int(caps, 16) >= 0x1FFFFFFFFF
+    # Nothing masked: /proc/kcore has content.
+    assert sh(vmrtd, container, "head -c1 /proc/kcore | wc -c").stdout.strip() == b"1"
+
+
+def test_readonly_rootfs_masked_paths_and_no_new_privs(vmrtd: Daemon,
+                                                       pod: tuple[str, api.PodSandboxConfig]
+                                                       ) -> None:
+    container = run(vmrtd, pod, linux=sc(readonly_rootfs=True, no_new_privs=True))
+    assert sh(vmrtd, container, "touch /newfile").exit_code != 0
+    assert sh(vmrtd, container, "grep NoNewPrivs /proc/self/status").stdout.split()[1] == b"1"
+    # Masked: /proc/kcore reads as empty.
+    assert sh(vmrtd, container, "head -c1 /proc/kcore | wc -c").stdout.strip() == b"0"
+    assert sh(vmrtd, container, "echo 1 > /proc/sys/vm/drop_caches").exit_code != 0
+    custom = run(vmrtd, pod, linux=sc(masked_paths=["/etc/hostname"], readonly_paths=[]))
+    assert sh(vmrtd, custom, "cat /etc/hostname").stdout == b""
+
+
+def test_seccomp_profiles(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig],
+                          tmp_path: Path) -> None:
+    profile = tmp_path / "no-mkdir.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    local = run(vmrtd, pod, linux=sc(seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Localhost, localhost_ref=str(profile))))
+    denied = sh(vmrtd, local, "mkdir /tmp/d")
+    assert denied.exit_code != 0 and b"Operation not permitted" in denied.stderr
+    default = run(vmrtd, pod, linux=sc(seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.RuntimeDefault)))
+    assert sh(vmrtd, default, "mkdir /tmp/d && echo ok").stdout == b"ok\n"
+    assert b"Seccomp:\t2" in sh(vmrtd, default, "grep Seccomp: /proc/self/status").stdout
+    unconfined = run(vmrtd, pod, linux=sc(seccomp=api.SecurityProfile(
+        profile_type=api.SecurityProfile.Unconfined)))
+    assert b"Seccomp:\t0" in sh(vmrtd, unconfined, "grep Seccomp: /proc/self/status").stdout
+
+
+def test_pid_namespace_options(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    shared = api.NamespaceOption(pid=api.POD)
+    private = api.NamespaceOption(pid=api.CONTAINER)
+    run(vmrtd, pod, "sh", "-c", "sleep 301", linux=sc(namespace_options=shared))
+    second = run(vmrtd, pod, "sh", "-c", "sleep 302", linux=sc(namespace_options=shared))
+    seen = sh(vmrtd, second, "ps -o args").stdout
+    assert b"sleep 301" in seen and b"sleep 302" in seen
+    own = run(vmrtd, pod, "sh", "-c", "sleep 303", linux=sc(namespace_options=private))
+    assert b"sleep 301" not in sh(vmrtd, own, "ps -o args").stdout
+    target = run(vmrtd, pod, "sh", "-c", "sleep 304", linux=sc(
+        namespace_options=api.NamespaceOption(pid=api.TARGET, target_id=own)))
+    assert b"sleep 303" in sh(vmrtd, target, "ps -o args").stdout
+
+
+def test_mounts_devices_and_stop_signal_escalation(vmrtd: Daemon,
+                                                  pod: tuple[str, api.PodSandboxConfig],
+                                                  tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_text("from the host\n")
+    config_file = tmp_path / "app.conf"
+    config_file.write_text("key=value\n")
+    container = run(vmrtd, pod, mounts=[
+        api.Mount(container_path="/data", host_path=str(data)),
+        api.Mount(container_path="/etc/app.conf", host_path=str(config_file), readonly=True),
+    ], devices=[api.Device(container_path="/dev/myzero", host_path="/dev/zero",
+                           permissions="rw")])
+    assert sh(vmrtd, container, "cat /data/hello.txt").stdout == b"from the host\n"
+    assert sh(vmrtd, container, "echo back > /data/out.txt").exit_code == 0
+    assert (data / "out.txt").read_text() == "back\n"
+    assert sh(vmrtd, container, "cat /etc/app.conf").stdout == b"key=value\n"
+    assert sh(vmrtd, container, "echo x >> /etc/app.conf").exit_code != 0
+    assert sh(vmrtd, container, "head -c 4 /dev/myzero | wc -c").stdout.strip() == b"4"
+
+    stubborn = run(vmrtd, pod, "sh", "-c", "trap '' TERM; while true; do sleep 1; done")
+    started = time.monotonic()
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=stubborn, timeout=2))
+    assert time.monotonic() - started >= 2
+    status = vmrtd.status(stubborn)
+    assert status.state == api.CONTAINER_EXITED and status.exit_code == 137
+
+
+def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    container = run(vmrtd, pod, linux=sc(run_as_username="nobody"))
+    assert sh(vmrtd, container, "id -u").stdout == b"65534\n"
+    pod_id, config = pod
+    with pytest.raises(Exception, match="not in the image's /etc/passwd"):
+        vmrtd.create(pod_id, config, ["true"], linux=sc(run_as_username="ghost"))
+
+
+def test_streaming_rpcs_say_they_are_not_there_yet(vmrtd: Daemon) -> None:
+    import grpc
+
+    from tests.cri.conftest import expect_error
+
+    details = expect_error(grpc.StatusCode.UNIMPLEMENTED, vmrtd.runtime.Exec,
+                           api.ExecRequest(container_id="x", cmd=["sh"]))
+    assert "ExecSync works" in details

@@ -1,0 +1,64 @@
+"""vmrtd's TOML config: defaults, handlers, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from vmrt.config import Config, ConfigError, load, parse
+
+
+def test_defaults_without_a_file() -> None:
+    config = load(None)
+    assert config == Config()
+    assert config.cri.socket == "/run/vmrt/vmrt.sock"
+    assert config.cri.stream_address == "127.0.0.1"
+    assert (config.storage.root, config.storage.state) == ("/var/lib/vmrt", "/run/vmrt")
+    assert (config.hypervisor.accel, config.hypervisor.memory_mib,
+            config.hypervisor.vcpus) == ("auto", 256, 1)
+    assert config.registry.mirrors["registry.k8s.io"].endpoints == ["http://127.0.0.1:5000"]
+    assert config.cni.conf_dir == "/etc/cni/net.d"
+    assert config.cni.bin_dirs == ["/opt/cni/bin", "/usr/lib/cni"]
+    assert config.handler("vmrt") == config.hypervisor
+    assert config.handler("") == config.hypervisor
+
+
+def test_handlers_override_the_hypervisor_block() -> None:
+    config = parse("""
+[hypervisor]
+memory_mib = 512
+[runtime_handlers.big]
+memory_mib = 2048
+vcpus = 2
+[registry.mirrors."gcr.io"]
+endpoints = ["http://127.0.0.1:5000"]
+""")
+    big = config.handler("big")
+    assert (big.memory_mib, big.vcpus, big.accel) == (2048, 2, "auto")
+    assert config.hypervisor.memory_mib == 512
+    assert set(config.registry.mirrors) == {"gcr.io"}
+    with pytest.raises(ConfigError, match="unknown runtime handler 'kata'"):
+        config.handler("kata")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[hypervisor]\nmemory = 1", "unknown key hypervisor.memory"),
+    ("[hypervisor]\nmemory_mib = 'lots'", "hypervisor.memory_mib: expected an integer"),
+    ("[hypervisor]\nmemory_mib = 16", "hypervisor.memory_mib: 16 is below"),
+    ("[hypervisor]\naccel = 'hvf'", "hypervisor.accel"),
+    ("[hypervisor]\ndebug = 1", "hypervisor.debug: expected true or false"),
+    ("[runtime_handlers.x]\nfoo = 1", "unknown key runtime_handlers.x.foo"),
+    ("[runtime_handlers.x]\nvcpus = 0", "runtime_handlers.x.vcpus"),
+    ("[cri]\nsocket = 1", "cri.socket: expected a string"),
+    ("[cri]\nstream_port = 70000", "cri.stream_port"),
+    ("[cni]\nbin_dirs = '/opt'", "cni.bin_dirs: expected a list"),
+    ("surprise = 1", "unknown key surprise"),
+    ("not toml at all [", "not valid TOML"),
+])
+def test_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        parse(text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
