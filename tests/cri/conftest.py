@@ -200,7 +200,12 @@ def own_vmrtd(guest_image, request: pytest.FixtureRequest) -> Iterator[Daemon]: 
 @pytest.fixture(scope="module")
 def pod(vmrtd: Daemon) -> tuple[str, api.PodSandboxConfig]:
     """A ready pod shared by the tests of a module."""
-    config = vmrtd.pod_config(labels={"app": "shared"})
+    config = vmrtd.pod_config(
+        labels={"app": "shared"},
+        dns_config=api.DNSConfig(servers=["10.96.0.10"], searches=["test.svc.cluster.local"],
+                                 options=["ndots:5"]),
+        linux=api.LinuxPodSandboxConfig(sysctls={"net.ipv4.ip_forward": "1",
+                                                 "kernel.shm_rmid_forced": "1"}))
     return vmrtd.run_pod(config), config
 
 

@@ -98,6 +98,21 @@ def test_image_config_env_workdir_and_user(vmrtd: Daemon, pod: tuple[str, api.Po
     assert vmrtd.status(container).user.linux.uid == 65534
 
 
+def test_pod_hostname_dns_and_sysctls(vmrtd: Daemon,
+                                      pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    reply = vmrtd.exec(container, ["sh", "-c", "hostname; cat /etc/resolv.conf; "
+                                   "cat /proc/sys/net/ipv4/ip_forward "
+                                   "/proc/sys/kernel/shm_rmid_forced; grep -c . /etc/hosts"])
+    lines = reply.stdout.decode().splitlines()
+    assert lines[0] == config.hostname
+    assert lines[1:4] == ["nameserver 10.96.0.10", "search test.svc.cluster.local",
+                          "options ndots:5"]
+    assert lines[4:6] == ["1", "1"]
+    assert int(lines[6]) >= 2
+
+
 def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
                                                  pod: tuple[str, api.PodSandboxConfig]) -> None:
     pod_id, config = pod

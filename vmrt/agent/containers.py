@@ -211,6 +211,10 @@ class ContainerManager:
             raise FailedPrecondition(f"{bundle} still has mounts from an earlier container")
         shutil.rmtree(bundle)
 
+    def set_pod_ipc_sysctls(self, sysctls: list[tuple[str, str]]) -> None:
+        self._pod_ns.ipc_sysctls = [(k, v) for k, v in sysctls
+                                    if k.startswith(specfix.IPC_SYSCTL_PREFIXES)]
+
     def _init_pid(self, container_id: str) -> int:
         ctr = self.get(container_id)
         if not ctr.init.pid or ctr.init.reaped:

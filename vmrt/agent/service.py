@@ -119,7 +119,9 @@ class AgentService(pb_grpc.AgentServicer):
         self._guest.set_hostname(request.hostname)
         # Always written: containers bind-mount the pod's resolv.conf.
         self._guest.set_dns(request.dns.servers, request.dns.searches, request.dns.options)
-        self._guest.set_sysctls((s.key, s.value) for s in request.sysctls)
+        sysctls = [(s.key, s.value) for s in request.sysctls]
+        self._guest.set_sysctls(sysctls)
+        self._containers.set_pod_ipc_sysctls(sysctls)
         if request.share_tag:
             self._guest.mount_share(request.share_tag)
         return pb.SetupSandboxResponse()

@@ -8,6 +8,7 @@ is mounted; the agent can.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import threading
 import time
@@ -21,13 +22,23 @@ POD_DIR = "/run/vmrt/pod"
 POD_FILES = ("hosts", "hostname", "resolv.conf")
 
 
+# Sysctls that belong to an IPC namespace rather than to the whole kernel.
+IPC_SYSCTL_PREFIXES = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
+
+
 class PodNamespaces:
-    """A holder process that keeps the pod's shared pid and ipc namespaces alive."""
+    """A holder process that keeps the pod's shared pid and ipc namespaces alive.
+
+    The pod's IPC sysctls are written by the holder itself, inside its new
+    IPC namespace, before it goes to sleep: containers that share the pod's
+    IPC namespace see them, as under containerd's pause container.
+    """
 
     def __init__(self, table: ProcessTable) -> None:
         self._table = table
         self._lock = threading.Lock()
         self._pid = 0
+        self.ipc_sysctls: list[tuple[str, str]] = []
 
     def path(self, kind: str) -> str:
         with self._lock:
@@ -40,8 +51,11 @@ class PodNamespaces:
         try:
             # unshare forks: its child is PID 1 of the new namespace, and the
             # namespace is the child's. "sleep" never exits on its own.
+            writes = "".join(
+                f"printf %s {shlex.quote(value)} > /proc/sys/{key.replace('.', '/')} && "
+                for key, value in self.ipc_sysctls)
             pid = self._table.spawn(["/bin/unshare", "--pid", "--ipc", "--fork", "--",
-                                     "/bin/sleep", "2147483647"],
+                                     "/bin/sh", "-c", f"{writes}exec /bin/sleep 2147483647"],
                                     stdin=null, stdout=null, stderr=null)
         finally:
             os.close(null)
