@@ -229,7 +229,8 @@ def test_stats(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
     container = vmrtd.run_container(pod_id, config, ["sh", "-c",
                                                      "dd if=/dev/zero of=/big bs=1k count=2048;"
                                                      " sleep 300"])
-    wait_for(lambda: vmrtd.exec(container, ["test", "-s", "/big"]).exit_code == 0)
+    assert wait_for(lambda: vmrtd.exec(container, [
+        "sh", "-c", "test \"$(wc -c < /big)\" -eq 2097152"]).exit_code == 0)
     stats = vmrtd.runtime.ContainerStats(api.ContainerStatsRequest(container_id=container)).stats
     assert stats.attributes.id == container
     assert stats.memory.working_set_bytes.value > 0
