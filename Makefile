@@ -52,6 +52,7 @@ lint:
 
 bench: image
 	$(BIN)/python bench/boot.py
+	$(BIN)/python bench/cri.py
 
 clean:
 	rm -rf $(STAMPS) $(VENV) test-artifacts
