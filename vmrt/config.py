@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmrt.errors import VmrtError
-from vmrt.hypervisor.spec import MACHINES, MIN_MEMORY_MIB, TRANSPORTS
+from vmrt.hypervisor.spec import vm_settings_problem
 
 
 class ConfigError(VmrtError):
@@ -52,17 +52,10 @@ class HypervisorConfig:
     def validate(self, where: str) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
             raise ConfigError(f"{where}.accel: {self.accel!r} is not one of auto, kvm, tcg")
-        if self.memory_mib < MIN_MEMORY_MIB:
-            raise ConfigError(f"{where}.memory_mib: {self.memory_mib} is below the minimum "
-                              f"of {MIN_MEMORY_MIB}")
-        if not 1 <= self.vcpus <= 255:
-            raise ConfigError(f"{where}.vcpus: {self.vcpus} is not between 1 and 255")
-        if self.machine not in MACHINES:
-            raise ConfigError(f"{where}.machine: {self.machine!r} is not one of "
-                              + ", ".join(MACHINES))
-        if self.transport not in TRANSPORTS:
-            raise ConfigError(f"{where}.transport: {self.transport!r} is not one of "
-                              + ", ".join(TRANSPORTS))
+        problem = vm_settings_problem(self.memory_mib, self.vcpus, self.machine,
+                                      self.transport)
+        if problem:
+            raise ConfigError(f"{where}.{problem}")
         if self.tb_size_mib < 16:
             raise ConfigError(f"{where}.tb_size_mib: {self.tb_size_mib} is below 16")
         if self.boot_timeout <= 0:

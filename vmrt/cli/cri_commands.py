@@ -171,32 +171,37 @@ def _logs(args: argparse.Namespace) -> int:
         time.sleep(0.2)
 
 
-def _stop(args: argparse.Namespace) -> int:
+def _on_each(args: argparse.Namespace, container_call: Any, pod_call: Any) -> int:
+    """Apply a container action or a pod action to each id, whichever it names."""
     client = _client(args)
     for target in args.ids:
         if client.find_container(target) is not None:
-            client.rt("StopContainer", api.StopContainerRequest(
-                container_id=target, timeout=args.stop_timeout),
-                timeout=args.stop_timeout + args.timeout)
+            container_call(client, target)
         elif client.find_pod(target) is not None:
-            client.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=target))
+            pod_call(client, target)
         else:
             raise CRIError(f"no container or pod {target!r}")
         print(target)
     return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    return _on_each(
+        args,
+        lambda client, target: client.rt("StopContainer", api.StopContainerRequest(
+            container_id=target, timeout=args.stop_timeout),
+            timeout=args.stop_timeout + args.timeout),
+        lambda client, target: client.rt("StopPodSandbox", api.StopPodSandboxRequest(
+            pod_sandbox_id=target)))
 
 
 def _rm(args: argparse.Namespace) -> int:
-    client = _client(args)
-    for target in args.ids:
-        if client.find_container(target) is not None:
-            client.rt("RemoveContainer", api.RemoveContainerRequest(container_id=target))
-        elif client.find_pod(target) is not None:
-            client.rt("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=target))
-        else:
-            raise CRIError(f"no container or pod {target!r}")
-        print(target)
-    return 0
+    return _on_each(
+        args,
+        lambda client, target: client.rt("RemoveContainer", api.RemoveContainerRequest(
+            container_id=target)),
+        lambda client, target: client.rt("RemovePodSandbox", api.RemovePodSandboxRequest(
+            pod_sandbox_id=target)))
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -322,7 +322,7 @@ class QemuVM:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
 
-    async def _cleanup(self) -> None:
+    async def _drop_qmp(self) -> None:
         if self._qmp is not None:
             with contextlib.suppress(Exception):
                 await self._qmp.disconnect()
@@ -332,6 +332,9 @@ class QemuVM:
             with contextlib.suppress(BaseException):
                 await self._events_task
             self._events_task = None
+
+    async def _cleanup(self) -> None:
+        await self._drop_qmp()
         for path in (self.qmp_path, self.agent_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -341,12 +344,7 @@ class QemuVM:
 
     async def detach(self) -> None:
         """Let go of a running VM without stopping it (vmrtd is shutting down)."""
-        if self._qmp is not None:
-            with contextlib.suppress(Exception):
-                await self._qmp.disconnect()
-            self._qmp = None
-        if self._events_task is not None:
-            self._events_task.cancel()
+        await self._drop_qmp()
         if self._pidfd >= 0:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._pidfd)

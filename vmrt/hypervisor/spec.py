@@ -24,6 +24,19 @@ class SpecError(VmrtError):
     pass
 
 
+def vm_settings_problem(memory_mib: int, vcpus: int, machine: str, transport: str) -> str:
+    """What is wrong with these VM settings, or "" (shared with config validation)."""
+    if machine not in MACHINES:
+        return f"machine: {machine!r} is not one of {', '.join(MACHINES)}"
+    if transport not in TRANSPORTS:
+        return f"transport: {transport!r} is not one of {', '.join(TRANSPORTS)}"
+    if memory_mib < MIN_MEMORY_MIB:
+        return f"memory_mib: {memory_mib} is below the minimum of {MIN_MEMORY_MIB}"
+    if not 1 <= vcpus <= 255:
+        return f"vcpus: {vcpus} is not between 1 and 255"
+    return ""
+
+
 @dataclass(frozen=True)
 class Share:
     tag: str
@@ -51,18 +64,12 @@ class VMSpec:
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
 
     def validate(self) -> None:
-        if self.machine not in MACHINES:
-            raise SpecError(f"machine {self.machine!r} is not one of {', '.join(MACHINES)}")
-        if self.agent_transport not in TRANSPORTS:
-            raise SpecError(f"agent transport {self.agent_transport!r} is not one of "
-                            f"{', '.join(TRANSPORTS)}")
+        problem = vm_settings_problem(self.memory_mib, self.vcpus, self.machine,
+                                      self.agent_transport)
+        if problem:
+            raise SpecError(problem)
         if self.accel not in ("kvm", "tcg"):
             raise SpecError(f"accel {self.accel!r} must be resolved to kvm or tcg")
-        if self.memory_mib < MIN_MEMORY_MIB:
-            raise SpecError(f"memory {self.memory_mib} MiB is below the minimum of "
-                            f"{MIN_MEMORY_MIB} MiB")
-        if not 1 <= self.vcpus <= 255:
-            raise SpecError(f"vcpus must be between 1 and 255, not {self.vcpus}")
         if self.agent_transport == "vsock" and self.vsock_cid < 3:
             raise SpecError("vsock transport needs a guest CID of 3 or more")
 
