@@ -27,3 +27,11 @@ class UnimplementedError(VmrtError):
 
 class DeadlineExceededError(VmrtError):
     """(gRPC DEADLINE_EXCEEDED)"""
+
+
+class UnauthenticatedError(VmrtError):
+    """(gRPC UNAUTHENTICATED)"""
+
+
+class UnavailableError(VmrtError):
+    """A remote service could not be reached. (gRPC UNAVAILABLE)"""

@@ -24,6 +24,8 @@ from vmrt.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
     UnimplementedError,
     VmrtError,
 )
@@ -38,6 +40,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

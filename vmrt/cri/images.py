@@ -1,4 +1,4 @@
-"""ImageService over the local image store (registry pulls are a later issue)."""
+"""ImageService: pulls through the registry client, everything else from the store."""
 
 from __future__ import annotations
 
@@ -10,30 +10,31 @@ from typing import Any
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.cri.base import Base
-from vmrt.errors import InvalidArgumentError, UnimplementedError
-from vmrt.runtime.images import LocalImage, normalize
+from vmrt.errors import InvalidArgumentError
+from vmrt.images.registry import Credentials
+from vmrt.images.store import ImageRecord
 
 
-def _image(image: LocalImage) -> api.Image:
+def image_message(image: ImageRecord) -> api.Image:
     uid, username = None, ""
     user = image.user.split(":")[0]
     if user.isdigit():
         uid = api.Int64Value(value=int(user))
     elif user:
         username = user
-    return api.Image(id=image.id, repo_tags=image.repo_tags, size=image.size,
-                     uid=uid, username=username,
+    return api.Image(id=image.id, repo_tags=image.repo_tags, repo_digests=image.repo_digests,
+                     size=image.size, uid=uid, username=username,
                      spec=api.ImageSpec(image=image.id))
 
 
 class ImageRPCs(Base):
     async def ListImages(self, request: api.ListImagesRequest,
                          context: Any) -> api.ListImagesResponse:
-        images = self.rt.images.list()
+        images = self.rt.images.images()
         if request.filter.image.image:
             wanted = self.rt.images.find(request.filter.image.image)
             images = [wanted] if wanted else []
-        return api.ListImagesResponse(images=[_image(i) for i in images])
+        return api.ListImagesResponse(images=[image_message(i) for i in images])
 
     async def ImageStatus(self, request: api.ImageStatusRequest,
                           context: Any) -> api.ImageStatusResponse:
@@ -43,29 +44,29 @@ class ImageRPCs(Base):
         if image is None:
             # CRI: an image that is not present is an empty reply, not an error.
             return api.ImageStatusResponse()
-        reply = api.ImageStatusResponse(image=_image(image))
+        reply = api.ImageStatusResponse(image=image_message(image))
         if request.verbose:
-            reply.info["info"] = json.dumps({"rootfs": image.rootfs, "config": image.config})
+            reply.info["info"] = json.dumps({
+                "id": image.id, "config": image.config, "layers": image.layers,
+                "layerDirs": [str(p) for p in self.rt.images.layer_dirs(image)],
+                "created": image.created}, sort_keys=True)
         return reply
 
     async def PullImage(self, request: api.PullImageRequest,
                         context: Any) -> api.PullImageResponse:
-        reference = request.image.image
-        if not reference:
+        if not request.image.image:
             raise InvalidArgumentError("image.image is required")
-        image = self.rt.images.find(reference)
-        if image is not None:
-            return api.PullImageResponse(image_ref=image.id)
-        raise UnimplementedError(
-            f"cannot pull {normalize(reference)}: pulling from registries is not implemented "
-            "yet; images present: " + ", ".join(t for i in self.rt.images.list()
-                                                for t in i.repo_tags))
+        auth = request.auth
+        creds = Credentials.from_auth(auth.username, auth.password, auth.auth,
+                                      auth.registry_token)
+        image = await self.rt.images.pull(request.image.image, creds)
+        return api.PullImageResponse(image_ref=image.id)
 
     async def RemoveImage(self, request: api.RemoveImageRequest,
                           context: Any) -> api.RemoveImageResponse:
         if not request.image.image:
             raise InvalidArgumentError("image.image is required")
-        self.rt.images.remove(request.image.image)
+        self.rt.images.remove(request.image.image, self.rt.layers_in_use())
         return api.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: api.ImageFsInfoRequest,
@@ -82,5 +83,5 @@ class ImageRPCs(Base):
                                        inodes_used=api.UInt64Value(value=inodes))
 
         return api.ImageFsInfoResponse(
-            image_filesystems=[usage(str(self.rt.root / "images"))],
+            image_filesystems=[usage(str(self.rt.images.dir))],
             container_filesystems=[usage(str(self.rt.root / "containers"))])

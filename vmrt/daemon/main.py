@@ -17,6 +17,7 @@ from vmrt.cri.server import serve
 from vmrt.errors import VmrtError
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
+from vmrt.images.archive import ensure_builtin_busybox
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.recovery import detach_all, recover
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(config: Config, image: GuestImage) -> None:
     runtime = Runtime(config, image)
-    runtime.images.ensure_builtin(image.busybox_rootfs)
+    ensure_builtin_busybox(runtime.images, image.busybox_rootfs)
     # One warning about TCG, at start-up rather than at the first pod.
     choose_accel(config.hypervisor.accel)
     await recover(runtime)

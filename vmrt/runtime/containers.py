@@ -114,11 +114,14 @@ class ContainerService:
                 share = live.vm.shared / container_id
                 undo.push_async_callback(mounts.remove_tree, share)
                 undo.push_async_callback(mounts.remove_tree, self.rt.container_dir(container_id))
-                await self._rootfs(container_id, Path(image.rootfs), share)
+                record.layers = list(image.layers)
+                await self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
                 shared = await self._mounts(config.mounts, share, container_id)
-                spec = ocispec.build(config=config, pod_config=pod_config or pod.config(),
-                                     image_config=image.config, image_rootfs=Path(image.rootfs),
-                                     mounts=shared)
+                spec = ocispec.build(
+                    config=config, pod_config=pod_config or pod.config(),
+                    image_config=image.config,
+                    image_file=lambda path: self.rt.images.find_file(image, path),
+                    mounts=shared)
                 record.process_json = json.dumps(spec["process"])
                 await live.agent.call("CreateContainer", pb.CreateContainerRequest(
                     container_id=container_id,
@@ -136,13 +139,13 @@ class ContainerService:
         self.rt.events.publish(container_id, pod.id, "created")
         return container_id
 
-    async def _rootfs(self, container_id: str, image_rootfs: Path, share: Path) -> None:
-        """overlayfs on the host: the image read-only below, a private upper dir."""
+    async def _rootfs(self, container_id: str, layers: list[Path], share: Path) -> None:
+        """overlayfs on the host: the image's layers read-only below, a private upper dir."""
         base = self.rt.container_dir(container_id)
         upper, work, target = base / "upper", base / "work", share / "rootfs"
         for path in (upper, work, target):
             path.mkdir(parents=True, exist_ok=True)
-        await mounts.overlay(lower=image_rootfs, upper=upper, work=work, target=target)
+        await mounts.overlay(lower=layers, upper=upper, work=work, target=target)
 
     async def _mounts(self, cri_mounts: Sequence[api.Mount], share: Path,
                       container_id: str) -> list[ocispec.SharedMount]:

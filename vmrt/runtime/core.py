@@ -31,8 +31,9 @@ from vmrt.errors import (
 )
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import choose_accel
+from vmrt.images.registry import RegistryClient
+from vmrt.images.store import ImageStore
 from vmrt.runtime.events import EventBus
-from vmrt.runtime.images import ImageStore
 from vmrt.runtime.logs import CRILogWriter, LogPump
 from vmrt.runtime.records import ContainerRecord, PodRecord, RecordStore
 from vmrt.sandbox.vm import SandboxVM, VMConfig
@@ -76,7 +77,8 @@ class Runtime:
         self.root = Path(config.storage.root)
         self.state = Path(config.storage.state)
         self.store = RecordStore(self.root)
-        self.images = ImageStore(self.root)
+        mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
+        self.images = ImageStore(self.root, RegistryClient(mirrors))
         self.events = EventBus()
         self.live: dict[str, LivePod] = {}
         self.pod_cidr = ""
@@ -99,6 +101,10 @@ class Runtime:
 
     def container_dir(self, container_id: str) -> Path:
         return self.root / "containers" / container_id
+
+    def layers_in_use(self) -> set[str]:
+        """Layers that containers' root filesystems are built on (not to be collected)."""
+        return {layer for c in self.store.containers.values() for layer in c.layers}
 
     # -- name reservations -------------------------------------------------
 

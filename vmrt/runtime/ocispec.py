@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,13 @@ def seccomp(sc: api.LinuxContainerSecurityContext, caps: Sequence[str]) -> dict[
     return None
 
 
-def _read_db(rootfs: Path, name: str) -> list[list[str]]:
-    """Rows of the image's /etc/passwd or /etc/group, never following a link out."""
-    path = os.path.realpath(rootfs / "etc" / name)
-    if not path.startswith(str(rootfs.resolve()) + os.sep):
+ImageFile = Callable[[str], "Path | None"]
+
+
+def _read_db(image_file: ImageFile, name: str) -> list[list[str]]:
+    """Rows of the image's /etc/passwd or /etc/group (a symlinked one is ignored)."""
+    path = image_file(f"etc/{name}")
+    if path is None:
         return []
     try:
         with open(path, errors="replace") as f:
@@ -163,9 +166,10 @@ def _read_db(rootfs: Path, name: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(rootfs: Path, sc: api.LinuxContainerSecurityContext, image_user: str) -> User:
-    passwd = _read_db(rootfs, "passwd")
-    groups = _read_db(rootfs, "group")
+def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
+                 image_user: str) -> User:
+    passwd = _read_db(image_file, "passwd")
+    groups = _read_db(image_file, "group")
     user_part, _, group_part = image_user.partition(":")
     entry: list[str] | None = None
     if sc.HasField("run_as_user"):
@@ -295,12 +299,12 @@ def _namespaces(options: api.NamespaceOption) -> list[dict[str, str]]:
 
 
 def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
-          image_config: dict[str, Any], image_rootfs: Path,
+          image_config: dict[str, Any], image_file: ImageFile,
           mounts: Sequence[SharedMount]) -> dict[str, Any]:
     linux = config.linux
     sc = linux.security_context
     hostname = pod_config.hostname or pod_config.metadata.name
-    user = resolve_user(image_rootfs, sc, str(image_config.get("User", "")))
+    user = resolve_user(image_file, sc, str(image_config.get("User", "")))
     caps = capabilities(sc)
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):

@@ -93,6 +93,8 @@ class ContainerRecord:
     config_b64: str
     # The OCI "process" the container runs with: execs start from it.
     process_json: str = ""
+    # The image layers (diff_ids) its root filesystem is built on.
+    layers: list[str] = field(default_factory=list)
     state: str = "created"
     started_at: int = 0
     finished_at: int = 0

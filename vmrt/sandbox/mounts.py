@@ -40,8 +40,11 @@ async def bind(source: Path, target: Path, readonly: bool, slave: bool = False) 
     await _run("mount", "--make-rslave" if slave else "--make-rprivate", str(target))
 
 
-async def overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+async def overlay(lower: list[Path], upper: Path, work: Path, target: Path) -> None:
+    """An overlay of ``lower`` (top first) with a writable ``upper``."""
+    options = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
+    if len(options) > 4000:
+        raise MountError(f"too many image layers ({len(lower)}) for one overlay mount")
     await _run("mount", "-t", "overlay", "-o", options, "overlay", str(target))
 
 

@@ -1,0 +1,1 @@
+"""Images: references, registry pulls, the content store, layer unpacking."""
