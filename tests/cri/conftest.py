@@ -97,10 +97,10 @@ class Daemon:
         return reply.pod_sandbox_id
 
     def create(self, pod_id: str, pod_config: api.PodSandboxConfig, command: list[str],
-               name: str = "", **fields: Any) -> str:
+               name: str = "", image: str = "busybox", **fields: Any) -> str:
         name = name or "c-" + secrets.token_hex(3)
         config = api.ContainerConfig(
-            metadata=api.ContainerMetadata(name=name), image=api.ImageSpec(image="busybox"),
+            metadata=api.ContainerMetadata(name=name), image=api.ImageSpec(image=image),
             command=command, log_path=f"{name}.log", **fields)
         reply = self.runtime.CreateContainer(api.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config), timeout=60)

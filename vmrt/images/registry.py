@@ -148,15 +148,14 @@ class RegistryClient:
         lookup = lookup or ref.lookup
         errors: list[str] = []
         not_found = 0
-        candidates = endpoints(ref, self._mirrors)
-        for endpoint in candidates:
+        refused = False
+        for endpoint in endpoints(ref, self._mirrors):
             try:
                 response = await self._request("GET", endpoint, ref.path, f"manifests/{lookup}",
                                                creds, {"Accept": ACCEPT})
             except (UnavailableError, UnauthenticatedError) as exc:
                 errors.append(str(exc))
-                if isinstance(exc, UnauthenticatedError) and not endpoint.mirror:
-                    raise
+                refused = refused or isinstance(exc, UnauthenticatedError)
                 continue
             if response.status_code == 404:
                 not_found += 1
@@ -171,7 +170,11 @@ class RegistryClient:
                 raise IntegrityError(f"{endpoint.base} sent a manifest whose digest is {digest}, "
                                      f"not {lookup}")
             return endpoint, body, response.headers.get("content-type", ""), digest
-        if not_found and not_found == len(errors):
+        # The best explanation first: a registry that refused us, then one that
+        # answered that there is no such image, then the unreachable ones.
+        if refused:
+            raise UnauthenticatedError(f"cannot fetch {ref}: " + "; ".join(errors))
+        if not_found:
             raise NotFoundError(f"image {ref} not found: " + "; ".join(errors))
         raise UnavailableError(f"cannot fetch {ref}: " + "; ".join(errors))
 

@@ -1,0 +1,163 @@
+"""PullImage and the rest of the ImageService against a real docker-registry."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from tests.cri.conftest import Daemon, expect_error
+from tests.images.conftest import PASSWORD, USER, Images
+
+pytestmark = pytest.mark.vm
+
+
+def pull(daemon: Daemon, image: str, **auth: str) -> str:
+    return daemon.images.PullImage(api.PullImageRequest(
+        image=api.ImageSpec(image=image), auth=api.AuthConfig(**auth)), timeout=120).image_ref
+
+
+def status(daemon: Daemon, image: str) -> api.Image:
+    return daemon.images.ImageStatus(api.ImageStatusRequest(
+        image=api.ImageSpec(image=image))).image
+
+
+def listed(daemon: Daemon) -> dict[str, list[str]]:
+    return {i.id: list(i.repo_tags)
+            for i in daemon.images.ListImages(api.ListImagesRequest()).images}
+
+
+def test_pull_by_tag_and_status_by_tag_digest_and_id(puller: Daemon, images: Images) -> None:
+    name = f"{images.registry.address}/test/app:1"
+    image_id = pull(puller, name)
+    assert image_id.startswith("sha256:")
+    assert listed(puller)[image_id] == [name]
+    by_tag = status(puller, name)
+    assert by_tag.id == image_id
+    assert by_tag.username == "app"
+    repo_digest = f"{images.registry.address}/test/app@{images.digests['test/app:1']}"
+    assert list(by_tag.repo_digests) == [repo_digest]
+    assert status(puller, repo_digest).id == image_id
+    assert status(puller, image_id).id == image_id
+    assert status(puller, image_id.removeprefix("sha256:")[:16]).id == image_id
+    assert not status(puller, "never/pulled:1").id
+
+
+def test_pull_by_digest(puller: Daemon, images: Images) -> None:
+    digest = images.digests["test/tags:a"]
+    name = f"{images.registry.address}/test/tags@{digest}"
+    image_id = pull(puller, name)
+    assert status(puller, name).id == image_id
+    assert f"{images.registry.address}/test/tags@{digest}" in status(puller, image_id).repo_digests
+
+
+def test_pull_through_a_mirror_keeps_the_original_name(puller: Daemon) -> None:
+    image_id = pull(puller, "registry.invalid/test/app:1")
+    assert "registry.invalid/test/app:1" in listed(puller)[image_id]
+
+
+def test_index_picks_linux_amd64(puller: Daemon, images: Images, tmp_path: Path) -> None:
+    image_id = pull(puller, f"{images.registry.address}/test/multi:1")
+    info = puller.images.ImageStatus(api.ImageStatusRequest(
+        image=api.ImageSpec(image=image_id), verbose=True)).info["info"]
+    import json
+
+    layer_dirs = [Path(p) for p in json.loads(info)["layerDirs"]]
+    assert (layer_dirs[0] / "arch.txt").read_text() == "amd64\n"
+
+
+def test_basic_auth_right_and_wrong(puller: Daemon, images: Images) -> None:
+    name = f"{images.secure.address}/secure/app:1"
+    details = expect_error(grpc.StatusCode.UNAUTHENTICATED, pull, puller, name)
+    assert "credentials" in details
+    expect_error(grpc.StatusCode.UNAUTHENTICATED, pull, puller, name,
+                 username=USER, password="wrong")
+    assert pull(puller, name, username=USER, password=PASSWORD).startswith("sha256:")
+    import base64
+
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert pull(puller, name, auth=token)
+
+
+def test_concurrent_pulls_share_one_download(puller: Daemon, images: Images) -> None:
+    name = f"{images.registry.address}/test/tags:b"
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(pull(puller, name)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(results) == 2 and results[0] == results[1]
+
+
+def test_removal_semantics(puller: Daemon, images: Images) -> None:
+    a = f"{images.registry.address}/test/tags:a"
+    b = f"{images.registry.address}/test/tags:b"
+    image_id = pull(puller, a)
+    assert pull(puller, b) == image_id
+    assert sorted(listed(puller)[image_id]) == sorted([a, b])
+    puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=a)))
+    assert listed(puller)[image_id] == [b]
+    puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=a)))  # again
+    pull(puller, a)
+    puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=image_id)))
+    assert image_id not in listed(puller)
+    assert not status(puller, b).id
+    puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=image_id)))
+    layers = puller.root / "images" / "layers"
+    assert not [p for p in layers.iterdir() if (p / "tagged.txt").exists()]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("evil/traversal:1", "climbs out with '..'"),
+    ("evil/absolute:1", "absolute path"),
+    ("evil/symlink:1", "goes through a symlink"),
+    ("evil/device:1", "device node"),
+])
+def test_hostile_layers_are_rejected(puller: Daemon, images: Images, name: str,
+                                     message: str) -> None:
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, pull, puller,
+                           f"{images.registry.address}/{name}")
+    assert message in details
+    assert sorted(p.name for p in images.canary.iterdir()) == ["untouched.txt"]
+    assert (images.canary / "untouched.txt").read_text() == "still here\n"
+    assert not (images.registry.base.parent / "escape.txt").exists()
+    layers = puller.root / "images" / "layers"
+    assert not [p for p in layers.iterdir() if p.name.endswith(".partial")]
+    assert f"{images.registry.address}/{name}" not in {
+        t for tags in listed(puller).values() for t in tags}
+
+
+def test_bad_references_and_missing_images(puller: Daemon, images: Images) -> None:
+    expect_error(grpc.StatusCode.INVALID_ARGUMENT, pull, puller, "UPPER/case:1")
+    details = expect_error(grpc.StatusCode.NOT_FOUND, pull, puller,
+                           f"{images.registry.address}/test/app:nope")
+    assert "not found" in details
+    expect_error(grpc.StatusCode.UNAVAILABLE, pull, puller, "unreachable.invalid/x:1")
+
+
+def test_container_from_a_pulled_image_sees_its_files_env_workdir_and_user(
+        puller: Daemon, images: Images) -> None:
+    name = f"{images.registry.address}/test/app:1"
+    pull(puller, name)
+    config = puller.pod_config()
+    pod_id = puller.run_pod(config)
+    container = puller.create(pod_id, config, ["sleep", "300"], image=name)
+    puller.runtime.StartContainer(api.StartContainerRequest(container_id=container))
+    reply = puller.exec(container, [
+        "sh", "-c", "cat hello.txt; echo $GREETING; pwd; id -u; cat /etc/motd 2>&1; "
+                    "ls /app; ls -l /app/setuid | cut -c1-10; cat /etc/passwd | wc -l"])
+    lines = reply.stdout.decode().splitlines()
+    assert lines[:4] == ["hello from the image", "hello", "/app", "1000"]
+    # The top layer's opaque /etc hid the zstd layer's motd; its whiteout hid data-link.
+    assert "No such file" in lines[4]
+    assert lines[5:7] == ["data", "hello.txt"] and "data-link" not in lines
+    assert lines[-2] == "-rwsr-xr-x"
+    assert lines[-1] == "2"
+    assert status(puller, name).id in {c.image_ref for c in puller.runtime.ListContainers(
+        api.ListContainersRequest()).containers}
+    puller.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
