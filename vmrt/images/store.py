@@ -214,20 +214,23 @@ class ImageStore:
     # -- pulling -------------------------------------------------------------------
 
     async def pull(self, reference: str, creds: Credentials,
-                   progress: Callable[[str], None] | None = None) -> ImageRecord:
+                   progress: Callable[[str], None] | None = None,
+                   on_bytes: Callable[[int, int], None] | None = None) -> ImageRecord:
+        """Pull ``reference``; ``on_bytes(received, total)`` follows the download."""
         ref = parse(reference)
         key = str(ref)
         task = self._pulls.get(key)
         if task is None:
             # One pull per reference however many ask at once; it runs to the end
             # even if the caller that started it goes away (its result is kept).
-            task = asyncio.create_task(self._pull(ref, creds, progress or log.info))
+            task = asyncio.create_task(self._pull(ref, creds, progress or log.info,
+                                                  on_bytes or (lambda received, total: None)))
             self._pulls[key] = task
             task.add_done_callback(lambda _t: self._pulls.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _pull(self, ref: Reference, creds: Credentials,
-                    say: Callable[[str], None]) -> ImageRecord:
+    async def _pull(self, ref: Reference, creds: Credentials, say: Callable[[str], None],
+                    on_bytes: Callable[[int, int], None]) -> ImageRecord:
         assert self.registry is not None
         started = time.monotonic()
         endpoint, body, content_type, top_digest = await self.registry.manifest(ref, creds)
@@ -246,8 +249,17 @@ class ImageStore:
                                  f"{len(diff_ids)} diff_ids in the config")
         total = sum(layer.size for layer in manifest.layers)
         say(f"pulling {ref}: {len(manifest.layers)} layers, {total} bytes from {endpoint.base}")
+        received = 0
+
+        def count(n: int) -> None:
+            nonlocal received
+            received += n
+            on_bytes(received, total)
+
         for index, (layer, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
-            await self._fetch_layer(endpoint, ref, layer, diff_id, creds)
+            if (self.layers / _hex(diff_id)).is_dir() or (self.blobs / _hex(layer.digest)).exists():
+                count(layer.size)
+            await self._fetch_layer(endpoint, ref, layer, diff_id, creds, count)
             say(f"pulling {ref}: layer {index + 1}/{len(manifest.layers)} done")
         elapsed = time.monotonic() - started
         say(f"pulled {ref} ({total} bytes) in {elapsed:.2f}s")
@@ -260,7 +272,8 @@ class ImageStore:
                             [f"{ref.repository}@{top_digest}"])
 
     async def _fetch_blob(self, endpoint: Endpoint, ref: Reference, desc: mf.Descriptor,
-                          creds: Credentials) -> None:
+                          creds: Credentials,
+                          count: Callable[[int], None] = lambda n: None) -> None:
         target = self.blobs / _hex(desc.digest)
         if target.exists() and target.stat().st_size == desc.size:
             return
@@ -268,16 +281,17 @@ class ImageStore:
         if job is None:
             assert self.registry is not None
             job = asyncio.create_task(self.registry.blob(endpoint, ref, desc.digest, desc.size,
-                                                         target, creds))
+                                                         target, creds, count))
             self._blob_jobs[desc.digest] = job
             job.add_done_callback(lambda _t: self._blob_jobs.pop(desc.digest, None))
         await asyncio.shield(job)
 
     async def _fetch_layer(self, endpoint: Endpoint, ref: Reference, desc: mf.Descriptor,
-                           diff_id: str, creds: Credentials) -> None:
+                           diff_id: str, creds: Credentials,
+                           count: Callable[[int], None]) -> None:
         if (self.layers / _hex(diff_id)).is_dir():
             return
-        await self._fetch_blob(endpoint, ref, desc, creds)
+        await self._fetch_blob(endpoint, ref, desc, creds, count)
         job = self._layer_jobs.get(diff_id)
         if job is None:
             job = asyncio.create_task(asyncio.to_thread(
