@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cri.conftest import Daemon
+from tests.cri.conftest import Daemon, own_vmrtd  # noqa: F401 - a fixture
 from tests.helpers.oci import Entry, Image, Layer, Layout, push
 from tests.helpers.registry import Registry
+from tests.helpers.tokengate import TokenGate
 
 USER, PASSWORD = "puller", "s3cret"
 
@@ -35,6 +37,7 @@ def busybox_layer(rootfs: Path, compression: str = "none") -> Layer:
 class Images:
     registry: Registry
     secure: Registry
+    gate: TokenGate
     canary: Path
     digests: dict[str, str]
 
@@ -70,16 +73,22 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
     layout.add("symlink", Image([Layer([Entry("sneaky", kind="symlink", target=str(canary)),
                                         Entry("sneaky/pwned.txt", b"out")])]))
     layout.add("device", Image([Layer([Entry("etc/zero", kind="chardev")])]))
+    layout.add("big", Image([Layer([Entry("random.bin", os.urandom(16 << 20))], "gzip")]))
+    layout.add("huge", Image([Layer([Entry("random.bin", os.urandom(48 << 20))], "none")]))
     digests = {}
     for name, destination in [("app", "test/app:1"), ("multi", "test/multi:1"),
                               ("tagged", "test/tags:a"), ("tagged", "test/tags:b"),
                               ("traversal", "evil/traversal:1"), ("absolute", "evil/absolute:1"),
-                              ("symlink", "evil/symlink:1"), ("device", "evil/device:1")]:
+                              ("symlink", "evil/symlink:1"), ("device", "evil/device:1"),
+                              ("big", "test/concurrent:1"), ("huge", "test/interrupted:1"),
+                              ("tagged", "test/corrupt:1")]:
         digests[destination] = push(layout.path, name, f"{registry.address}/{destination}")
     push(layout.path, "app", f"{secure.address}/secure/app:1", f"{USER}:{PASSWORD}")
+    gate = TokenGate(registry.address, USER, PASSWORD)
     try:
-        yield Images(registry, secure, canary, digests)
+        yield Images(registry, secure, gate, canary, digests)
     finally:
+        gate.stop()
         registry.stop()
         secure.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -96,7 +105,9 @@ def puller(guest_image, images: Images, request: pytest.FixtureRequest
         f'[registry.mirrors."{images.registry.address}"]\n'
         f'endpoints = ["http://{images.registry.address}"]\n'
         f'[registry.mirrors."{images.secure.address}"]\n'
-        f'endpoints = ["http://{images.secure.address}"]\n'))
+        f'endpoints = ["http://{images.secure.address}"]\n'
+        f'[registry.mirrors."{images.gate.address}"]\n'
+        f'endpoints = ["http://{images.gate.address}"]\n'))
     daemon.start()
     try:
         yield daemon

@@ -82,16 +82,77 @@ def test_basic_auth_right_and_wrong(puller: Daemon, images: Images) -> None:
     assert pull(puller, name, auth=token)
 
 
+def test_bearer_token_challenge(puller: Daemon, images: Images) -> None:
+    name = f"{images.gate.address}/test/app:1"
+    details = expect_error(grpc.StatusCode.UNAUTHENTICATED, pull, puller, name,
+                           username=USER, password="wrong")
+    assert "token service refused" in details
+    before = images.gate.token_requests
+    assert pull(puller, name, username=USER, password=PASSWORD).startswith("sha256:")
+    assert images.gate.token_requests > before
+
+
+def _layer_digest(images: Images, repo: str, tag: str) -> str:
+    import httpx
+
+    manifest = httpx.get(f"http://{images.registry.address}/v2/{repo}/manifests/{tag}",
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    return str(manifest["layers"][0]["digest"])
+
+
 def test_concurrent_pulls_share_one_download(puller: Daemon, images: Images) -> None:
-    name = f"{images.registry.address}/test/tags:b"
+    name = f"{images.registry.address}/test/concurrent:1"
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(pull(puller, name)))
-               for _ in range(2)]
+               for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    assert len(results) == 2 and results[0] == results[1]
+    assert len(results) == 3 and len(set(results)) == 1
+    layer = _layer_digest(images, "test/concurrent", "1")
+    assert images.registry.blob_fetches(layer) == 1
+
+
+def test_corrupt_blob_is_refused_and_nothing_is_listed(puller: Daemon, images: Images) -> None:
+    layer = _layer_digest(images, "test/corrupt", "1").removeprefix("sha256:")
+    blob = (images.registry.base / "data/docker/registry/v2/blobs/sha256" / layer[:2] / layer
+            / "data")
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    name = f"{images.registry.address}/test/corrupt:1"
+    details = expect_error(grpc.StatusCode.INTERNAL, pull, puller, name)
+    assert "does not match its digest" in details
+    assert not status(puller, name).id
+    leftovers = [p.name for p in (puller.root / "images").rglob("*") if ".partial" in p.name]
+    assert not leftovers
+
+
+def test_pull_interrupted_by_a_crash_leaves_no_half_image(own_vmrtd: Daemon,
+                                                         images: Images) -> None:
+    import signal
+    import time
+
+    name = f"{images.registry.address}/test/interrupted:1"
+    own_vmrtd.config.write_text(own_vmrtd.config.read_text() + (
+        f'[registry.mirrors."{images.registry.address}"]\n'
+        f'endpoints = ["http://{images.registry.address}"]\n'))
+    own_vmrtd.restart()
+    thread = threading.Thread(target=lambda: expect_error(
+        grpc.StatusCode.UNAVAILABLE, pull, own_vmrtd, name), daemon=True)
+    thread.start()
+    images_dir = own_vmrtd.root / "images"
+    deadline = time.monotonic() + 30
+    while not any(".partial" in p.name for p in images_dir.rglob("*")):
+        assert time.monotonic() < deadline, "the pull never got going"
+        time.sleep(0.002)
+    own_vmrtd.stop(signal.SIGKILL)
+    thread.join(30)
+    own_vmrtd.start()
+    assert not status(own_vmrtd, name).id
+    assert not [p for p in (own_vmrtd.root / "images").rglob("*") if ".partial" in p.name]
+    assert pull(own_vmrtd, name).startswith("sha256:")
 
 
 def test_removal_semantics(puller: Daemon, images: Images) -> None:

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(config: Config, image: GuestImage) -> None:
     runtime = Runtime(config, image)
+    runtime.images.remove_partials()
     ensure_builtin_busybox(runtime.images, image.busybox_rootfs)
     # One warning about TCG, at start-up rather than at the first pod.
     choose_accel(config.hypervisor.accel)

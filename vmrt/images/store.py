@@ -90,6 +90,15 @@ class ImageStore:
         for directory in (self.blobs, self.layers):
             directory.mkdir(parents=True, exist_ok=True)
 
+    def remove_partials(self) -> None:
+        """Downloads and unpacks cut short by a crash; only the daemon calls this."""
+        for directory in (self.blobs, self.layers):
+            for leftover in directory.glob(".*.partial"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
     # -- the index --------------------------------------------------------------
 
     @contextlib.contextmanager
