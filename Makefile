@@ -29,7 +29,7 @@ deps: $(STAMPS)/apt $(STAMPS)/venv
 image: deps
 	$(BIN)/vmrt --root $(VMRT_ROOT) guest-image build
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt, QEMU, mounts)" >&2; exit 1; fi
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
