@@ -74,6 +74,8 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
                                         Entry("sneaky/pwned.txt", b"out")])]))
     layout.add("device", Image([Layer([Entry("etc/zero", kind="chardev")])]))
     layout.add("big", Image([Layer([Entry("random.bin", os.urandom(16 << 20))], "gzip")]))
+    layout.add("entry", Image([busybox], {"Entrypoint": ["/bin/echo", "entry"],
+                                          "Cmd": ["default-arg"]}))
     layout.add("corrupt", Image([Layer([Entry("to-be-damaged.txt", b"x" * 4096)])]))
     layout.add("huge", Image([Layer([Entry("random.bin", os.urandom(48 << 20))], "none")]))
     digests = {}
@@ -82,7 +84,8 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
                               ("traversal", "evil/traversal:1"), ("absolute", "evil/absolute:1"),
                               ("symlink", "evil/symlink:1"), ("device", "evil/device:1"),
                               ("big", "test/concurrent:1"), ("huge", "test/interrupted:1"),
-                              ("corrupt", "test/corrupt:1")]:
+                              ("corrupt", "test/corrupt:1"), ("entry", "test/entry:1"),
+                              ("huge", "test/deadline:1")]:
         digests[destination] = push(layout.path, name, f"{registry.address}/{destination}")
     push(layout.path, "app", f"{secure.address}/secure/app:1", f"{USER}:{PASSWORD}")
     gate = TokenGate(registry.address, USER, PASSWORD)

@@ -230,3 +230,59 @@ def test_container_from_a_pulled_image_sees_its_files_env_workdir_and_user(
     assert status(puller, name).id in {c.image_ref for c in puller.runtime.ListContainers(
         api.ListContainersRequest()).containers}
     puller.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_deadline_is_honoured_and_the_image_arrives_whole(puller: Daemon, images: Images) -> None:
+    import time
+
+    name = f"{images.registry.address}/test/deadline:1"
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        puller.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=name)),
+                                timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+    # The download goes on for whoever asks next, and is listed only when whole.
+    assert pull(puller, name).startswith("sha256:")
+
+
+def test_list_filter_and_fs_info(puller: Daemon, images: Images) -> None:
+    name = f"{images.registry.address}/test/app:1"
+    image_id = pull(puller, name)
+    filtered = puller.images.ListImages(api.ListImagesRequest(
+        filter=api.ImageFilter(image=api.ImageSpec(image=name)))).images
+    assert [i.id for i in filtered] == [image_id]
+    assert not puller.images.ListImages(api.ListImagesRequest(
+        filter=api.ImageFilter(image=api.ImageSpec(image="no/such:1")))).images
+    info = puller.images.ImageFsInfo(api.ImageFsInfoRequest())
+    assert info.image_filesystems[0].used_bytes.value > 0
+    assert info.image_filesystems[0].fs_id.mountpoint.endswith("/images")
+
+
+def test_entrypoint_and_cmd_merge_with_the_container_config(puller: Daemon,
+                                                            images: Images) -> None:
+    import time
+
+    name = f"{images.registry.address}/test/entry:1"
+    pull(puller, name)
+    config = puller.pod_config()
+    pod_id = puller.run_pod(config)
+    cases = {"image": ([], [], "entry default-arg"),
+             "args": ([], ["custom"], "entry custom"),
+             "command": (["/bin/echo"], ["cmd"], "cmd")}
+    containers = {}
+    for key, (command, args, _) in cases.items():
+        container = puller.create(pod_id, config, command, name=key, image=name, args=args)
+        puller.runtime.StartContainer(api.StartContainerRequest(container_id=container))
+        containers[key] = container
+    for key, (_, _, expected) in cases.items():
+        status = puller.wait_exited(containers[key])
+        assert status.exit_code == 0, status
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = Path(status.log_path).read_text() if Path(status.log_path).exists() else ""
+            if expected in text:
+                break
+            time.sleep(0.1)
+        assert f"stdout F {expected}\n" in Path(status.log_path).read_text()
+    puller.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
