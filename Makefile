@@ -54,6 +54,7 @@ lint:
 bench: image
 	$(BIN)/python bench/boot.py
 	$(BIN)/python bench/cri.py
+	$(BIN)/python bench/pull.py
 
 clean:
 	rm -rf $(STAMPS) $(VENV) test-artifacts
