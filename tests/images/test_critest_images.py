@@ -19,7 +19,11 @@ from tests.helpers.registry import free_port
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
-KIT = Path(os.environ.get("CRITEST_IMAGES_KIT", REPO.parent / "shared" / "critest-images"))
+# The kit lives beside the project (../shared), wherever this clone is.
+_CANDIDATES = [os.environ.get("CRITEST_IMAGES_KIT", ""), str(REPO.parent / "shared"
+               / "critest-images"), "/work/shared/critest-images"]
+KIT = next((Path(c) for c in _CANDIDATES if c and (Path(c) / "build.py").exists()),
+           REPO.parent / "shared" / "critest-images")
 
 
 @pytest.fixture(scope="module")
