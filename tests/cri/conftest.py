@@ -21,6 +21,7 @@ from cri_api.v1 import api_pb2_grpc as api_grpc
 
 from tests.conftest import ARTIFACTS
 from tests.helpers import leaks
+from tests.helpers.network import TestNetwork
 
 
 class Daemon:
@@ -34,10 +35,15 @@ class Daemon:
         self.logs = base / "logs"
         self.config = base / "config.toml"
         self.log_file = base / "vmrtd.log"
+        self.cni_dir = base / "cni"
+        self.network = TestNetwork(base)
+        self.network.write(self.cni_dir)
+        self.pod_ids: list[str] = []
         self.config.write_text(
             f'[cri]\nsocket = "{self.socket}"\n'
             f'[storage]\nroot = "{self.root}"\nstate = "{self.state}"\n'
             f'[hypervisor]\nimage = "{image_dir}"\n'
+            f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = ["/usr/lib/cni"]\n'
             f"[runtime_handlers.vmrt]\n[runtime_handlers.tiny]\nmemory_mib = 96\n"
             f"boot_timeout = 60.0\n{extra_config}")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,6 +100,7 @@ class Daemon:
         config = config or self.pod_config()
         reply = self.runtime.RunPodSandbox(
             api.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=180)
+        self.pod_ids.append(reply.pod_sandbox_id)
         return reply.pod_sandbox_id
 
     def create(self, pod_id: str, pod_config: api.PodSandboxConfig, command: list[str],
@@ -140,6 +147,10 @@ class Daemon:
                     api.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
         self.stop()
         leaks.clean(self.state)
+        self.network.remove_bridge()
+
+    def network_leaks(self) -> dict[str, object]:
+        return leaks.network_leaks(self.pod_ids, self.network.ipam_dir)
 
     def dump(self, name: str) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -169,7 +180,7 @@ def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest) -> Ite
         if request.session.testsfailed:
             daemon.dump(request.node.name)
         daemon.cleanup()
-        found = leaks.find(daemon.state)
+        found = {**leaks.find(daemon.state), **daemon.network_leaks()}
         assert not found, f"vmrtd left resources behind: {found}"
 
 

@@ -58,3 +58,34 @@ def failed(request) -> bool:  # type: ignore[no-untyped-def]
     """Whether the test that owns ``request`` failed (or never ran its body)."""
     report = getattr(request.node, "rep_call", None)
     return report is None or report.failed
+
+
+def network_leaks(pod_ids: list[str], ipam_dir: Path) -> dict[str, object]:
+    """netns, taps, IPAM leases and iptables rules left by these pods."""
+    import subprocess
+
+    from pyroute2 import IPRoute, netns
+
+    found: dict[str, object] = {}
+    names = {f"vmrt-{pod_id[:32]}" for pod_id in pod_ids}
+    left = sorted(names & set(netns.listnetns()))
+    if left:
+        found["netns"] = left
+    with IPRoute() as ipr:
+        taps = [link.get("ifname") for link in ipr.get_links()
+                if str(link.get("ifname", "")).startswith("vmrtap")]
+    if taps:
+        found["taps"] = taps
+    if ipam_dir.exists():
+        # host-local keeps one file per leased IP, holding the container id.
+        leases = [p.name for p in ipam_dir.rglob("*")
+                  if p.is_file() and p.name != "lock" and not p.name.startswith("last_")
+                  and any(pod_id and pod_id in p.read_text() for pod_id in pod_ids)]
+        if leases:
+            found["ipam_leases"] = leases
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True,
+                           check=False).stdout
+    mentioned = [pod_id[:12] for pod_id in pod_ids if pod_id in rules]
+    if mentioned:
+        found["iptables"] = mentioned
+    return found

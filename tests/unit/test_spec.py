@@ -109,3 +109,17 @@ def test_boot_modules_follow_machine_and_transport() -> None:
         "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
     ]
     assert "tsc_early_khz" not in kernel_cmdline(spec(tsc_khz=None))
+
+
+def test_tap_and_user_networking() -> None:
+    from vmrt.hypervisor.spec import NetSpec, PortForward
+
+    tap = build_argv(spec(net=NetSpec("tap", "02:00:00:00:00:01", tap_fd=9)), ENDPOINTS, "n")
+    assert option(tap, "-netdev") == ["tap,id=net0,fd=9,vhost=off"]
+    assert "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01" in option(tap, "-device")
+    assert "virtio_net" in kernel_cmdline(spec(net=NetSpec("tap", "m", tap_fd=9)))
+    user = build_argv(spec(net=NetSpec("user", "02:00:00:00:00:02", forwards=(
+        PortForward("tcp", "127.0.0.1", 8080, 80),))), ENDPOINTS, "n")
+    assert option(user, "-netdev") == ["user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:8080-:80"]
+    with pytest.raises(SpecError, match="fd"):
+        build_argv(spec(net=NetSpec("tap", "m")), ENDPOINTS, "n")

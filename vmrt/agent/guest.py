@@ -25,6 +25,7 @@ SHARE_MOUNT = "/run/vmrt/share"
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "9p": ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p"),
     "overlay": ("overlay",),
+    "net": ("failover", "net_failover", "virtio_net"),
 }
 
 
@@ -111,6 +112,40 @@ class Guest:
             except OSError as exc:
                 raise InvalidArgument(f"sysctl {key}={value}: {exc.strerror}") from None
 
+    def configure_network(self, interfaces: Iterable[tuple[str, str, int, list[str]]],
+                          routes: Iterable[tuple[str, str, str]]) -> None:
+        """Addresses, MTU and routes, with busybox ip (the agent has no netlink library)."""
+        self.load_modules("net")
+        renamed: dict[str, str] = {}
+        for mac, name, mtu, addresses in interfaces:
+            current = _interface_by_mac(mac)
+            if name and name != current:
+                self.run(["/bin/ip", "link", "set", "dev", current, "name", name])
+                current = name
+            renamed[name or current] = current
+            if mtu:
+                self.run(["/bin/ip", "link", "set", "dev", current, "mtu", str(mtu)])
+            for address in addresses:
+                self.run(["/bin/ip", "addr", "add", address, "dev", current])
+            self.run(["/bin/ip", "link", "set", "dev", current, "up"])
+        for destination, gateway, device in routes:
+            argv = ["/bin/ip", "route", "replace", destination]
+            if gateway:
+                argv += ["via", gateway]
+            if device:
+                argv += ["dev", renamed.get(device, device)]
+            self.run(argv)
+
+    @staticmethod
+    def add_hosts_entries(addresses: Iterable[str]) -> None:
+        """The pod's own IPs next to its hostname, as kubelet's hosts file has them."""
+        hostname = socket.gethostname()
+        lines = "".join(f"{address}\t{hostname}\n" for address in addresses)
+        for directory in ("/etc", POD_DIR):
+            path = os.path.join(directory, "hosts")
+            with open(path, "a") as f:
+                f.write(lines)
+
     @staticmethod
     def set_clock(host_time_ns: int) -> None:
         if host_time_ns > 0:
@@ -126,3 +161,14 @@ def _write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
+
+
+def _interface_by_mac(mac: str, sys_net: str = "/sys/class/net") -> str:
+    for name in sorted(os.listdir(sys_net)):
+        try:
+            with open(os.path.join(sys_net, name, "address")) as f:
+                if f.read().strip().lower() == mac.lower():
+                    return name
+        except OSError:
+            continue
+    raise InvalidArgument(f"no network interface with MAC {mac} in the VM")

@@ -127,6 +127,16 @@ class AgentService(pb_grpc.AgentServicer):
         return pb.SetupSandboxResponse()
 
     @rpc
+    def ConfigureNetwork(self, request: pb.ConfigureNetworkRequest,
+                         context: grpc.ServicerContext) -> Any:
+        self._guest.configure_network(
+            [(i.mac, i.name, i.mtu, list(i.addresses)) for i in request.interfaces],
+            [(r.destination, r.gateway, r.interface) for r in request.routes])
+        if request.pod_ips:
+            self._guest.add_hosts_entries(request.pod_ips)
+        return pb.ConfigureNetworkResponse()
+
+    @rpc
     def SetClock(self, request: pb.SetClockRequest, context: grpc.ServicerContext) -> Any:
         self._guest.set_clock(request.host_time_ns)
         return pb.SetClockResponse()

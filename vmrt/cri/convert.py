@@ -31,9 +31,12 @@ def pod_item(pod: PodRecord) -> api.PodSandbox:
 def pod_status(pod: PodRecord) -> api.PodSandboxStatus:
     config = pod.config()
     options = config.linux.security_context.namespace_options
+    ips = list(pod.network.get("ips", []))
+    network = api.PodSandboxNetworkStatus(
+        ip=ips[0] if ips else "", additional_ips=[api.PodIP(ip=ip) for ip in ips[1:]])
     return api.PodSandboxStatus(
         id=pod.id, metadata=config.metadata, state=pod_state(pod), created_at=pod.created_at,
-        network=api.PodSandboxNetworkStatus(),
+        network=network,
         linux=api.LinuxPodSandboxStatus(namespaces=api.Namespace(options=options)),
         labels=config.labels, annotations=config.annotations,
         runtime_handler=pod.runtime_handler)
@@ -43,6 +46,9 @@ def pod_info(pod: PodRecord, sandbox_dir: str) -> dict[str, str]:
     return {"info": json.dumps({
         "id": pod.id, "state": pod.state, "reason": pod.reason, "vm": pod.vm,
         "runtimeHandler": pod.runtime_handler, "sandboxDir": sandbox_dir,
+        "network": {k: pod.network.get(k) for k in ("mode", "netns", "network_name", "ips")},
+        "netnsPath": f"/var/run/netns/{pod.network['netns']}" if pod.network.get("netns")
+        else "",
         "consoleLog": f"{sandbox_dir}/console.log",
     }, sort_keys=True)}
 

@@ -21,14 +21,8 @@ class RuntimeInfoRPCs(Base):
                                    runtime_api_version=CRI_VERSION)
 
     async def Status(self, request: api.StatusRequest, context: Any) -> api.StatusResponse:
-        conditions = [
-            api.RuntimeCondition(type="RuntimeReady", status=True),
-            # Pod networking (CNI into the VM) is not implemented yet, and
-            # saying so keeps kubelet from placing pods that need it.
-            api.RuntimeCondition(type="NetworkReady", status=False,
-                                 reason="NetworkPluginNotReady",
-                                 message="vmrt does not set up pod networking yet"),
-        ]
+        conditions = [api.RuntimeCondition(type="RuntimeReady", status=True),
+                      self._network_condition()]
         handlers = [api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures())]
         handlers += [api.RuntimeHandler(name=name, features=api.RuntimeHandlerFeatures())
                      for name in sorted(self.rt.config.runtime_handlers)]
@@ -43,6 +37,13 @@ class RuntimeInfoRPCs(Base):
             }, sort_keys=True)
         return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions), info=info,
                                   runtime_handlers=handlers, features=api.RuntimeFeatures())
+
+    def _network_condition(self) -> api.RuntimeCondition:
+        problem = self.rt.cni.problem()
+        if problem:
+            return api.RuntimeCondition(type="NetworkReady", status=False,
+                                        reason="NetworkPluginNotReady", message=problem)
+        return api.RuntimeCondition(type="NetworkReady", status=True)
 
     async def RuntimeConfig(self, request: api.RuntimeConfigRequest,
                             context: Any) -> api.RuntimeConfigResponse:

@@ -146,7 +146,9 @@ class QemuVM:
                     self._proc = await asyncio.create_subprocess_exec(
                         *self.argv,
                         stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                        pass_fds=[s.fileno() for s in (qmp_sock, agent_sock) if s],
+                        pass_fds=[s.fileno() for s in (qmp_sock, agent_sock) if s]
+                        + ([self.spec.net.tap_fd] if self.spec.net and self.spec.net.tap_fd >= 0
+                           else []),
                         start_new_session=True,
                         preexec_fn=_die_with_parent if die_with_parent else None,
                     )

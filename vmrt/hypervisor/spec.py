@@ -45,6 +45,26 @@ class Share:
 
 
 @dataclass(frozen=True)
+class PortForward:
+    """User-mode networking: a host port forwarded to a guest port."""
+
+    protocol: str  # tcp | udp
+    host_ip: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The VM's one NIC: a tap (by fd) in the pod's netns, or QEMU's user-mode stack."""
+
+    mode: str  # tap | user
+    mac: str
+    tap_fd: int = -1
+    forwards: tuple[PortForward, ...] = ()
+
+
+@dataclass(frozen=True)
 class VMSpec:
     kernel: Path
     initrd: Path
@@ -59,6 +79,7 @@ class VMSpec:
     vsock_cid: int = 0
     vsock_port: int = 1024
     shares: tuple[Share, ...] = ()
+    net: NetSpec | None = None
     tsc_khz: int | None = None
     debug: bool = False
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
@@ -98,6 +119,8 @@ def boot_modules(spec: VMSpec) -> list[str]:
         modules.append("virtio_console")
     else:
         modules += ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+    if spec.net is not None:
+        modules += ["failover", "net_failover", "virtio_net"]
     return modules
 
 
@@ -132,6 +155,18 @@ def _cpu(spec: VMSpec) -> str:
     # TCG runs "rep movsb" a byte at a time; hiding ERMS/FSRM makes the guest
     # kernel and glibc copy with wide moves instead (-0.5 s per boot).
     return "max,-erms,-fsrm"
+
+
+def _netdev(net: NetSpec) -> str:
+    if net.mode == "tap":
+        if net.tap_fd < 0:
+            raise SpecError("a tap NIC needs the tap's fd")
+        return f"tap,id=net0,fd={net.tap_fd},vhost=off"
+    if net.mode != "user":
+        raise SpecError(f"network mode {net.mode!r} is not tap or user")
+    forwards = "".join(
+        f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in net.forwards)
+    return f"user,id=net0,ipv6=off{forwards}"
 
 
 def machine_args(spec: VMSpec) -> list[str]:
@@ -179,6 +214,9 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
         ]
     else:
         argv += ["-device", f"vhost-vsock-{bus},guest-cid={spec.vsock_cid}"]
+    if spec.net is not None:
+        argv += ["-netdev", _netdev(spec.net),
+                 "-device", f"virtio-net-{bus},netdev=net0,mac={spec.net.mac}"]
     for index, share in enumerate(spec.shares):
         readonly = ",readonly=on" if share.readonly else ""
         argv += [

@@ -33,6 +33,8 @@ from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.images.registry import RegistryClient
 from vmrt.images.store import ImageStore
+from vmrt.network.cni import CNI
+from vmrt.network.pod import PodNetworking
 from vmrt.runtime.events import EventBus
 from vmrt.runtime.logs import CRILogWriter, LogPump
 from vmrt.runtime.records import ContainerRecord, PodRecord, RecordStore
@@ -79,6 +81,8 @@ class Runtime:
         self.store = RecordStore(self.root)
         mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
         self.images = ImageStore(self.root, RegistryClient(mirrors))
+        self.cni = CNI(config.cni.conf_dir, list(config.cni.bin_dirs))
+        self.networking = PodNetworking(self.cni)
         self.events = EventBus()
         self.live: dict[str, LivePod] = {}
         self.pod_cidr = ""

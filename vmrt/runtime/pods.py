@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.errors import InvalidArgumentError, NotFoundError
+from vmrt.guest.image import GuestImage
+from vmrt.network.pod import PodNetworkState
 from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import PodRecord
 from vmrt.sandbox import mounts
 from vmrt.sandbox.persist import write_json
-from vmrt.sandbox.vm import SandboxVM, sandbox_dir
+from vmrt.sandbox.vm import SandboxVM, VMConfig, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,7 @@ class PodService:
                          "machine": vm_config.machine, "accel": vm_config.accel,
                          "transport": vm_config.transport, "tb_size_mib": vm_config.tb_size_mib,
                          "image": str(image.directory)}
-            self.rt.store.add_pod(record)
-            vm = SandboxVM(pod_id, self.rt.state, image, vm_config)
-            try:
-                await vm.start(
-                    hostname=config.hostname or meta.name,
-                    dns=pb.DnsConfig(servers=config.dns_config.servers,
-                                     searches=config.dns_config.searches,
-                                     options=config.dns_config.options),
-                    sysctls=sorted(config.linux.sysctls.items()),
-                )
-            except BaseException:
-                # start() has already undone itself: no QEMU, no directory.
-                self.rt.store.remove_pod(pod_id)
-                raise
-            record.vm.update(pid=vm.qemu.pid, start_time=vm.qemu.start_time,
-                             boot_seconds=round(vm.timings.get("setup", 0.0), 3))
-            self._write_runtime_state(record)
-            self.rt.store.update_pod(record, state="ready", vm=record.vm)
+            vm = await self._start(record, config, vm_config, image)
         except BaseException:
             self.rt.release_pod_name(record.key, pod_id)
             raise
@@ -80,6 +66,41 @@ class PodService:
         self.rt.watch(live)
         log.info("pod %s (%s/%s) is ready", pod_id[:12], meta.namespace, meta.name)
         return pod_id
+
+    async def _start(self, record: PodRecord, config: api.PodSandboxConfig,
+                     vm_config: VMConfig, image: GuestImage) -> SandboxVM:
+        """Network, VM, guest set-up; every step undone if a later one fails."""
+        async with contextlib.AsyncExitStack() as undo:
+            self.rt.store.add_pod(record)
+            undo.callback(self.rt.store.remove_pod, record.id)
+            network = await self.rt.networking.setup(record.id, config, undo)
+            record.network = asdict(network.state)
+            self.rt.store.update_pod(record, network=record.network)
+            vm = SandboxVM(record.id, self.rt.state, image, vm_config, net=network.nic)
+            await vm.start(
+                hostname=config.hostname or config.metadata.name,
+                dns=pb.DnsConfig(servers=config.dns_config.servers,
+                                 searches=config.dns_config.searches,
+                                 options=config.dns_config.options),
+                sysctls=sorted(config.linux.sysctls.items()),
+            )
+            undo.push_async_callback(vm.destroy)
+            iface = network.interface
+            assert vm.agent is not None
+            await vm.agent.call("ConfigureNetwork", pb.ConfigureNetworkRequest(
+                interfaces=[pb.Interface(mac=iface.mac, name=iface.name, mtu=iface.mtu,
+                                         addresses=iface.addresses)],
+                routes=[pb.Route(destination=r.destination, gateway=r.gateway,
+                                 interface=r.interface) for r in network.routes],
+                pod_ips=network.state.ips))
+            record.vm.update(pid=vm.qemu.pid, start_time=vm.qemu.start_time,
+                             boot_seconds=round(vm.timings.get("setup", 0.0), 3))
+            self._write_runtime_state(record)
+            self.rt.store.update_pod(record, state="ready", vm=record.vm)
+            undo.pop_all()
+        if network.nic.tap_fd >= 0:
+            os.close(network.nic.tap_fd)  # QEMU has its own copy
+        return vm
 
     def _write_runtime_state(self, record: PodRecord) -> None:
         """state.json in the sandbox's runtime dir: what recovery needs to find the VM."""
@@ -95,6 +116,7 @@ class PodService:
         if live is None:
             # Already stopped, or its VM died: make sure nothing is left.
             await mounts.remove_tree(sandbox_dir(self.rt.state, pod.id))
+            await self._teardown_network(pod)
             return
         async with live.lock:
             if live.stopping:
@@ -103,6 +125,14 @@ class PodService:
             with contextlib.suppress(Exception):
                 await self._stop_containers(live)
             await self.rt.vm_gone(pod, "the pod sandbox was stopped")
+            await self._teardown_network(pod)
+
+    async def _teardown_network(self, pod: PodRecord) -> None:
+        state = PodNetworkState.of(pod.network)
+        if state.mode == "none":
+            return
+        await self.rt.networking.teardown(state)
+        self.rt.store.update_pod(pod, network=asdict(PodNetworkState(ips=state.ips)))
 
     async def _stop_containers(self, live: LivePod) -> None:
         running = [c for c in self.rt.store.pod_containers(live.record.id)

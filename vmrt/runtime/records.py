@@ -58,6 +58,8 @@ class PodRecord:
     config_b64: str
     # The VM: settings it was started with, and where it runs.
     vm: dict[str, Any] = field(default_factory=dict)
+    # vmrt.network.pod.PodNetworkState, as a dict.
+    network: dict[str, Any] = field(default_factory=dict)
     state: str = "starting"
     reason: str = ""
 

@@ -21,7 +21,7 @@ from vmrt.errors import InvalidArgumentError
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import host_tsc_khz
 from vmrt.hypervisor.qemu import QemuVM, VMDied
-from vmrt.hypervisor.spec import Share, VMSpec
+from vmrt.hypervisor.spec import NetSpec, Share, VMSpec
 from vmrt.sandbox import mounts
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _checked_id(value: str) -> str:
 
 class SandboxVM:
     def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
-                 config: VMConfig) -> None:
+                 config: VMConfig, net: NetSpec | None = None) -> None:
         self.id = _checked_id(sandbox_id)
         self.directory = sandbox_dir(state_root, sandbox_id)
         self.shared = self.directory / "shared"
@@ -86,6 +86,7 @@ class SandboxVM:
             tb_size_mib=config.tb_size_mib,
             agent_transport=config.transport,
             shares=(Share(SHARE_TAG, self.shared),),
+            net=net,
             tsc_khz=host_tsc_khz(),
             debug=config.debug,
             extra_cmdline=config.extra_cmdline,

@@ -68,6 +68,42 @@ class SetupSandboxResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class Interface(_message.Message):
+    __slots__ = ("mac", "name", "mtu", "addresses")
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    mac: str
+    name: str
+    mtu: int
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, mac: _Optional[str] = ..., name: _Optional[str] = ..., mtu: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("destination", "gateway", "interface")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    gateway: str
+    interface: str
+    def __init__(self, destination: _Optional[str] = ..., gateway: _Optional[str] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class ConfigureNetworkRequest(_message.Message):
+    __slots__ = ("interfaces", "routes", "pod_ips")
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    POD_IPS_FIELD_NUMBER: _ClassVar[int]
+    interfaces: _containers.RepeatedCompositeFieldContainer[Interface]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    pod_ips: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[Interface, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., pod_ips: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfigureNetworkResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class SetClockRequest(_message.Message):
     __slots__ = ("host_time_ns",)
     HOST_TIME_NS_FIELD_NUMBER: _ClassVar[int]

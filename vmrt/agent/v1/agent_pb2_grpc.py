@@ -49,6 +49,11 @@ class AgentStub:
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockResponse.FromString,
                 _registered_method=True)
+        self.ConfigureNetwork = channel.unary_unary(
+                '/vmrt.agent.v1.Agent/ConfigureNetwork',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkRequest.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkResponse.FromString,
+                _registered_method=True)
         self.CreateContainer = channel.unary_unary(
                 '/vmrt.agent.v1.Agent/CreateContainer',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.CreateContainerRequest.SerializeToString,
@@ -136,6 +141,14 @@ class AgentServicer:
 
     def SetClock(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureNetwork(self, request, context):
+        """The pod's network inside the guest: the same addresses, routes and MTU
+        as the CNI interface on the host side, found by its MAC address.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -240,6 +253,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.SetClock,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockResponse.SerializeToString,
+            ),
+            'ConfigureNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureNetwork,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkRequest.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkResponse.SerializeToString,
             ),
             'CreateContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateContainer,
@@ -388,6 +406,33 @@ class Agent:
             '/vmrt.agent.v1.Agent/SetClock',
             vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockRequest.SerializeToString,
             vmrt_dot_agent_dot_v1_dot_agent__pb2.SetClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmrt.agent.v1.Agent/ConfigureNetwork',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkRequest.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.ConfigureNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,45 @@
+"""A CNI network of a test's own: its own bridge, subnet and IPAM directory."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import secrets
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+_counter = itertools.count(os.getpid() % 200)
+
+
+class TestNetwork:
+    def __init__(self, base: Path) -> None:
+        self.bridge = "vtb" + secrets.token_hex(4)
+        octet = 10 + next(_counter) % 240
+        self.subnet = f"10.{200 + secrets.randbelow(50)}.{octet}.0/24"
+        self.gateway = self.subnet.rsplit(".", 1)[0] + ".1"
+        self.ipam_dir = base / "ipam"
+        self.name = "vmrt-test-" + self.bridge
+
+    def conflist(self) -> dict[str, object]:
+        return {
+            "cniVersion": "1.0.0", "name": self.name,
+            "plugins": [
+                {"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": True,
+                 "hairpinMode": True,
+                 "ipam": {"type": "host-local", "dataDir": str(self.ipam_dir),
+                          "ranges": [[{"subnet": self.subnet}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ]}
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "10-test.conflist").write_text(json.dumps(self.conflist(), indent=1))
+
+    def remove_bridge(self) -> None:
+        with IPRoute() as ipr, contextlib.suppress(Exception):
+            (index,) = ipr.link_lookup(ifname=self.bridge)
+            ipr.link("del", index=index)

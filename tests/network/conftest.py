@@ -1,0 +1,1 @@
+from tests.cri.conftest import own_vmrtd, vmrtd  # noqa: F401 - fixtures

@@ -1,0 +1,167 @@
+"""A pod's network from start to end: netns, CNI ADD, tap + tc, and back.
+
+Two modes:
+
+* ``cni`` (the normal case): a network namespace per pod, named after it and
+  pinned under /var/run/netns; CNI ADD puts a veth there; a tap joined to it
+  by tc mirred becomes the VM's NIC, with the veth's MAC; the agent gives
+  the guest the veth's addresses, routes and MTU.
+* ``user`` (hostNetwork pods): a VM cannot share the node's network
+  namespace, so the pod gets QEMU's user-mode network (NAT outbound, guest
+  10.0.2.15) with each declared port forwarded from the host. Documented in
+  README: the pod's ports are reachable on the node; the pod itself does not
+  see the node's interfaces.
+
+Everything ``setup`` does registers its undo on the caller's exit stack;
+``teardown`` works from the pod record alone (after a restart, or twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2 as api
+
+from vmrt.errors import InvalidArgumentError
+from vmrt.hypervisor.spec import NetSpec, PortForward
+from vmrt.network import link
+from vmrt.network.cni import CNI, NetworkConfig, PodNetworkArgs
+
+log = logging.getLogger(__name__)
+
+IFNAME = "eth0"
+USER_MODE_MAC = "52:54:00:12:34:56"
+USER_MODE_GUEST = link.GuestInterface(USER_MODE_MAC, IFNAME, 1500, ["10.0.2.15/24"])
+USER_MODE_ROUTES = [link.GuestRoute("0.0.0.0/0", "10.0.2.2", IFNAME)]
+_PROTOCOLS = {api.TCP: "tcp", api.UDP: "udp", api.SCTP: "sctp"}
+
+
+@dataclass
+class PodNetworkState:
+    """What the pod record keeps about its network (JSON-able)."""
+
+    mode: str = "none"  # cni | user | none
+    netns: str = ""
+    network_name: str = ""
+    # The conflist as it was at ADD: DEL must run the same plugins even if
+    # the file has changed or gone since.
+    network_config: dict[str, Any] = field(default_factory=dict)
+    cni_result: dict[str, Any] = field(default_factory=dict)
+    ips: list[str] = field(default_factory=list)
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: dict[str, Any] | None) -> PodNetworkState:
+        return cls(**data) if data else cls()
+
+
+@dataclass
+class PreparedNetwork:
+    state: PodNetworkState
+    nic: NetSpec
+    interface: link.GuestInterface
+    routes: list[link.GuestRoute]
+
+
+def is_host_network(config: api.PodSandboxConfig) -> bool:
+    return bool(config.linux.security_context.namespace_options.network == api.NODE)
+
+
+def netns_name(pod_id: str) -> str:
+    return f"vmrt-{pod_id[:32]}"
+
+
+def _port_mappings(config: api.PodSandboxConfig) -> list[dict[str, Any]]:
+    mappings = []
+    for port in config.port_mappings:
+        if port.host_port <= 0:
+            continue
+        if not 0 < port.container_port < 65536 or port.host_port > 65535:
+            raise InvalidArgumentError(f"port_mappings: {port.host_port}->"
+                                       f"{port.container_port} is out of range")
+        mapping = {"hostPort": port.host_port, "containerPort": port.container_port,
+                   "protocol": _PROTOCOLS.get(port.protocol, "tcp")}
+        if port.host_ip:
+            mapping["hostIP"] = port.host_ip
+        mappings.append(mapping)
+    return mappings
+
+
+class PodNetworking:
+    def __init__(self, cni: CNI) -> None:
+        self.cni = cni
+
+    async def setup(self, pod_id: str, config: api.PodSandboxConfig,
+                    undo: contextlib.AsyncExitStack) -> PreparedNetwork:
+        if is_host_network(config):
+            return self._user_mode(config)
+        net = self.cni.config()
+        name = netns_name(pod_id)
+        path = await link.create_netns(name)
+        undo.push_async_callback(link.remove_netns, name)
+        meta = config.metadata
+        dns = {"nameservers": list(config.dns_config.servers),
+               "search": list(config.dns_config.searches),
+               "options": list(config.dns_config.options)}
+        args = PodNetworkArgs(container_id=pod_id, netns_path=path, ifname=IFNAME,
+                              pod_namespace=meta.namespace, pod_name=meta.name,
+                              pod_uid=meta.uid, port_mappings=_port_mappings(config), dns=dns)
+        result = await self.cni.add(net, args)
+        state = PodNetworkState(
+            mode="cni", netns=name, network_name=net.name, cni_result=result,
+            args=asdict(args), network_config={"name": net.name, "cniVersion": net.cni_version,
+                                               "plugins": net.plugins,
+                                               "source": str(net.source)})
+        undo.push_async_callback(self._cni_del, state)
+        tap = f"vmrtap{pod_id[:8]}"
+        fd = await link.create_tap(tap, name)
+        undo.callback(os.close, fd)
+        await link.connect_tap(name, IFNAME, tap)
+        interface, routes = await link.describe(name, IFNAME)
+        state.ips = [address.split("/")[0] for address in interface.addresses]
+        if not state.ips:
+            raise link.LinkError(f"CNI network {net.name} gave the pod no IP address")
+        return PreparedNetwork(state, NetSpec("tap", interface.mac, tap_fd=fd), interface,
+                               routes)
+
+    def _user_mode(self, config: api.PodSandboxConfig) -> PreparedNetwork:
+        forwards = []
+        for port in config.port_mappings:
+            protocol = _PROTOCOLS.get(port.protocol, "tcp")
+            if protocol == "sctp":
+                raise InvalidArgumentError("hostNetwork pods cannot forward SCTP ports")
+            host_port = port.host_port or port.container_port
+            forwards.append(PortForward(protocol, port.host_ip or "0.0.0.0", host_port,
+                                        port.container_port))
+        return PreparedNetwork(PodNetworkState(mode="user"),
+                               NetSpec("user", USER_MODE_MAC, forwards=tuple(forwards)),
+                               USER_MODE_GUEST, USER_MODE_ROUTES)
+
+    @staticmethod
+    def _config_of(state: PodNetworkState) -> NetworkConfig:
+        conf = state.network_config
+        return NetworkConfig(name=conf["name"], cni_version=conf["cniVersion"],
+                             plugins=conf["plugins"], source=Path(conf["source"]))
+
+    async def _cni_del(self, state: PodNetworkState) -> None:
+        await self.cni.delete(self._config_of(state), PodNetworkArgs(**state.args),
+                              state.cni_result)
+
+    async def check(self, state: PodNetworkState) -> None:
+        if state.mode == "cni":
+            await self.cni.check(self._config_of(state), PodNetworkArgs(**state.args),
+                                 state.cni_result)
+
+    async def teardown(self, state: PodNetworkState) -> None:
+        """CNI DEL and the netns; safe to repeat, and after a restart."""
+        if state.mode != "cni":
+            return
+        try:
+            await self._cni_del(state)
+        finally:
+            await link.remove_netns(state.netns)
