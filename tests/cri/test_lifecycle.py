@@ -24,7 +24,7 @@ def test_version_status_and_runtime_config(vmrtd: Daemon) -> None:
     status = vmrtd.runtime.Status(api.StatusRequest(verbose=True))
     conditions = {c.type: c for c in status.status.conditions}
     assert conditions["RuntimeReady"].status
-    assert not conditions["NetworkReady"].status and conditions["NetworkReady"].reason
+    assert conditions["NetworkReady"].status  # the test daemon has a CNI network
     assert {"", "vmrt", "tiny"} <= {h.name for h in status.runtime_handlers}
     assert json.loads(status.info["config"])["accel"] in ("tcg", "kvm")
     config = vmrtd.runtime.RuntimeConfig(api.RuntimeConfigRequest())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -66,7 +67,9 @@ class ImageRPCs(Base):
                           context: Any) -> api.RemoveImageResponse:
         if not request.image.image:
             raise InvalidArgumentError("image.image is required")
-        self.rt.images.remove(request.image.image, self.rt.layers_in_use())
+        # Removal deletes layer trees: off the event loop.
+        await asyncio.to_thread(self.rt.images.remove, request.image.image,
+                                self.rt.layers_in_use())
         return api.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: api.ImageFsInfoRequest,

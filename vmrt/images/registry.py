@@ -29,6 +29,9 @@ from vmrt.images.reference import Reference
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+# Manifests, indexes and token replies are small documents; a bigger one is
+# refused rather than read into memory.
+MAX_DOCUMENT = 4 << 20
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -53,6 +56,12 @@ class Credentials:
         return cls(username, password, registry_token)
 
     @property
+    def fingerprint(self) -> str:
+        """Tells credentials apart (for caches) without keeping them readable."""
+        raw = f"{self.username}\0{self.password}\0{self.registry_token}".encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    @property
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
@@ -62,12 +71,28 @@ class Credentials:
 class Endpoint:
     base: str  # scheme://host[:port]
     mirror: bool
+    # Whether the pull's credentials may go here: only to the image's own
+    # registry host, never to a mirror run by someone else.
+    trusted: bool = True
 
 
 def endpoints(ref: Reference, mirrors: dict[str, list[str]]) -> list[Endpoint]:
-    found = [Endpoint(url.rstrip("/"), True) for url in mirrors.get(ref.domain, [])]
+    found = []
+    for url in mirrors.get(ref.domain, []):
+        base = url.rstrip("/")
+        host = httpx.URL(base).netloc.decode()
+        found.append(Endpoint(base, True, trusted=host in (ref.domain, ref.api_host)))
     found.append(Endpoint(f"https://{ref.api_host}", False))
     return found
+
+
+async def _read_capped(response: httpx.Response, what: str) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > MAX_DOCUMENT:
+            raise IntegrityError(f"{what} is larger than {MAX_DOCUMENT >> 20} MiB")
+    return bytes(data)
 
 
 class RegistryClient:
@@ -75,7 +100,7 @@ class RegistryClient:
         self._mirrors = mirrors
         self._http = httpx.AsyncClient(
             follow_redirects=True, timeout=httpx.Timeout(timeout, connect=10.0))
-        self._tokens: dict[tuple[str, str], str] = {}
+        self._tokens: dict[tuple[str, str, str], str] = {}
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -84,6 +109,8 @@ class RegistryClient:
 
     async def _authorize(self, response: httpx.Response, endpoint: Endpoint, repo: str,
                          creds: Credentials) -> str:
+        if not endpoint.trusted:
+            creds = Credentials()
         challenge = response.headers.get("www-authenticate", "")
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
@@ -99,6 +126,9 @@ class RegistryClient:
         realm = params.pop("realm", "")
         if not realm:
             raise UnauthenticatedError(f"{endpoint.base}: bearer challenge without a realm")
+        if realm.startswith("http://") and endpoint.base.startswith("https://"):
+            raise UnauthenticatedError(f"{endpoint.base} sent its token realm over plain HTTP "
+                                       f"({realm}); refusing to send credentials there")
         params.setdefault("scope", f"repository:{repo}:pull")
         headers = {"Authorization": creds.basic} if creds.username else {}
         try:
@@ -111,6 +141,8 @@ class RegistryClient:
         if token_response.status_code != 200:
             raise UnauthenticatedError(f"{endpoint.base}: token service answered HTTP "
                                        f"{token_response.status_code}")
+        if len(token_response.content) > MAX_DOCUMENT:
+            raise UnauthenticatedError(f"{endpoint.base}: the token response is too large")
         body = token_response.json()
         token = body.get("token") or body.get("access_token")
         if not token:
@@ -122,7 +154,7 @@ class RegistryClient:
                        stream: bool = False) -> httpx.Response:
         url = f"{endpoint.base}/v2/{repo}/{path}"
         headers = dict(headers or {})
-        key = (endpoint.base, repo)
+        key = (endpoint.base, repo, creds.fingerprint if endpoint.trusted else "")
         for attempt in range(2):
             if key in self._tokens:
                 headers["Authorization"] = self._tokens[key]
@@ -152,19 +184,22 @@ class RegistryClient:
         for endpoint in endpoints(ref, self._mirrors):
             try:
                 response = await self._request("GET", endpoint, ref.path, f"manifests/{lookup}",
-                                               creds, {"Accept": ACCEPT})
+                                               creds, {"Accept": ACCEPT}, stream=True)
             except (UnavailableError, UnauthenticatedError) as exc:
                 errors.append(str(exc))
                 refused = refused or isinstance(exc, UnauthenticatedError)
                 continue
-            if response.status_code == 404:
-                not_found += 1
-                errors.append(f"{endpoint.base}: {ref.path}:{lookup} not found")
-                continue
-            if response.status_code != 200:
-                errors.append(f"{endpoint.base}: HTTP {response.status_code}")
-                continue
-            body = response.content
+            try:
+                if response.status_code == 404:
+                    not_found += 1
+                    errors.append(f"{endpoint.base}: {ref.path}:{lookup} not found")
+                    continue
+                if response.status_code != 200:
+                    errors.append(f"{endpoint.base}: HTTP {response.status_code}")
+                    continue
+                body = await _read_capped(response, f"{endpoint.base}: the manifest of {ref}")
+            finally:
+                await response.aclose()
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             if lookup.startswith("sha256:") and digest != lookup:
                 raise IntegrityError(f"{endpoint.base} sent a manifest whose digest is {digest}, "

@@ -13,6 +13,7 @@ Layout under ``<root>/images``:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import gzip
@@ -20,9 +21,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,7 @@ from typing import IO, Any
 import zstandard
 
 from vmrt.errors import InvalidArgumentError, NotFoundError
+from vmrt.fsutil import RemoveError, private_dir, remove_tree
 from vmrt.images import manifest as mf
 from vmrt.images.reference import Reference, parse
 from vmrt.images.registry import Credentials, Endpoint, IntegrityError, RegistryClient
@@ -85,8 +87,11 @@ class ImageStore:
         self._images: dict[str, ImageRecord] = {}
         self._loaded_mtime = -1.0
         self._pulls: dict[str, asyncio.Task[ImageRecord]] = {}
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._pin_lock = threading.Lock()
         self._blob_jobs: dict[str, asyncio.Task[None]] = {}
         self._layer_jobs: dict[str, asyncio.Task[None]] = {}
+        private_dir(self.dir)
         for directory in (self.blobs, self.layers):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -94,10 +99,13 @@ class ImageStore:
         """Downloads and unpacks cut short by a crash; only the daemon calls this."""
         for directory in (self.blobs, self.layers):
             for leftover in directory.glob(".*.partial"):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
+                try:
+                    if leftover.is_dir():
+                        remove_tree(leftover)
+                    else:
+                        leftover.unlink(missing_ok=True)
+                except (OSError, RemoveError) as exc:
+                    log.error("cannot remove %s: %s", leftover, exc)
 
     # -- the index --------------------------------------------------------------
 
@@ -173,6 +181,10 @@ class ImageStore:
 
     def _record(self, image: ImageRecord, tags: list[str], digests: list[str]) -> ImageRecord:
         with self._locked():
+            missing = [d for d in image.layers if not (self.layers / _hex(d)).is_dir()]
+            if missing:
+                raise IntegrityError(f"image {image.id}: layers {', '.join(missing)} vanished "
+                                     "before the image could be recorded")
             existing = self._images.setdefault(image.id, image)
             for tag in tags:
                 for other in self._images.values():
@@ -207,18 +219,33 @@ class ImageStore:
             self._save()
         self.collect_garbage(layers_in_use)
 
+    @contextlib.contextmanager
+    def pinned(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep these layers and blobs from garbage collection while in use
+        (a pull in progress, a container root filesystem being built)."""
+        held = [_hex(d) for d in digests]
+        with self._pin_lock:
+            self._pins.update(held)
+        try:
+            yield
+        finally:
+            with self._pin_lock:
+                self._pins.subtract(held)
+                self._pins += collections.Counter()  # drop the zeros
+
     def collect_garbage(self, layers_in_use: set[str]) -> None:
-        """Delete layers and blobs no image (and no container) refers to."""
-        self._reload()
-        wanted = {_hex(d) for image in self._images.values() for d in image.layers}
-        wanted |= {_hex(d) for d in layers_in_use}
-        for layer in self.layers.iterdir():
-            if layer.name not in wanted and not layer.name.startswith("."):
-                shutil.rmtree(layer, ignore_errors=True)
-        blobs = {_hex(b) for image in self._images.values() for b in image.blobs}
-        for blob in self.blobs.iterdir():
-            if blob.name not in blobs:
-                blob.unlink(missing_ok=True)
+        """Delete layers and blobs no image, container or pull in progress refers to."""
+        with self._locked(), self._pin_lock:
+            wanted = {_hex(d) for image in self._images.values() for d in image.layers}
+            wanted |= {_hex(d) for d in layers_in_use} | set(self._pins)
+            blobs = {_hex(b) for image in self._images.values() for b in image.blobs}
+            blobs |= set(self._pins)
+            for layer in self.layers.iterdir():
+                if layer.name not in wanted and not layer.name.startswith("."):
+                    remove_tree(layer)
+            for blob in self.blobs.iterdir():
+                if blob.name not in blobs and not blob.name.startswith("."):
+                    blob.unlink(missing_ok=True)
 
     # -- pulling -------------------------------------------------------------------
 
@@ -227,7 +254,8 @@ class ImageStore:
                    on_bytes: Callable[[int, int], None] | None = None) -> ImageRecord:
         """Pull ``reference``; ``on_bytes(received, total)`` follows the download."""
         ref = parse(reference)
-        key = str(ref)
+        # Pulls are shared only between callers with the same credentials.
+        key = f"{ref}\0{creds.fingerprint}"
         task = self._pulls.get(key)
         if task is None:
             # One pull per reference however many ask at once; it runs to the end
@@ -250,12 +278,28 @@ class ImageStore:
                                                                            chosen.digest)
             kind = mf.media_type(body, content_type)
         manifest = mf.parse_manifest(body, kind)
+        with self.pinned([manifest.config.digest, *(layer.digest for layer in manifest.layers)]):
+            return await self._pull_manifest(ref, creds, say, on_bytes, endpoint, manifest,
+                                             top_digest, started)
+
+    async def _pull_manifest(self, ref: Reference, creds: Credentials,
+                             say: Callable[[str], None], on_bytes: Callable[[int, int], None],
+                             endpoint: Endpoint, manifest: mf.Manifest, top_digest: str,
+                             started: float) -> ImageRecord:
         await self._fetch_blob(endpoint, ref, manifest.config, creds)
         config = json.loads((self.blobs / _hex(manifest.config.digest)).read_bytes())
         diff_ids = list(config.get("rootfs", {}).get("diff_ids", []))
         if len(diff_ids) != len(manifest.layers):
             raise IntegrityError(f"{ref}: {len(manifest.layers)} layers but "
                                  f"{len(diff_ids)} diff_ids in the config")
+        with self.pinned(diff_ids):
+            return await self._pull_layers(ref, creds, say, on_bytes, endpoint, manifest,
+                                           top_digest, started, config, diff_ids)
+
+    async def _pull_layers(self, ref: Reference, creds: Credentials, say: Callable[[str], None],
+                           on_bytes: Callable[[int, int], None], endpoint: Endpoint,
+                           manifest: mf.Manifest, top_digest: str, started: float,
+                           config: dict[str, Any], diff_ids: list[str]) -> ImageRecord:
         total = sum(layer.size for layer in manifest.layers)
         say(f"pulling {ref}: {len(manifest.layers)} layers, {total} bytes from {endpoint.base}")
         received = 0
@@ -314,7 +358,7 @@ class ImageStore:
         if final.is_dir():
             return
         work = self.layers / f".{_hex(diff_id)}.{os.getpid()}.partial"
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
         work.mkdir()
         try:
             with open_layer(blob, media_type) as stream:
@@ -325,7 +369,7 @@ class ImageStore:
             os.chmod(work, 0o755)
             work.rename(final)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
             raise
 
     # -- adding images from files ------------------------------------------------------

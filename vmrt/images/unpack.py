@@ -15,6 +15,7 @@ caller.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -60,6 +61,8 @@ class HashingReader(io.RawIOBase):
 
 
 def _components(name: str) -> list[str]:
+    if "\0" in name:
+        raise HostileLayer(f"path {name!r} in layer contains a NUL byte")
     if name.startswith("/"):
         raise HostileLayer(f"absolute path {name!r} in layer")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -105,36 +108,53 @@ class _Tree:
 
 
 def _remove(dir_fd: int, name: str) -> None:
+    """Delete ``name`` under ``dir_fd``, directories included, without recursion
+    (a layer may nest thousands of levels deep) and without following links."""
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(info.st_mode):
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-        try:
-            for child in os.listdir(fd):
-                _remove(fd, child)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
+    if not stat.S_ISDIR(info.st_mode):
         os.unlink(name, dir_fd=dir_fd)
+        return
+    # Each frame: (parent fd, name of the directory, its fd, its remaining entries).
+    root_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=dir_fd)
+    stack = [(dir_fd, name, root_fd, os.listdir(root_fd))]
+    try:
+        while stack:
+            parent, dirname, fd, entries = stack[-1]
+            if not entries:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dirname, dir_fd=parent)
+                continue
+            child = entries.pop()
+            if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                child_fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC, dir_fd=fd)
+                stack.append((fd, child, child_fd, os.listdir(child_fd)))
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for _parent, _name, fd, _entries in stack:
+            os.close(fd)
 
 
 def _apply_metadata(dir_fd: int, name: str, member: tarfile.TarInfo) -> None:
     os.chown(name, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
     if not member.issym():
         os.chmod(name, stat.S_IMODE(member.mode), dir_fd=dir_fd)
-    for key, value in member.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
+    if member.isreg() or member.isdir():
+        # Only files and directories: opening a device node to set an xattr
+        # would open the host's device.
+        for key, value in member.pax_headers.items():
+            if not key.startswith("SCHILY.xattr."):
+                continue
             attr = key[len("SCHILY.xattr."):]
-            if attr.startswith(("security.", "user.")) and not member.issym():
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                             dir_fd=dir_fd)
-                try:
-                    os.setxattr(fd, attr, value.encode("utf-8", "surrogateescape"))
-                finally:
-                    os.close(fd)
+            if attr.startswith(("security.", "user.")):
+                os.setxattr(f"/proc/self/fd/{dir_fd}/{name}", attr,
+                            value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
     os.utime(name, (member.mtime, member.mtime), dir_fd=dir_fd, follow_symlinks=False)
 
 
@@ -148,18 +168,28 @@ def unpack(stream: IO[bytes], destination: str) -> tuple[str, int]:
         with tarfile.open(fileobj=reader, mode="r|") as archive:
             for member in archive:
                 _extract(tree, archive, member, directories)
-        # Directory times last: creating their entries changed them.
+        # Directory times last: creating their entries changed them. A
+        # directory a later entry replaced is simply gone.
         for parts, member in reversed(directories):
-            fd = tree.parent(parts, create=False)
             try:
-                os.utime(parts[-1], (member.mtime, member.mtime), dir_fd=fd,
-                         follow_symlinks=False)
+                fd = tree.parent(parts, create=False)
+            except (FileNotFoundError, HostileLayer):
+                continue
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(parts[-1], (member.mtime, member.mtime), dir_fd=fd,
+                             follow_symlinks=False)
             finally:
                 os.close(fd)
-        reader.read()
+        # The diff_id covers the whole stream, padding after the archive too;
+        # read it in chunks, never all at once.
+        while reader.read(CHUNK):
+            pass
         hashing.drain()
     except tarfile.TarError as exc:
         raise InvalidArgumentError(f"layer is not a valid tar archive: {exc}") from None
+    except ValueError as exc:
+        raise HostileLayer(f"layer has an entry the filesystem cannot hold: {exc}") from None
     finally:
         tree.close()
     return "sha256:" + hashing.sha256.hexdigest(), hashing.size
@@ -180,7 +210,8 @@ def _extract(tree: _Tree, archive: tarfile.TarFile, member: tarfile.TarInfo,
             return
         if name.startswith(WHITEOUT_PREFIX):
             target = name[len(WHITEOUT_PREFIX):]
-            _components(target)
+            if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
+                raise HostileLayer(f"whiteout {member.name!r} names no file")
             _remove(dir_fd, target)
             os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
             return
@@ -213,6 +244,10 @@ def _extract(tree: _Tree, archive: tarfile.TarFile, member: tarfile.TarInfo,
                 raise HostileLayer(f"hardlink {member.name!r} to the layer root")
             target_fd = tree.parent(target_parts, create=False)
             try:
+                target_mode = os.stat(target_parts[-1], dir_fd=target_fd,
+                                      follow_symlinks=False).st_mode
+                if (stat.S_ISCHR(target_mode) or stat.S_ISBLK(target_mode)) and parts[0] != "dev":
+                    raise HostileLayer(f"hardlink {member.name!r} to a device node outside /dev")
                 os.link(target_parts[-1], name, src_dir_fd=target_fd, dst_dir_fd=dir_fd,
                         follow_symlinks=False)
             except FileNotFoundError:

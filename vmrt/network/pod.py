@@ -27,6 +27,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
 from vmrt.hypervisor.spec import NetSpec, PortForward
 from vmrt.network import link
@@ -103,7 +104,7 @@ class PodNetworking:
         net = self.cni.config()
         name = netns_name(pod_id)
         path = await link.create_netns(name)
-        undo.push_async_callback(link.remove_netns, name)
+        push_cleanup(undo, link.remove_netns, name)
         meta = config.metadata
         dns = {"nameservers": list(config.dns_config.servers),
                "search": list(config.dns_config.searches),
@@ -117,7 +118,7 @@ class PodNetworking:
             args=asdict(args), network_config={"name": net.name, "cniVersion": net.cni_version,
                                                "plugins": net.plugins,
                                                "source": str(net.source)})
-        undo.push_async_callback(self._cni_del, state)
+        push_cleanup(undo, self._cni_del, state)
         tap = f"vmrtap{pod_id[:8]}"
         fd = await link.create_tap(tap, name)
         undo.callback(os.close, fd)

@@ -18,12 +18,14 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentError
+from vmrt.aio import push_cleanup
 from vmrt.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
+from vmrt.images.store import ImageRecord
 from vmrt.runtime import ocispec
 from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import ContainerRecord
@@ -109,35 +111,47 @@ class ContainerService:
                                      time.time_ns())
         key = container_key(record, pod)
         self.rt.reserve_container_name(key, container_id)
-        try:
-            async with contextlib.AsyncExitStack() as undo:
-                share = live.vm.shared / container_id
-                undo.push_async_callback(mounts.remove_tree, share)
-                undo.push_async_callback(mounts.remove_tree, self.rt.container_dir(container_id))
-                record.layers = list(image.layers)
-                await self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
-                shared = await self._mounts(config.mounts, share, container_id)
-                spec = ocispec.build(
-                    config=config, pod_config=pod_config or pod.config(),
-                    image_config=image.config,
-                    image_file=lambda path: self.rt.images.find_file(image, path),
-                    mounts=shared)
-                record.process_json = json.dumps(spec["process"])
-                await live.agent.call("CreateContainer", pb.CreateContainerRequest(
-                    container_id=container_id,
-                    oci_spec=json.dumps(spec).encode(),
-                    rootfs=pb.Rootfs(share_path=f"{container_id}/rootfs"),
-                    stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
-                                          stdin_once=config.stdin_once),
-                ))
-                undo.push_async_callback(self._agent_remove, live, container_id)
-                self.rt.store.add_container(record)
-                undo.pop_all()
-        except BaseException:
-            self.rt.release_container_name(key, container_id)
-            raise
+        # Until the record lists them, nothing else keeps the layers in use.
+        with self.rt.images.pinned(image.layers):
+            try:
+                # The pod's lock: a StopPodSandbox cannot tear the VM and its
+                # share down while this adds mounts to it.
+                async with live.lock:
+                    self.rt.live_pod(pod)
+                    await self._create_in_vm(live, record, config, pod_config or pod.config(),
+                                             image)
+            except BaseException:
+                self.rt.release_container_name(key, container_id)
+                raise
         self.rt.events.publish(container_id, pod.id, "created")
         return container_id
+
+    async def _create_in_vm(self, live: LivePod, record: ContainerRecord,
+                            config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
+                            image: ImageRecord) -> None:
+        """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
+        container_id = record.id
+        async with contextlib.AsyncExitStack() as undo:
+            share = live.vm.shared / container_id
+            push_cleanup(undo, mounts.remove_tree, share)
+            push_cleanup(undo, mounts.remove_tree, self.rt.container_dir(container_id))
+            record.layers = list(image.layers)
+            await self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
+            shared = await self._mounts(config.mounts, share, container_id)
+            spec = ocispec.build(
+                config=config, pod_config=pod_config, image_config=image.config,
+                image_file=lambda path: self.rt.images.find_file(image, path), mounts=shared)
+            record.process_json = json.dumps(spec["process"])
+            await live.agent.call("CreateContainer", pb.CreateContainerRequest(
+                container_id=container_id,
+                oci_spec=json.dumps(spec).encode(),
+                rootfs=pb.Rootfs(share_path=f"{container_id}/rootfs"),
+                stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
+                                      stdin_once=config.stdin_once),
+            ))
+            push_cleanup(undo, self._agent_remove, live, container_id)
+            self.rt.store.add_container(record)
+            undo.pop_all()
 
     async def _rootfs(self, container_id: str, layers: list[Path], share: Path) -> None:
         """overlayfs on the host: the image's layers read-only below, a private upper dir."""
@@ -182,9 +196,14 @@ class ContainerService:
                 f"container {container.id} is {container.state}, not created")
         live = self.rt.live_pod(self.rt.pod(container.pod_id))
         self.rt.start_log_pump(live, container)
+        started_at = time.time_ns()
         await live.agent.call("StartContainer",
                               pb.StartContainerRequest(container_id=container.id))
-        self.rt.store.update_container(container, state="running", started_at=time.time_ns())
+        if container.state == "created":
+            self.rt.store.update_container(container, state="running", started_at=started_at)
+        else:
+            # It ran and exited while StartContainer was still on its way back.
+            self.rt.store.update_container(container, started_at=started_at)
         self.rt.events.publish(container.id, container.pod_id, "started")
 
     async def stop(self, container_id: str, timeout: int) -> None:
@@ -301,21 +320,31 @@ class ContainerService:
             return bytes(data)
 
         async def run() -> ExecResult:
-            out, err, reply = await asyncio.gather(
-                collect(pb.STDOUT), collect(pb.STDERR),
-                live.agent.call("WaitProcess", pb.WaitProcessRequest(
-                    container_id=container.id, exec_id=exec_id), timeout=None))
+            # A TaskGroup: if one part fails, the others are cancelled too.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    out = group.create_task(collect(pb.STDOUT))
+                    err = group.create_task(collect(pb.STDERR))
+                    wait = group.create_task(live.agent.call("WaitProcess", pb.WaitProcessRequest(
+                        container_id=container.id, exec_id=exec_id), timeout=None))
+            except ExceptionGroup as group_error:
+                raise group_error.exceptions[0] from None
+            reply = wait.result()
             assert isinstance(reply, pb.WaitProcessResponse)
-            return ExecResult(reply.status.exit_code, out, err)
+            return ExecResult(reply.status.exit_code, out.result(), err.result())
 
         try:
             return await asyncio.wait_for(run(), timeout or None)
-        except TimeoutError:
-            with contextlib.suppress(AgentError):
-                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
-                    container_id=container.id, exec_id=exec_id, signal=9))
-            raise DeadlineExceededError(
-                f"command {list(cmd)!r} did not finish within {timeout} s") from None
+        except BaseException as exc:
+            # Timed out, too much output, or the caller went away: the command
+            # must not go on running in the guest.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(live.agent.call("SignalProcess", pb.SignalProcessRequest(
+                    container_id=container.id, exec_id=exec_id, signal=9)))
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceededError(
+                    f"command {list(cmd)!r} did not finish within {timeout} s") from None
+            raise
 
     # -- queries ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from vmrt.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.images.registry import RegistryClient
@@ -78,6 +79,9 @@ class Runtime:
         self.guest_image = guest_image
         self.root = Path(config.storage.root)
         self.state = Path(config.storage.state)
+        for private in (self.root / "pods", self.root / "containers",
+                        self.state / "sandboxes"):
+            private_dir(private)
         self.store = RecordStore(self.root)
         mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
         self.images = ImageStore(self.root, RegistryClient(mirrors))
@@ -190,10 +194,13 @@ class Runtime:
                                               name=f"vm-{live.record.id}"))
 
     async def _follow_events(self, live: LivePod) -> None:
-        while True:
+        """Container exits from the agent, for as long as the VM lives."""
+        backoff = 0.5
+        while live.vm.qemu.alive:
             try:
                 call = live.agent.stub.GetEvents(pb.GetEventsRequest())
                 async for event in call:
+                    backoff = 0.5
                     if event.exec_id or event.kind != pb.Event.EXIT:
                         continue
                     container = self.store.containers.get(event.container_id)
@@ -203,12 +210,17 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not live.vm.qemu.alive:
-                    return
                 log.warning("event stream of pod %s broke (%s); resubscribing",
-                            live.record.id, exc)
-                await asyncio.sleep(1.0)
+                            live.record.id[:12], exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            # Exits that happened while the stream was down.
+            try:
                 await self.reconcile(live)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pod %s: cannot reconcile containers: %s", live.record.id[:12], exc)
 
     async def reconcile(self, live: LivePod) -> None:
         """Bring container records in line with what the agent knows."""
@@ -228,11 +240,12 @@ class Runtime:
 
     async def _watch_vm(self, live: LivePod) -> None:
         await live.vm.qemu.wait_exit()
-        if live.stopping:
-            return
-        how = live.vm.qemu.death_message()
-        log.error("the VM of pod %s died: %s", live.record.id, how)
-        await self.vm_gone(live.record, f"the pod's VM exited: {how}")
+        async with live.lock:
+            if live.stopping:
+                return
+            how = live.vm.qemu.death_message()
+            log.error("the VM of pod %s died: %s", live.record.id, how)
+            await self.vm_gone(live.record, f"the pod's VM exited: {how}")
 
     async def vm_gone(self, pod: PodRecord, message: str) -> None:
         """The VM is gone: the pod is NOTREADY and its containers EXITED."""

@@ -115,8 +115,6 @@ class LogPump:
         try:
             await asyncio.gather(self._follow("stdout", pb.STDOUT),
                                  self._follow("stderr", pb.STDERR))
-        except AgentError as exc:
-            log.warning("log pump of %s stopped: %s", self._id, exc)
         finally:
             self._save(dict(self.offsets))
 
@@ -124,11 +122,22 @@ class LogPump:
         # ``offsets`` counts bytes on disk; what sits in the writer's partial
         # buffer is read again after a restart rather than lost.
         read_from = self.offsets[name]
-        async for chunk in self._agent.follow_output(self._id, "", stream, read_from):
-            self.writer.write(name, chunk.data)
-            read_from = chunk.offset + len(chunk.data)
-            self.offsets[name] = read_from - self.writer.pending(name)
-            self._maybe_save()
+        backoff = 0.5
+        while True:
+            try:
+                async for chunk in self._agent.follow_output(self._id, "", stream, read_from):
+                    self.writer.write(name, chunk.data)
+                    read_from = chunk.offset + len(chunk.data)
+                    self.offsets[name] = read_from - self.writer.pending(name)
+                    self._maybe_save()
+                break
+            except AgentError as exc:
+                if exc.code.name in ("NOT_FOUND", "CANCELLED"):
+                    break  # the container is gone; nothing more will come
+                # A broken connection: resume from where the log stands.
+                log.warning("log of %s (%s): %s; resuming", self._id[:12], name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
         self.writer.finish(name)
         self.offsets[name] = read_from
 

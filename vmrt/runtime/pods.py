@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState
@@ -84,7 +85,7 @@ class PodService:
                                  options=config.dns_config.options),
                 sysctls=sorted(config.linux.sysctls.items()),
             )
-            undo.push_async_callback(vm.destroy)
+            push_cleanup(undo, vm.destroy)
             iface = network.interface
             assert vm.agent is not None
             await vm.agent.call("ConfigureNetwork", pb.ConfigureNetworkRequest(

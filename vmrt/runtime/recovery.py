@@ -89,7 +89,11 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
         return
     live = LivePod(pod, vm)
     rt.live[pod.id] = live
-    await rt.reconcile(live)
+    try:
+        await rt.reconcile(live)
+    except Exception as exc:
+        # The event stream's own reconcile will try again.
+        log.warning("pod %s: cannot reconcile its containers yet: %s", pod.id[:12], exc)
     for container in rt.store.pod_containers(pod.id):
         if container.state != "created":
             rt.start_log_pump(live, container)

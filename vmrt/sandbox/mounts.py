@@ -8,10 +8,10 @@ unmounts everything below the directory first and refuses if it cannot.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from vmrt.errors import VmrtError
+from vmrt.fsutil import remove_tree_async
 
 
 class MountError(VmrtError):
@@ -85,4 +85,4 @@ async def remove_tree(directory: Path) -> None:
     if left:
         raise MountError(f"refusing to delete {directory}: still mounted: "
                          + ", ".join(map(str, left)))
-    await asyncio.to_thread(shutil.rmtree, directory)
+    await remove_tree_async(directory)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentClient, AgentUnreachable
+from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
+from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import host_tsc_khz
 from vmrt.hypervisor.qemu import QemuVM, VMDied
@@ -104,14 +106,15 @@ class SandboxVM:
                     die_with_parent: bool = False) -> None:
         t0 = time.monotonic()
         async with contextlib.AsyncExitStack() as undo:
-            self.directory.mkdir(parents=True, exist_ok=False)
-            undo.push_async_callback(mounts.remove_tree, self.directory)
+            private_dir(self.directory.parent)
+            self.directory.mkdir(exist_ok=False)
+            push_cleanup(undo, mounts.remove_tree, self.directory)
             self.shared.mkdir()
             await self.qemu.launch(die_with_parent=die_with_parent)
-            undo.push_async_callback(self.qemu.kill)
+            push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
             self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path))
-            undo.push_async_callback(self._close_agent)
+            push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
             await self.agent.call("SetupSandbox", pb.SetupSandboxRequest(
