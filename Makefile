@@ -11,9 +11,13 @@ STAMPS := .stamps
 VMRT_ROOT ?= /var/lib/vmrt
 APT_PACKAGES := qemu-system-x86 qemu-system-common cpio dpkg apt util-linux \
                 docker-registry skopeo apache2-utils nginx-light procps \
+                containernetworking-plugins iptables \
                 python3 python3-venv python3-pip ca-certificates
 
-.PHONY: run test deps image proto lint bench clean
+.PHONY: run test deps image proto lint bench clean cni-config doctor
+
+doctor: deps
+	$(BIN)/vmrt doctor
 
 run: image
 	@echo "host kernel: $$(uname -r)"
@@ -24,7 +28,13 @@ run: image
 test: image
 	VMRT_ROOT=$(VMRT_ROOT) $(BIN)/python -m pytest
 
-deps: $(STAMPS)/apt $(STAMPS)/venv
+deps: $(STAMPS)/apt $(STAMPS)/venv cni-config
+
+# The default pod network, only where the node has none of its own.
+cni-config: | $(STAMPS)/apt
+	@if [ -z "$$(ls -A /etc/cni/net.d 2>/dev/null)" ]; then \
+	  install -D -m 0644 cni/10-vmrt.conflist /etc/cni/net.d/10-vmrt.conflist; \
+	  echo "installed the default CNI network in /etc/cni/net.d/10-vmrt.conflist"; fi
 
 image: deps
 	$(BIN)/vmrt --root $(VMRT_ROOT) guest-image build

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 import urllib.request
 
 import grpc
@@ -175,3 +177,20 @@ def test_broken_cni_config_and_failing_plugin(vmrtd: Daemon) -> None:
         conflist.write_text(good)
     status = vmrtd.runtime.Status(api.StatusRequest())
     assert {c.type: c for c in status.status.conditions}["NetworkReady"].status
+
+
+def test_doctor_reports_the_network(vmrtd: Daemon, tmp_path: Path) -> None:
+    def doctor(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vmrt.cli.main", "doctor", "--config",
+                               str(config)], capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    good = doctor(vmrtd.config)
+    assert "ok    cni config" in good.stdout and "ok    guest image" in good.stdout
+    empty = tmp_path / "no-cni"
+    empty.mkdir()
+    bad_config = tmp_path / "config.toml"
+    bad_config.write_text(vmrtd.config.read_text().replace(str(vmrtd.cni_dir), str(empty)))
+    bad = doctor(bad_config)
+    assert bad.returncode == 1
+    assert f"FAIL  cni config: no CNI network config in {empty}" in bad.stdout

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from vmrt.cli import cri_commands, guest_image, images, run
+from vmrt.cli import cri_commands, doctor, guest_image, images, run
 from vmrt.errors import VmrtError
 
 DEFAULT_ROOT = "/var/lib/vmrt"
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     cri_commands.add_parsers(sub)
     images.add_parsers(sub)
+    doctor.add_parser(sub)
     daemon = sub.add_parser("daemon", help="run vmrtd (same as the vmrtd command)",
                             add_help=False)
     daemon.add_argument("daemon_args", nargs=argparse.REMAINDER)
