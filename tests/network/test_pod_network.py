@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
