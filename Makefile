@@ -65,6 +65,7 @@ bench: image
 	$(BIN)/python bench/boot.py
 	$(BIN)/python bench/cri.py
 	$(BIN)/python bench/pull.py
+	$(BIN)/python bench/net.py
 
 clean:
 	rm -rf $(STAMPS) $(VENV) test-artifacts
