@@ -35,3 +35,7 @@ class UnauthenticatedError(VmrtError):
 
 class UnavailableError(VmrtError):
     """A remote service could not be reached. (gRPC UNAVAILABLE)"""
+
+
+class ResourceExhaustedError(VmrtError):
+    """A bounded resource is full; retrying later may work. (gRPC RESOURCE_EXHAUSTED)"""

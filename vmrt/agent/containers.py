@@ -412,6 +412,24 @@ class ContainerManager:
             ctr.removed = True
             self._destroy(ctr)
 
+    def remove_exec(self, container_id: str, exec_id: str) -> None:
+        _check_id("exec id", exec_id)
+        try:
+            ctr = self.get(container_id)
+        except NotFound:
+            return
+        with ctr.lock:
+            proc = ctr.execs.get(exec_id)
+            if proc is None:
+                return
+            if proc.pid > 0 and not proc.reaped:
+                _kill(proc.pid)
+            if proc.pid > 0 and not proc.done.wait(KILL_GRACE):
+                log.warning("%s/%s did not exit after SIGKILL", ctr.id, exec_id)
+                return
+            del ctr.execs[exec_id]
+        proc.io.destroy()
+
     def _destroy(self, ctr: Container) -> None:
         """Tear a container down completely (removal, or a create that failed).
 

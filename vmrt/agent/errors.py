@@ -25,3 +25,9 @@ class CommandFailed(AgentError):
     """A helper command (crun, mount) exited non-zero."""
 
     code = "INTERNAL"
+
+
+class Unavailable(AgentError):
+    """Something the caller asked to reach inside the guest does not answer."""
+
+    code = "UNAVAILABLE"

@@ -18,6 +18,7 @@ from vmrt.agent.containers import ContainerManager, ExitEvent, Process
 from vmrt.agent.errors import AgentError, InvalidArgument
 from vmrt.agent.events import EventBus
 from vmrt.agent.guest import Guest
+from vmrt.agent.portforward import forward
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -199,6 +200,11 @@ class AgentService(pb_grpc.AgentServicer):
         return pb.RemoveContainerResponse()
 
     @rpc
+    def RemoveExec(self, request: pb.RemoveExecRequest, context: grpc.ServicerContext) -> Any:
+        self._containers.remove_exec(request.container_id, request.exec_id)
+        return pb.RemoveExecResponse()
+
+    @rpc
     def UpdateContainer(
         self, request: pb.UpdateContainerRequest, context: grpc.ServicerContext
     ) -> Any:
@@ -264,6 +270,17 @@ class AgentService(pb_grpc.AgentServicer):
             pids=stats.pids,
             oom_kills=stats.oom_kills,
         )
+
+    @rpc
+    def PortForward(self, request_iterator: Iterator[pb.PortForwardData],
+                    context: grpc.ServicerContext) -> Iterator[Any]:
+        first = next(request_iterator, None)
+        if first is None:
+            return
+        incoming = (message.data for message in request_iterator)
+        # The first chunk, empty, tells the host the connection is made.
+        for data in forward(first.port, first.data, incoming, context.add_callback):
+            yield pb.PortForwardData(data=data)
 
     @rpc
     def GetEvents(self, request: pb.GetEventsRequest, context: grpc.ServicerContext) -> Any:

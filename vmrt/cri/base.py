@@ -5,6 +5,7 @@ from __future__ import annotations
 from vmrt.runtime.containers import ContainerService
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.pods import PodService
+from vmrt.runtime.streams import StreamService
 
 
 class Base:
@@ -12,6 +13,7 @@ class Base:
         self.rt = runtime
         self.pods = PodService(runtime)
         self.containers = ContainerService(runtime)
+        self.streams = StreamService(runtime)
         # (timestamp_ns, cpu_usage_ns) of the previous sample per container
         # or pod, to turn cumulative CPU time into usage_nano_cores.
         self.cpu_samples: dict[str, tuple[int, int]] = {}

@@ -24,6 +24,7 @@ from vmrt.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -42,6 +43,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

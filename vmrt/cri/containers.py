@@ -77,8 +77,8 @@ class ContainerRPCs(Base):
 
     async def ExecSync(self, request: api.ExecSyncRequest,
                        context: Any) -> api.ExecSyncResponse:
-        result = await self.containers.exec_sync(request.container_id, request.cmd,
-                                                 request.timeout)
+        result = await self.streams.exec_sync(request.container_id, request.cmd,
+                                              request.timeout)
         return api.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                     exit_code=result.exit_code)
 

@@ -20,7 +20,6 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentError
 from vmrt.aio import push_cleanup
 from vmrt.errors import (
-    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -33,22 +32,12 @@ from vmrt.sandbox import mounts
 
 log = logging.getLogger(__name__)
 
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-
-
 @dataclass(frozen=True)
 class ContainerFilter:
     id: str = ""
     pod_id: str = ""
     state: str | None = None  # created | running | exited | unknown
     labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
 
 
 def _validate_mount(mount: api.Mount) -> None:
@@ -288,63 +277,6 @@ class ContainerService:
         if pump is None:
             raise FailedPreconditionError(f"container {container.id} has no log file")
         pump.writer.reopen()
-
-    # -- exec -----------------------------------------------------------------
-
-    async def exec_sync(self, container_id: str, cmd: Sequence[str],
-                        timeout: int) -> ExecResult:
-        if not cmd:
-            raise InvalidArgumentError("cmd is empty")
-        if timeout < 0:
-            raise InvalidArgumentError(f"timeout {timeout} is negative")
-        container = self.rt.container(container_id)
-        if container.state != "running":
-            raise FailedPreconditionError(f"container {container.id} is {container.state}, "
-                                          "not running")
-        live = self.rt.live_pod(self.rt.pod(container.pod_id))
-        process = json.loads(container.process_json) if container.process_json else {}
-        process["args"] = list(cmd)
-        process["terminal"] = False
-        exec_id = secrets.token_hex(8)
-        await live.agent.call("ExecProcess", pb.ExecProcessRequest(
-            container_id=container.id, exec_id=exec_id,
-            process=json.dumps(process).encode()))
-
-        async def collect(stream: pb.Stream) -> bytes:
-            data = bytearray()
-            async for chunk in live.agent.follow_output(container.id, exec_id, stream):
-                data += chunk.data
-                if len(data) > EXEC_OUTPUT_LIMIT:
-                    raise InvalidArgumentError(
-                        f"exec output exceeds {EXEC_OUTPUT_LIMIT >> 20} MiB")
-            return bytes(data)
-
-        async def run() -> ExecResult:
-            # A TaskGroup: if one part fails, the others are cancelled too.
-            try:
-                async with asyncio.TaskGroup() as group:
-                    out = group.create_task(collect(pb.STDOUT))
-                    err = group.create_task(collect(pb.STDERR))
-                    wait = group.create_task(live.agent.call("WaitProcess", pb.WaitProcessRequest(
-                        container_id=container.id, exec_id=exec_id), timeout=None))
-            except ExceptionGroup as group_error:
-                raise group_error.exceptions[0] from None
-            reply = wait.result()
-            assert isinstance(reply, pb.WaitProcessResponse)
-            return ExecResult(reply.status.exit_code, out.result(), err.result())
-
-        try:
-            return await asyncio.wait_for(run(), timeout or None)
-        except BaseException as exc:
-            # Timed out, too much output, or the caller went away: the command
-            # must not go on running in the guest.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(live.agent.call("SignalProcess", pb.SignalProcessRequest(
-                    container_id=container.id, exec_id=exec_id, signal=9)))
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceededError(
-                    f"command {list(cmd)!r} did not finish within {timeout} s") from None
-            raise
 
     # -- queries ----------------------------------------------------------------
 

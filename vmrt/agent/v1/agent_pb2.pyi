@@ -234,6 +234,18 @@ class RemoveContainerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RemoveExecRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ...) -> None: ...
+
+class RemoveExecResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UpdateContainerRequest(_message.Message):
     __slots__ = ("container_id", "resources")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +375,14 @@ class ContainerStatsResponse(_message.Message):
     pids: int
     oom_kills: int
     def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
+
+class PortForwardData(_message.Message):
+    __slots__ = ("port", "data")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    data: bytes
+    def __init__(self, port: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class GetEventsRequest(_message.Message):
     __slots__ = ()

@@ -84,6 +84,11 @@ class AgentStub:
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerResponse.FromString,
                 _registered_method=True)
+        self.RemoveExec = channel.unary_unary(
+                '/vmrt.agent.v1.Agent/RemoveExec',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecRequest.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecResponse.FromString,
+                _registered_method=True)
         self.UpdateContainer = channel.unary_unary(
                 '/vmrt.agent.v1.Agent/UpdateContainer',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
@@ -113,6 +118,11 @@ class AgentStub:
                 '/vmrt.agent.v1.Agent/ContainerStats',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.FromString,
+                _registered_method=True)
+        self.PortForward = channel.stream_stream(
+                '/vmrt.agent.v1.Agent/PortForward',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.FromString,
                 _registered_method=True)
         self.GetEvents = channel.unary_stream(
                 '/vmrt.agent.v1.Agent/GetEvents',
@@ -190,6 +200,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveExec(self, request, context):
+        """Forget an exec: kill it if it still runs, then drop its spooled output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -225,6 +242,17 @@ class AgentServicer:
 
     def ContainerStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PortForward(self, request_iterator, context):
+        """A TCP connection to a port on the pod's localhost (the guest's network,
+        which every container of the pod shares). The host's first message
+        names the port; after that bytes flow both ways. The host ending its
+        side of the call half-closes the connection; the call ends once the
+        guest side has closed and everything it sent is delivered.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -289,6 +317,11 @@ def add_AgentServicer_to_server(servicer, server):
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveContainerResponse.SerializeToString,
             ),
+            'RemoveExec': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveExec,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecRequest.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecResponse.SerializeToString,
+            ),
             'UpdateContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateContainer,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.UpdateContainerRequest.FromString,
@@ -318,6 +351,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ContainerStats,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.SerializeToString,
+            ),
+            'PortForward': grpc.stream_stream_rpc_method_handler(
+                    servicer.PortForward,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.SerializeToString,
             ),
             'GetEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.GetEvents,
@@ -606,6 +644,33 @@ class Agent:
             _registered_method=True)
 
     @staticmethod
+    def RemoveExec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmrt.agent.v1.Agent/RemoveExec',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecRequest.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.RemoveExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UpdateContainer(request,
             target,
             options=(),
@@ -757,6 +822,33 @@ class Agent:
             '/vmrt.agent.v1.Agent/ContainerStats',
             vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.SerializeToString,
             vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PortForward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vmrt.agent.v1.Agent/PortForward',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,207 @@
+"""The runtime's side of streaming: exec, attach and port-forward sessions.
+
+These are what the streaming server (``vmrt.streaming``) drives, and what
+``ExecSync`` is built on. They know the agent and the records; they know
+nothing of WebSocket or SPDY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from vmrt.runtime.core import LivePod, Runtime
+from vmrt.runtime.records import ContainerRecord
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass
+class ProcessSession:
+    """Stdio and exit of one process: an exec, or (attach) a container's main process."""
+
+    live: LivePod
+    container_id: str
+    exec_id: str  # "" for the main process
+    tty: bool
+    stdin_open: bool
+    stdin_once: bool = False
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.exec_id)
+
+    async def output(self, stream: pb.Stream) -> AsyncIterator[bytes]:
+        """Output from the session's start until the process has exited."""
+        offset = self.stdout_offset if stream == pb.STDOUT else self.stderr_offset
+        async for chunk in self.live.agent.follow_output(self.container_id, self.exec_id,
+                                                         stream, offset):
+            yield chunk.data
+
+    async def write_stdin(self, data: bytes, close: bool = False) -> None:
+        await self.live.agent.call("WriteStdin", pb.WriteStdinRequest(
+            container_id=self.container_id, exec_id=self.exec_id, data=data, close=close))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.live.agent.call("ResizeTty", pb.ResizeTtyRequest(
+            container_id=self.container_id, exec_id=self.exec_id, rows=rows, cols=cols))
+
+    async def wait(self) -> int:
+        reply = await self.live.agent.call("WaitProcess", pb.WaitProcessRequest(
+            container_id=self.container_id, exec_id=self.exec_id), timeout=None)
+        assert isinstance(reply, pb.WaitProcessResponse)
+        return reply.status.exit_code
+
+    async def close(self) -> None:
+        """An exec is killed if it still runs and forgotten; the main process is left be.
+
+        Shielded: this is what runs when the client has gone away, often
+        inside a task that is being cancelled.
+        """
+        if not self.is_exec:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.live.agent.call("RemoveExec", pb.RemoveExecRequest(
+                container_id=self.container_id, exec_id=self.exec_id)))
+
+
+class PortConnection:
+    """One TCP connection to a port in a pod, through the agent."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall, port: int) -> None:
+        self._call = call
+        self.port = port
+
+    async def send(self, data: bytes) -> None:
+        await self._call.write(pb.PortForwardData(data=data))
+
+    async def close_write(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.done_writing()
+
+    async def received(self) -> AsyncIterator[bytes]:
+        # read(), not iteration: the first reply was taken with read().
+        try:
+            while (message := await self._call.read()) is not grpc.aio.EOF:
+                assert isinstance(message, pb.PortForwardData)
+                yield message.data
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(exc.details() or str(exc.code())) from None
+
+    def abort(self) -> None:
+        self._call.cancel()
+
+
+class StreamService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def running_container(self, container_id: str) -> tuple[ContainerRecord, LivePod]:
+        container = self.rt.container(container_id)
+        if container.state != "running":
+            raise FailedPreconditionError(
+                f"container {container.id} is {container.state}, not running")
+        return container, self.rt.live_pod(self.rt.pod(container.pod_id))
+
+    async def start_exec(self, container_id: str, cmd: Sequence[str], tty: bool,
+                         stdin: bool) -> ProcessSession:
+        if not cmd:
+            raise InvalidArgumentError("cmd is empty")
+        container, live = self.running_container(container_id)
+        process = json.loads(container.process_json) if container.process_json else {}
+        process["args"] = list(cmd)
+        exec_id = secrets.token_hex(8)
+        await live.agent.call("ExecProcess", pb.ExecProcessRequest(
+            container_id=container.id, exec_id=exec_id, process=json.dumps(process).encode(),
+            stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin)))
+        return ProcessSession(live, container.id, exec_id, tty, stdin)
+
+    async def exec_sync(self, container_id: str, cmd: Sequence[str],
+                        timeout: int) -> ExecResult:
+        if timeout < 0:
+            raise InvalidArgumentError(f"timeout {timeout} is negative")
+        session = await self.start_exec(container_id, cmd, tty=False, stdin=False)
+
+        async def collect(stream: pb.Stream) -> bytes:
+            data = bytearray()
+            async for chunk in session.output(stream):
+                data += chunk
+                if len(data) > EXEC_OUTPUT_LIMIT:
+                    raise InvalidArgumentError(
+                        f"exec output exceeds {EXEC_OUTPUT_LIMIT >> 20} MiB")
+            return bytes(data)
+
+        async def run() -> ExecResult:
+            # A TaskGroup: if one part fails, the others are cancelled too.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    out = group.create_task(collect(pb.STDOUT))
+                    err = group.create_task(collect(pb.STDERR))
+                    code = group.create_task(session.wait())
+            except ExceptionGroup as group_error:
+                raise group_error.exceptions[0] from None
+            return ExecResult(code.result(), out.result(), err.result())
+
+        try:
+            return await asyncio.wait_for(run(), timeout or None)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"command {list(cmd)!r} did not finish within {timeout} s") from None
+        finally:
+            # Timed out, too much output, or the caller went away: the command
+            # must not go on running in the guest. Done or not, it is forgotten.
+            await session.close()
+
+    async def attach(self, container_id: str) -> ProcessSession:
+        """The main process from now on: output already written is in the log, not here."""
+        container, live = self.running_container(container_id)
+        config = container.config()
+        reply = await live.agent.call("ListProcesses", pb.ListProcessesRequest())
+        assert isinstance(reply, pb.ListProcessesResponse)
+        for proc in reply.processes:
+            if proc.container_id == container.id and not proc.exec_id:
+                return ProcessSession(live, container.id, "", config.tty, config.stdin,
+                                      config.stdin_once, proc.stdout_size, proc.stderr_size)
+        raise FailedPreconditionError(f"container {container.id} is gone from its VM")
+
+    async def connect_port(self, pod_id: str, port: int) -> PortConnection:
+        """Connect to localhost:PORT in the pod; errors say why, as the agent saw it."""
+        if not 0 < port < 65536:
+            raise InvalidArgumentError(f"invalid port {port}")
+        live = self.rt.live_pod(self.rt.pod(pod_id))
+        call = live.agent.stub.PortForward()
+        await call.write(pb.PortForwardData(port=port))
+        # The agent's first reply, empty, means connected; a refused
+        # connection ends the call instead, with the reason.
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(exc.details() or str(exc.code())) from None
+        if first is grpc.aio.EOF:
+            raise UnavailableError(f"the pod's agent gave up on port {port}")
+        return PortConnection(call, port)

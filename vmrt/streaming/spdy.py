@@ -1,0 +1,458 @@
+"""SPDY/3.1 framing and sessions, as Kubernetes' streaming protocols use them.
+
+kubelet, crictl and kubectl speak SPDY through moby/spdystream, which uses
+a subset of SPDY/3.1: SYN_STREAM/SYN_REPLY to open streams, DATA with FIN
+to half-close them, RST_STREAM, PING and GOAWAY. It ignores SETTINGS and
+WINDOW_UPDATE and never enforces flow-control windows, so neither does
+this module; memory is bounded instead by no longer reading from the
+socket while any stream holds more than ``BUFFER_LIMIT`` unread bytes.
+
+Header blocks are zlib-compressed with the SPDY/3 dictionary; each
+direction of a session has one compression context for its whole life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+VERSION = 3
+
+SYN_STREAM = 1
+SYN_REPLY = 2
+RST_STREAM = 3
+SETTINGS = 4
+PING = 6
+GOAWAY = 7
+HEADERS = 8
+WINDOW_UPDATE = 9
+
+FLAG_FIN = 0x01
+FLAG_UNIDIRECTIONAL = 0x02
+
+# RST_STREAM status codes.
+PROTOCOL_ERROR = 1
+INVALID_STREAM = 2
+REFUSED_STREAM = 3
+CANCEL = 5
+INTERNAL_ERROR = 6
+STREAM_IN_USE = 8
+STREAM_ALREADY_CLOSED = 9
+
+MAX_FRAME = (1 << 24) - 1
+MAX_HEADER_BLOCK = 256 * 1024
+DATA_CHUNK = 32 * 1024
+BUFFER_LIMIT = 1024 * 1024
+
+
+def _dictionary() -> bytes:
+    """The SPDY/3 header compression dictionary (spec section 2.6.10.1)."""
+    words = ["options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
+        "accept-encoding", "accept-language", "accept-ranges", "age", "allow",
+        "authorization", "cache-control", "connection", "content-base", "content-encoding",
+        "content-language", "content-length", "content-location", "content-md5",
+        "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host",
+        "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since",
+        "last-modified", "location", "max-forwards", "pragma", "proxy-authenticate",
+        "proxy-authorization", "range", "referer", "retry-after", "server", "te", "trailer",
+        "transfer-encoding", "upgrade", "user-agent", "vary", "via", "warning",
+        "www-authenticate", "method", "get", "status"]
+    words += ["200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive",
+              "origin"]
+    tail = (
+        "100101201202205206300302303304305306307402405406407408409410411412413414415416417"
+        "502504505203 Non-Authoritative Information204 No Content301 Moved Permanently"
+        "400 Bad Request401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error"
+        "501 Not Implemented503 Service UnavailableJan Feb Mar Apr May Jun Jul Aug Sept Oct "
+        "Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMTchunked,text/html,image/png,"
+        "image/jpg,image/gif,application/xml,application/xhtml+xml,text/plain,"
+        "text/javascript,publicprivatemax-age=gzip,deflate,sdchcharset=utf-8"
+        "charset=iso-8859-1,utf-,*,enq=0.")
+    return b"".join(struct.pack(">I", len(w)) + w.encode() for w in words) + tail.encode()
+
+
+DICTIONARY = _dictionary()
+
+
+class ProtocolError(Exception):
+    """The peer broke the SPDY framing rules; the session cannot go on."""
+
+
+# -- frames -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame. Control frames have ``kind`` > 0; data frames have kind 0."""
+
+    kind: int
+    flags: int
+    payload: bytes
+    stream_id: int = 0  # data frames only; control frames carry it in the payload
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.flags & FLAG_FIN)
+
+
+def control_frame(kind: int, flags: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise ValueError("control frame too large")
+    return struct.pack(">HHI", 0x8000 | VERSION, kind, (flags << 24) | len(payload)) + payload
+
+
+def data_frame(stream_id: int, flags: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise ValueError("data frame too large")
+    return struct.pack(">II", stream_id & 0x7FFFFFFF, (flags << 24) | len(payload)) + payload
+
+
+def parse_header(head: bytes) -> tuple[bool, int, int, int]:
+    """The first 8 bytes of a frame: (is control, type or stream id, flags, length)."""
+    first, second = struct.unpack(">II", head)
+    flags, length = second >> 24, second & 0xFFFFFF
+    if first & 0x80000000:
+        version = (first >> 16) & 0x7FFF
+        if version != VERSION:
+            raise ProtocolError(f"unsupported SPDY version {version}")
+        return True, first & 0xFFFF, flags, length
+    return False, first & 0x7FFFFFFF, flags, length
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
+    """The next frame, or None at a clean end of the connection."""
+    try:
+        head = await reader.readexactly(8)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    control, kind_or_id, flags, length = parse_header(head)
+    try:
+        payload = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+    if control:
+        return Frame(kind_or_id, flags, payload)
+    return Frame(0, flags, payload, kind_or_id)
+
+
+# -- header blocks ------------------------------------------------------------
+
+
+class HeaderEncoder:
+    def __init__(self) -> None:
+        self._zlib = zlib.compressobj(zdict=DICTIONARY)
+
+    def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
+        pairs = sorted((name.lower(), value) for name, value in headers)
+        block = [struct.pack(">I", len(pairs))]
+        for name, value in pairs:
+            raw_name, raw_value = name.encode(), value.encode()
+            block += [struct.pack(">I", len(raw_name)), raw_name,
+                      struct.pack(">I", len(raw_value)), raw_value]
+        return self._zlib.compress(b"".join(block)) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+
+
+class HeaderDecoder:
+    def __init__(self) -> None:
+        self._zlib = zlib.decompressobj(zdict=DICTIONARY)
+
+    def decode(self, data: bytes) -> dict[str, str]:
+        """Name → value; several values of one name stay NUL-separated."""
+        try:
+            block = self._zlib.decompress(data, MAX_HEADER_BLOCK)
+        except zlib.error as exc:
+            raise ProtocolError(f"bad header block: {exc}") from None
+        if self._zlib.unconsumed_tail:
+            raise ProtocolError("header block too large")
+        headers: dict[str, str] = {}
+        view, pos = memoryview(block), 0
+
+        def take(size: int) -> bytes:
+            nonlocal pos
+            if pos + size > len(view):
+                raise ProtocolError("truncated header block")
+            chunk = bytes(view[pos:pos + size])
+            pos += size
+            return chunk
+
+        (count,) = struct.unpack(">I", take(4))
+        for _ in range(count):
+            (size,) = struct.unpack(">I", take(4))
+            name = take(size).decode("latin-1")
+            (size,) = struct.unpack(">I", take(4))
+            value = take(size).decode("latin-1")
+            if name != name.lower() or not name:
+                raise ProtocolError(f"invalid header name {name!r}")
+            headers[name] = value
+        if pos != len(view):
+            raise ProtocolError("trailing bytes after the header block")
+        return headers
+
+
+# -- sessions -----------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One SPDY stream as an async byte pipe."""
+
+    session: Session
+    id: int
+    headers: dict[str, str]
+    _chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    buffered: int = 0
+    remote_closed: bool = False
+    local_closed: bool = False
+    reset: bool = False
+    replied: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" once the peer has half-closed (or reset) the stream."""
+        chunk = await self._chunks.get()
+        if chunk is None:
+            self._chunks.put_nowait(None)
+            self.session._maybe_forget(self)
+            return b""
+        self.buffered -= len(chunk)
+        self.session._buffer_drained()
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        if self.local_closed or self.reset:
+            raise ConnectionResetError(f"stream {self.id} is closed")
+        for start in range(0, len(data), DATA_CHUNK):
+            await self.session._send(data_frame(self.id, 0, data[start:start + DATA_CHUNK]))
+
+    async def close(self) -> None:
+        """Half-close: an empty DATA frame with FIN."""
+        if self.local_closed or self.reset:
+            return
+        self.local_closed = True
+        with contextlib.suppress(ConnectionError):
+            await self.session._send(data_frame(self.id, FLAG_FIN, b""))
+        self.session._maybe_forget(self)
+
+    async def abort(self, status: int = CANCEL) -> None:
+        if self.reset:
+            return
+        self._on_reset()
+        with contextlib.suppress(ConnectionError):
+            await self.session._send(control_frame(RST_STREAM, 0,
+                                                   struct.pack(">II", self.id, status)))
+
+    # -- driven by the session's reader ---------------------------------
+
+    def _on_data(self, data: bytes, fin: bool) -> None:
+        if self.remote_closed:
+            raise ProtocolError(f"data on stream {self.id} after its FIN")
+        if data:
+            self.buffered += len(data)
+            self._chunks.put_nowait(data)
+        if fin:
+            self._on_remote_close()
+
+    def _on_remote_close(self) -> None:
+        if not self.remote_closed:
+            self.remote_closed = True
+            self._chunks.put_nowait(None)
+        self.session._maybe_forget(self)
+
+    def _on_reset(self) -> None:
+        self.reset = True
+        self.local_closed = True
+        self._on_remote_close()
+        self.replied.set()
+
+
+StreamHandler = Callable[["Stream"], Awaitable[None]]
+
+
+class Session:
+    """A SPDY/3.1 session over one connection, as server or client.
+
+    The server side is given ``on_stream``, called for each stream the peer
+    opens (after it has been replied to); the client opens streams with
+    ``open_stream``. ``serve`` reads frames until the connection ends.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 client: bool, on_stream: Callable[[Stream], None] | None = None) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._client = client
+        self._on_stream = on_stream
+        self._encoder = HeaderEncoder()
+        self._decoder = HeaderDecoder()
+        self._write_lock = asyncio.Lock()
+        self._next_id = 1 if client else 2
+        self._last_peer_id = 0
+        self.streams: dict[int, Stream] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.closed = asyncio.Event()
+        self.going_away = False
+
+    # -- sending --------------------------------------------------------
+
+    async def _send(self, frame: bytes) -> None:
+        if self.closed.is_set():
+            raise ConnectionResetError("the SPDY session is closed")
+        async with self._write_lock:
+            self._writer.write(frame)
+            await self._writer.drain()
+
+    async def _send_headers(self, build: Callable[[bytes], bytes],
+                            headers: Iterable[tuple[str, str]]) -> None:
+        # Header blocks must reach the wire in the order they were compressed.
+        if self.closed.is_set():
+            raise ConnectionResetError("the SPDY session is closed")
+        async with self._write_lock:
+            self._writer.write(build(self._encoder.encode(headers)))
+            await self._writer.drain()
+
+    async def open_stream(self, headers: Iterable[tuple[str, str]], *,
+                          wait_reply: bool = True) -> Stream:
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = Stream(self, stream_id, dict(headers))
+        self.streams[stream_id] = stream
+        await self._send_headers(
+            lambda block: control_frame(SYN_STREAM, 0,
+                                        struct.pack(">IIBB", stream_id, 0, 0, 0) + block),
+            stream.headers.items())
+        if wait_reply:
+            await stream.replied.wait()
+            if stream.reset:
+                raise ConnectionResetError(f"the peer refused stream {stream_id}")
+        return stream
+
+    async def ping(self, ping_id: int) -> None:
+        await self._send(control_frame(PING, 0, struct.pack(">I", ping_id)))
+
+    async def goaway(self, status: int = 0) -> None:
+        if self.going_away:
+            return
+        self.going_away = True
+        with contextlib.suppress(ConnectionError):
+            await self._send(control_frame(GOAWAY, 0,
+                                           struct.pack(">II", self._last_peer_id, status)))
+
+    async def close(self) -> None:
+        """GOAWAY, then close the connection; every stream sees EOF."""
+        await self.goaway()
+        self._shutdown()
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    def _shutdown(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for stream in list(self.streams.values()):
+            stream._on_reset()
+        self.streams.clear()
+        self._drained.set()
+
+    # -- receiving ------------------------------------------------------
+
+    def _buffer_drained(self) -> None:
+        if all(s.buffered <= BUFFER_LIMIT for s in self.streams.values()):
+            self._drained.set()
+
+    def _maybe_forget(self, stream: Stream) -> None:
+        if stream.local_closed and stream.remote_closed and stream.buffered == 0:
+            self.streams.pop(stream.id, None)
+
+    async def serve(self) -> None:
+        """Read and dispatch frames until the connection ends or breaks."""
+        try:
+            while True:
+                await self._drained.wait()
+                frame = await read_frame(self._reader)
+                if frame is None:
+                    return
+                await self._dispatch(frame)
+        except (ConnectionError, ProtocolError) as exc:
+            log.debug("SPDY session ended: %s", exc)
+            if isinstance(exc, ProtocolError):
+                with contextlib.suppress(ConnectionError):
+                    await self.goaway(PROTOCOL_ERROR)
+        finally:
+            self._shutdown()
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if frame.kind == 0:
+            stream = self.streams.get(frame.stream_id)
+            if stream is None:
+                # Late data for a stream already reset or forgotten.
+                return
+            stream._on_data(frame.payload, frame.fin)
+            if stream.buffered > BUFFER_LIMIT:
+                self._drained.clear()
+            return
+        payload = frame.payload
+        if frame.kind == SYN_STREAM:
+            await self._on_syn_stream(frame)
+        elif frame.kind in (SYN_REPLY, HEADERS):
+            if len(payload) < 4:
+                raise ProtocolError("short SYN_REPLY/HEADERS frame")
+            (stream_id,) = struct.unpack(">I", payload[:4])
+            headers = self._decoder.decode(payload[4:])
+            stream = self.streams.get(stream_id & 0x7FFFFFFF)
+            if stream is not None:
+                stream.headers.update(headers)
+                stream.replied.set()
+                if frame.fin:
+                    stream._on_remote_close()
+        elif frame.kind == RST_STREAM:
+            if len(payload) != 8:
+                raise ProtocolError("RST_STREAM frame of the wrong size")
+            stream_id, _status = struct.unpack(">II", payload)
+            stream = self.streams.pop(stream_id & 0x7FFFFFFF, None)
+            if stream is not None:
+                stream._on_reset()
+        elif frame.kind == PING:
+            if len(payload) != 4:
+                raise ProtocolError("PING frame of the wrong size")
+            (ping_id,) = struct.unpack(">I", payload)
+            # Answer the peer's pings (odd ids from a client, even from a server).
+            if (ping_id & 1) == (1 if not self._client else 0):
+                await self._send(control_frame(PING, 0, payload))
+        elif frame.kind == GOAWAY:
+            self.going_away = True
+        # SETTINGS, WINDOW_UPDATE and anything newer: not used (see above).
+
+    async def _on_syn_stream(self, frame: Frame) -> None:
+        payload = frame.payload
+        if len(payload) < 10:
+            raise ProtocolError("short SYN_STREAM frame")
+        stream_id, _associated = struct.unpack(">II", payload[:8])
+        stream_id &= 0x7FFFFFFF
+        headers = self._decoder.decode(payload[10:])
+        if stream_id == 0 or (stream_id & 1) != (1 if not self._client else 0) \
+                or stream_id <= self._last_peer_id:
+            raise ProtocolError(f"invalid new stream id {stream_id}")
+        self._last_peer_id = stream_id
+        stream = Stream(self, stream_id, headers)
+        if self.going_away or self._on_stream is None:
+            await Stream(self, stream_id, headers).abort(REFUSED_STREAM)
+            return
+        self.streams[stream_id] = stream
+        stream.replied.set()
+        await self._send_headers(
+            lambda block: control_frame(SYN_REPLY, 0, struct.pack(">I", stream_id) + block), ())
+        if frame.fin:
+            stream._on_remote_close()
+        if frame.flags & FLAG_UNIDIRECTIONAL:
+            stream.local_closed = True
+        self._on_stream(stream)
