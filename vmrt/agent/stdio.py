@@ -19,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import select
 import shutil
 import socket
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 STDIN_WRITE_TIMEOUT = 30.0
+# crun's console sockets live here, not in the bundle: a unix socket path
+# has at most 107 bytes, and bundle paths with 64-character ids come close.
+CONSOLE_DIR = "/run/vmrt-console"
 
 
 class OutputSpool:
@@ -165,7 +169,7 @@ class ProcessIO:
         self._stdin_lock = threading.Lock()
         self._open_stdin = open_stdin
         self._threads: list[threading.Thread] = []
-        self.console_socket_path = os.path.join(directory, "console.sock")
+        self.console_socket_path = os.path.join(CONSOLE_DIR, f"{secrets.token_hex(8)}.sock")
         self._console_listener: socket.socket | None = None
 
     # -- before spawn ---------------------------------------------------
@@ -190,6 +194,7 @@ class ProcessIO:
         if self.terminal:
             # crun sends the pty master over this socket; our own stdio for
             # crun is /dev/null so nothing of it reaches the terminal.
+            os.makedirs(CONSOLE_DIR, mode=0o700, exist_ok=True)
             self._console_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._console_listener.bind(self.console_socket_path)
             self._console_listener.listen(1)
@@ -226,6 +231,8 @@ class ProcessIO:
         if self._console_listener is not None:
             self._console_listener.close()
             self._console_listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.console_socket_path)
 
     def _start_drain(self, fd: int, spool: OutputSpool, name: str) -> None:
         thread = threading.Thread(target=_drain, args=(fd, spool, name), daemon=True, name=name)

@@ -6,11 +6,13 @@ from vmrt.runtime.containers import ContainerService
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.pods import PodService
 from vmrt.runtime.streams import StreamService
+from vmrt.streaming.server import StreamServer
 
 
 class Base:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, stream_server: StreamServer) -> None:
         self.rt = runtime
+        self.stream_server = stream_server
         self.pods = PodService(runtime)
         self.containers = ContainerService(runtime)
         self.streams = StreamService(runtime)

@@ -1,4 +1,4 @@
-"""Container lifecycle RPCs, ExecSync, and the streaming RPCs still to come."""
+"""Container lifecycle RPCs, ExecSync, and the streaming RPCs (Exec, Attach, PortForward)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from vmrt.cri import convert
 from vmrt.cri.base import Base
 from vmrt.errors import InvalidArgumentError, NotFoundError, UnimplementedError
 from vmrt.runtime.containers import ContainerFilter
+from vmrt.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
 
-_STREAMING = ("streaming (Exec, Attach, PortForward) is not implemented yet; "
-              "ExecSync works")
+
+def _check_stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> None:
+    if tty and stderr:
+        raise InvalidArgumentError("tty and stderr cannot both be true: a terminal has "
+                                   "one output stream")
+    if not (stdin or stdout or stderr):
+        raise InvalidArgumentError("one of stdin, stdout or stderr is required")
 
 
 class ContainerRPCs(Base):
@@ -83,14 +89,30 @@ class ContainerRPCs(Base):
                                     exit_code=result.exit_code)
 
     async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
-        raise UnimplementedError(_STREAMING)
+        if not request.cmd:
+            raise InvalidArgumentError("cmd is required")
+        _check_stdio(request.stdin, request.stdout, request.stderr, request.tty)
+        container, _ = self.streams.running_container(request.container_id)
+        return api.ExecResponse(url=self.stream_server.url(ExecRequest(
+            container.id, tuple(request.cmd), tty=request.tty, stdin=request.stdin,
+            stdout=request.stdout, stderr=request.stderr)))
 
     async def Attach(self, request: api.AttachRequest, context: Any) -> api.AttachResponse:
-        raise UnimplementedError(_STREAMING)
+        _check_stdio(request.stdin, request.stdout, request.stderr, request.tty)
+        container, _ = self.streams.running_container(request.container_id)
+        return api.AttachResponse(url=self.stream_server.url(AttachRequest(
+            container.id, tty=request.tty, stdin=request.stdin, stdout=request.stdout,
+            stderr=request.stderr)))
 
     async def PortForward(self, request: api.PortForwardRequest,
                           context: Any) -> api.PortForwardResponse:
-        raise UnimplementedError(_STREAMING)
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgumentError(f"port {port} is not a TCP port number")
+        pod = self.rt.pod(request.pod_sandbox_id)
+        self.rt.live_pod(pod)
+        return api.PortForwardResponse(url=self.stream_server.url(PortForwardRequest(
+            pod.id, tuple(request.port))))
 
     async def CheckpointContainer(self, request: api.CheckpointContainerRequest,
                                   context: Any) -> api.CheckpointContainerResponse:

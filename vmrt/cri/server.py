@@ -16,6 +16,7 @@ from vmrt.cri.pods import PodRPCs
 from vmrt.cri.runtime_info import RuntimeInfoRPCs
 from vmrt.cri.stats import StatsRPCs
 from vmrt.runtime.core import Runtime
+from vmrt.streaming.server import StreamServer
 
 MAX_MESSAGE = 16 * 1024 * 1024 + 4096
 
@@ -29,7 +30,8 @@ class ImageServicer(ImageRPCs, api_grpc.ImageServiceServicer):
     pass
 
 
-async def serve(runtime: Runtime, socket_path: str) -> grpc.aio.Server:
+async def serve(runtime: Runtime, socket_path: str,
+                stream_server: StreamServer) -> grpc.aio.Server:
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -39,8 +41,9 @@ async def serve(runtime: Runtime, socket_path: str) -> grpc.aio.Server:
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE)],
     )
-    api_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(runtime), server)
-    api_grpc.add_ImageServiceServicer_to_server(ImageServicer(runtime), server)
+    api_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(runtime, stream_server),
+                                                  server)
+    api_grpc.add_ImageServiceServicer_to_server(ImageServicer(runtime, stream_server), server)
     server.add_insecure_port(f"unix://{path}")
     # Tighten the mode before anyone can connect: the socket is root's.
     old_umask = os.umask(0o117)

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vmrt.config import Config, load
+from vmrt.config import Config, ConfigError, load
 from vmrt.cri.server import serve
 from vmrt.errors import VmrtError
 from vmrt.guest.image import GuestImage, default_image_dir
@@ -20,6 +20,8 @@ from vmrt.hypervisor.accel import choose_accel
 from vmrt.images.archive import ensure_builtin_busybox
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.recovery import detach_all, recover
+from vmrt.runtime.streams import StreamService
+from vmrt.streaming.server import StreamServer
 
 log = logging.getLogger("vmrtd")
 GRACE = 5.0
@@ -40,8 +42,17 @@ async def run(config: Config, image: GuestImage) -> None:
     # One warning about TCG, at start-up rather than at the first pod.
     choose_accel(config.hypervisor.accel)
     await recover(runtime)
-    server = await serve(runtime, config.cri.socket)
-    log.info("serving CRI on %s (%d pods recovered)", config.cri.socket, len(runtime.live))
+    streaming = StreamServer(StreamService(runtime), config.cri.stream_address,
+                             config.cri.stream_port)
+    try:
+        await streaming.start()
+    except OSError as exc:
+        raise ConfigError(f"cri.stream_address/stream_port: cannot listen on "
+                          f"{config.cri.stream_address}:{config.cri.stream_port}: "
+                          f"{exc.strerror or exc}") from None
+    server = await serve(runtime, config.cri.socket, streaming)
+    log.info("serving CRI on %s, streaming on %s (%d pods recovered)", config.cri.socket,
+             streaming.base_url, len(runtime.live))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signo in (signal.SIGTERM, signal.SIGINT):
@@ -49,6 +60,9 @@ async def run(config: Config, image: GuestImage) -> None:
     await stop.wait()
     log.info("stopping; pods and their VMs keep running")
     await server.stop(GRACE)
+    # Open exec and attach sessions end here; their processes are killed
+    # (exec) or left running (attach), as when their clients disconnect.
+    await streaming.stop()
     await detach_all(runtime)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentError
-from vmrt.runtime.streams import ProcessSession
+from vmrt.runtime.streams import ProcessSession, StreamService
+from vmrt.streaming.tokens import AttachRequest, ExecRequest
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,20 @@ async def _pump_output(proc: ProcessSession, stream: pb.Stream, write: Write) ->
         await write(data)
 
 
-async def _pump_stdin(proc: ProcessSession, stdin: AsyncIterator[bytes]) -> None:
+async def _pump_stdin(proc: ProcessSession, stdin: AsyncIterator[bytes],
+                      detached: asyncio.Event) -> None:
     try:
         async for data in stdin:
             if data:
                 await proc.write_stdin(data)
-        # The client closed its stdin. An exec sees EOF; a container's main
-        # process only if it was created with stdin_once.
-        if proc.is_exec or proc.stdin_once:
+        # The client closed its stdin. An exec sees EOF (a terminal, EOT).
+        # As in containerd, an attached client that closes stdin closes the
+        # container's stdin only for stdin_once without a terminal, and
+        # otherwise detaches.
+        if proc.is_exec or (proc.stdin_once and not proc.tty):
             await proc.write_stdin(b"", close=True)
+        else:
+            detached.set()
     except AgentError as exc:
         # The process is gone or closed its stdin: nothing more to deliver.
         log.debug("stdin of %s/%s: %s", proc.container_id[:12], proc.exec_id, exc)
@@ -102,6 +108,8 @@ async def _pump_resize(proc: ProcessSession, sizes: AsyncIterator[tuple[int, int
 async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
     """Connect ``io`` to the process until it exits; its exit code, or None if the client left.
 
+    (An attached client also leaves by closing its stdin; see ``_pump_stdin``.)
+
     The process's output is delivered completely before this returns. A
     client that goes away takes an exec with it (the exec is killed and
     forgotten); an attached container's main process runs on.
@@ -113,9 +121,10 @@ async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
         tasks.append(task)
         return task
 
+    detached = asyncio.Event()
     try:
         if io.stdin is not None and proc.stdin_open:
-            start(_pump_stdin(proc, io.stdin))
+            start(_pump_stdin(proc, io.stdin, detached))
         if io.resize is not None and proc.tty:
             start(_pump_resize(proc, io.resize))
         outputs = []
@@ -126,7 +135,8 @@ async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
         waiter = start(proc.wait())
         finished = start(asyncio.gather(waiter, *outputs))
         gone = start(io.gone.wait())
-        await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+        left = start(detached.wait())
+        await asyncio.wait({finished, gone, left}, return_when=asyncio.FIRST_COMPLETED)
         if not finished.done():
             return None
         finished.result()  # the first failure, if any
@@ -138,3 +148,11 @@ async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
             with contextlib.suppress(BaseException):
                 await task
         await proc.close()
+
+
+async def start_process(service: StreamService,
+                        request: ExecRequest | AttachRequest) -> ProcessSession:
+    if isinstance(request, ExecRequest):
+        return await service.start_exec(request.container_id, request.cmd, tty=request.tty,
+                                        stdin=request.stdin)
+    return await service.attach(request.container_id)

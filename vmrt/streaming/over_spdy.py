@@ -1,0 +1,228 @@
+"""Exec, attach and port-forward carried over SPDY/3.1 (crictl's and kubelet's default)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from vmrt.errors import VmrtError
+from vmrt.runtime.streams import StreamService
+from vmrt.streaming import spdy
+from vmrt.streaming.portforward import pump
+from vmrt.streaming.remotecommand import (
+    CommandIO,
+    encode_status,
+    exit_status,
+    failure_status,
+    parse_resize,
+    serve_process,
+    start_process,
+    success_status,
+)
+from vmrt.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
+
+log = logging.getLogger(__name__)
+
+COMMAND_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io")
+PORTFORWARD_PROTOCOLS = ("portforward.k8s.io",)
+STREAM_CREATION_TIMEOUT = 30.0
+CLOSE_GRACE = 5.0
+
+
+async def _chunks(stream: spdy.Stream) -> AsyncIterator[bytes]:
+    while data := await stream.read():
+        yield data
+
+
+async def _sizes(stream: spdy.Stream) -> AsyncIterator[tuple[int, int]]:
+    """The resize stream: JSON values one after another, split anywhere."""
+    decoder = json.JSONDecoder()
+    buffer = ""
+    async for data in _chunks(stream):
+        buffer += data.decode("utf-8", "replace")
+        while buffer.strip():
+            try:
+                value, end = decoder.raw_decode(buffer.lstrip())
+            except ValueError:
+                break
+            buffer = buffer.lstrip()[end:]
+            size = parse_resize(json.dumps(value).encode())
+            if size is not None:
+                yield size
+
+
+async def _finish(session: spdy.Session, serving: asyncio.Task[None]) -> None:
+    """GOAWAY, then let the client close (it reads the error stream to EOF first)."""
+    await session.goaway()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(serving), CLOSE_GRACE)
+    await session.close()
+
+
+async def serve_command(session: spdy.Session, incoming: asyncio.Queue[spdy.Stream],
+                        serving: asyncio.Task[None], protocol: str,
+                        request: ExecRequest | AttachRequest,
+                        service: StreamService) -> None:
+    version = int(protocol[1])
+    expected = {"error"}
+    if request.stdin:
+        expected.add("stdin")
+    if request.stdout:
+        expected.add("stdout")
+    if request.stderr and not request.tty:
+        expected.add("stderr")
+    if request.tty and version >= 3:
+        expected.add("resize")
+    streams: dict[str, spdy.Stream] = {}
+    try:
+        async with asyncio.timeout(STREAM_CREATION_TIMEOUT):
+            while set(streams) != expected:
+                stream = await _next_stream(incoming, serving)
+                if stream is None:
+                    return
+                kind = stream.headers.get("streamtype", "")
+                if kind not in expected or kind in streams:
+                    await stream.abort(spdy.PROTOCOL_ERROR)
+                    continue
+                streams[kind] = stream
+    except TimeoutError:
+        log.warning("streaming client did not open %s within %.0f s",
+                    ", ".join(sorted(expected - set(streams))), STREAM_CREATION_TIMEOUT)
+        await session.close()
+        return
+
+    error = streams["error"]
+
+    async def report(status: dict[str, object]) -> None:
+        if version >= 4:
+            await error.write(encode_status(status))
+        elif status["status"] != "Success":
+            await error.write(str(status.get("message", "")).encode())
+
+    try:
+        proc = await start_process(service, request)
+    except VmrtError as exc:
+        await report(failure_status(str(exc)))
+        await error.close()
+        await _finish(session, serving)
+        return
+    io = CommandIO(
+        stdin=_chunks(streams["stdin"]) if "stdin" in streams else None,
+        stdout=streams["stdout"].write if "stdout" in streams else None,
+        stderr=streams["stderr"].write if "stderr" in streams else None,
+        resize=_sizes(streams["resize"]) if "resize" in streams else None,
+        gone=session.closed)
+    try:
+        code = await serve_process(proc, io)
+    except (VmrtError, ConnectionError) as exc:
+        if session.closed.is_set():
+            return
+        await report(failure_status(f"error streaming to the process: {exc}"))
+    else:
+        if code is None and session.closed.is_set():
+            return
+        for kind in ("stdout", "stderr"):
+            if kind in streams:
+                await streams[kind].close()
+        if isinstance(request, ExecRequest) and code is not None:
+            await report(exit_status(request.cmd, code))
+        else:
+            await report(success_status())
+    await error.close()
+    await _finish(session, serving)
+
+
+async def _next_stream(incoming: asyncio.Queue[spdy.Stream],
+                       serving: asyncio.Task[None]) -> spdy.Stream | None:
+    """The next stream the client opens, or None once the connection is gone."""
+    getter = asyncio.ensure_future(incoming.get())
+    await asyncio.wait({getter, serving}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    return None
+
+
+async def serve_portforward(session: spdy.Session, incoming: asyncio.Queue[spdy.Stream],
+                            serving: asyncio.Task[None], request: PortForwardRequest,
+                            service: StreamService) -> None:
+    """Pairs of (error, data) streams, one TCP connection per pair, until the client leaves."""
+    pending: dict[str, dict[str, spdy.Stream]] = {}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def expire(request_id: str) -> None:
+        await asyncio.sleep(STREAM_CREATION_TIMEOUT)
+        pair = pending.pop(request_id, {})
+        for stream in pair.values():
+            if stream.headers.get("streamtype") == "error":
+                with contextlib.suppress(ConnectionError):
+                    await stream.write(f"request {request_id}: timed out waiting for the "
+                                       f"data and error streams".encode())
+            await stream.abort()
+
+    timers: dict[str, asyncio.Task[None]] = {}
+    try:
+        while (stream := await _next_stream(incoming, serving)) is not None:
+            kind = stream.headers.get("streamtype", "")
+            port = _port(stream.headers.get("port", ""))
+            if kind not in ("data", "error") or port is None or \
+                    (request.ports and port not in request.ports):
+                await stream.abort(spdy.PROTOCOL_ERROR)
+                continue
+            request_id = stream.headers.get("requestid") or \
+                str(stream.id if kind == "error" else stream.id + 2)
+            pair = pending.setdefault(request_id, {})
+            if kind in pair:
+                await stream.abort(spdy.PROTOCOL_ERROR)
+                continue
+            pair[kind] = stream
+            if len(pair) < 2:
+                timers[request_id] = asyncio.create_task(expire(request_id))
+                continue
+            del pending[request_id]
+            timer = timers.pop(request_id, None)
+            if timer is not None:
+                timer.cancel()
+            task = asyncio.create_task(
+                _forward_pair(service, request.pod_id, port, pair["data"], pair["error"]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in [*tasks, *timers.values()]:
+            task.cancel()
+        for task in [*tasks, *timers.values()]:
+            with contextlib.suppress(BaseException):
+                await task
+        await session.close()
+
+
+def _port(value: str) -> int | None:
+    try:
+        port = int(value)
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 else None
+
+
+async def _forward_pair(service: StreamService, pod_id: str, port: int, data: spdy.Stream,
+                        error: spdy.Stream) -> None:
+    try:
+        conn = await service.connect_port(pod_id, port)
+    except VmrtError as exc:
+        with contextlib.suppress(ConnectionError):
+            await error.write(
+                f"error forwarding port {port} to pod {pod_id}, uid : {exc}".encode())
+        await error.abort()
+        await data.abort()
+        return
+    try:
+        await pump(conn, data.read, data.write, data.close)
+    except (VmrtError, ConnectionError) as exc:
+        log.debug("port-forward to %s:%d ended: %s", pod_id[:12], port, exc)
+        with contextlib.suppress(ConnectionError):
+            await error.write(f"error forwarding port {port}: {exc}".encode())
+        await data.abort()
+    await error.close()
