@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
@@ -34,6 +36,15 @@ class RuntimeInfoRPCs(Base):
                 "kernelRelease": self.rt.guest_image.kernel_release,
                 "accel": choose_accel(hv.accel).name,
                 "runtimeHandlers": sorted(self.rt.config.runtime_handlers),
+            }, sort_keys=True)
+            # What is open right now: streaming sessions, tokens not yet
+            # used, and the daemon's own tasks and threads (to spot leaks).
+            info["streaming"] = json.dumps({
+                "url": self.stream_server.base_url,
+                "connections": self.stream_server.active,
+                "pendingTokens": len(self.stream_server.tokens),
+                "tasks": len(asyncio.all_tasks()),
+                "threads": threading.active_count(),
             }, sort_keys=True)
         return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions), info=info,
                                   runtime_handlers=handlers, features=api.RuntimeFeatures())

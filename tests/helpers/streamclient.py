@@ -1,0 +1,192 @@
+"""Clients of the streaming server, for tests: SPDY/3.1 and WebSocket.
+
+SPDY uses ``vmrt.streaming.spdy.Session`` in its client role (its framing is
+checked against the spec's layouts in tests/unit/test_spdy.py) behind a
+hand-made HTTP upgrade; WebSocket uses the ``websockets`` library. Both speak
+to the server over real TCP, as crictl and kubelet do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import websockets
+
+from vmrt.streaming import spdy
+
+
+@dataclass
+class Outcome:
+    stdout: bytes = b""
+    stderr: bytes = b""
+    error: bytes = b""  # what the error stream/channel carried
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.error) if self.error else {}
+
+    @property
+    def exit_code(self) -> int:
+        status = self.status
+        if status.get("status") == "Success":
+            return 0
+        for cause in status.get("details", {}).get("causes", []):
+            if cause.get("reason") == "ExitCode":
+                return int(cause["message"])
+        raise AssertionError(f"no exit code in {status}")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body.decode(errors='replace').strip()}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def upgrade(url: str, protocols: list[str], method: str = "POST") -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
+    """POST the URL asking for SPDY/3.1, as client-go does; the 101's headers."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}",
+             "Connection: Upgrade", "Upgrade: SPDY/3.1", "Content-Length: 0"]
+    lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    if status != 101:
+        body = await reader.read(int(headers.get("content-length", "0") or 0))
+        writer.close()
+        raise HTTPError(status, headers, body)
+    return reader, writer, headers
+
+
+async def read_all(stream: spdy.Stream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.read():
+        data += chunk
+    return bytes(data)
+
+
+async def spdy_session(url: str, protocols: list[str]) -> tuple[
+        spdy.Session, asyncio.Task[None], str]:
+    reader, writer, headers = await upgrade(url, protocols)
+    session = spdy.Session(reader, writer, client=True)
+    return session, asyncio.create_task(session.serve()), headers.get(
+        "x-stream-protocol-version", "")
+
+
+async def spdy_command(url: str, *, stdin: bytes | None = None, stdout: bool = True,
+                       stderr: bool = True, tty: bool = False,
+                       resize: tuple[int, int] | None = None,
+                       protocol: str = "v4.channel.k8s.io") -> Outcome:
+    """Run an exec/attach session the way client-go's v4 executor does."""
+    session, serving, chosen = await spdy_session(url, [protocol])
+    assert chosen == protocol
+    error = await session.open_stream([("streamType", "error")])
+    await error.close()  # the client never writes on it
+    streams: dict[str, spdy.Stream] = {}
+    if stdin is not None:
+        streams["stdin"] = await session.open_stream([("streamType", "stdin")])
+    if stdout:
+        streams["stdout"] = await session.open_stream([("streamType", "stdout")])
+    if stderr and not tty:
+        streams["stderr"] = await session.open_stream([("streamType", "stderr")])
+    if tty:
+        streams["resize"] = await session.open_stream([("streamType", "resize")])
+    if resize is not None:
+        width, height = resize
+        await streams["resize"].write(json.dumps({"Width": width, "Height": height}).encode()
+                                      + b"\n")
+    if stdin is not None:
+        await streams["stdin"].write(stdin)
+        await streams["stdin"].close()
+    outcome = Outcome()
+    readers = []
+    if "stdout" in streams:
+        readers.append(read_all(streams["stdout"]))
+    if "stderr" in streams:
+        readers.append(read_all(streams["stderr"]))
+    results = await asyncio.gather(*readers)
+    if "stdout" in streams:
+        outcome.stdout = results[0]
+    if "stderr" in streams:
+        outcome.stderr = results[-1]
+    outcome.error = await read_all(error)
+    await session.close()
+    serving.cancel()
+    return outcome
+
+
+async def ws_command(url: str, protocol: str, *, stdin: bytes | None = None,
+                     close_stdin: bool = True, resize: tuple[int, int] | None = None) -> Outcome:
+    """An exec/attach session over WebSocket channels; v5 half-closes stdin."""
+    outcome = Outcome()
+    async with websockets.connect(url.replace("http://", "ws://"), subprotocols=[protocol],
+                                  max_size=None) as ws:
+        assert ws.subprotocol == protocol
+        if resize is not None:
+            width, height = resize
+            await ws.send(bytes([4]) + json.dumps({"Width": width, "Height": height}).encode())
+        if stdin is not None:
+            for start in range(0, len(stdin), 32768):
+                await ws.send(bytes([0]) + stdin[start:start + 32768])
+            if close_stdin:
+                await ws.send(bytes([255, 0]))
+        async for message in ws:
+            assert isinstance(message, bytes)
+            channel, data = message[0], message[1:]
+            if channel == 1:
+                outcome.stdout += data
+            elif channel == 2:
+                outcome.stderr += data
+            elif channel == 3:
+                outcome.error += data
+            if not data:
+                outcome.events.append(f"empty:{channel}")
+    return outcome
+
+
+async def spdy_forward(session: spdy.Session, port: int, request_id: int,
+                       payload: bytes) -> tuple[bytes, bytes]:
+    """One forwarded connection as client-go opens it: (data received, error text)."""
+    headers = [("streamType", "error"), ("port", str(port)), ("requestID", str(request_id))]
+    error = await session.open_stream(headers)
+    await error.close()
+    data = await session.open_stream([("streamType", "data"), *headers[1:]])
+    await data.write(payload)
+    await data.close()
+    received, problem = await asyncio.gather(read_all(data), read_all(error))
+    return received, problem
+
+
+async def ws_forward(url: str, port: int, payload: bytes,
+                     protocol: str = "v4.channel.k8s.io") -> tuple[bytes, bytes]:
+    """One port over WebSocket: channel 0 data, 1 errors, each opened with the port."""
+    received, problem = bytearray(), bytearray()
+    prefixes: dict[int, bytes] = {}
+    async with websockets.connect(url.replace("http://", "ws://"), subprotocols=[protocol],
+                                  max_size=None) as ws:
+        await ws.send(bytes([0]) + payload)
+        async for message in ws:
+            assert isinstance(message, bytes)
+            channel, data = message[0], message[1:]
+            if channel not in prefixes:
+                prefixes[channel] = data[:2]
+                data = data[2:]
+            (received if channel == 0 else problem).extend(data)
+    assert prefixes.get(0) == struct.pack("<H", port), prefixes
+    return bytes(received), bytes(problem)
