@@ -8,8 +8,19 @@ container runs busybox httpd on port 8080 and echoes its stdin back as
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -122,8 +133,9 @@ def test_exec_stdin_piped_in_and_closed(box: Box, transport: str) -> None:
 
 @pytest.mark.parametrize("transport", ["spdy", "ws-v5"])
 def test_exec_tty_resize_reaches_stty(box: Box, transport: str) -> None:
-    script = ('for i in $(seq 100); do [ "$(stty size 2>/dev/null)" = "33 101" ] && break; sleep 0.1; '
-              'done; stty size; [ -t 1 ] && echo is-a-tty; exit 7')
+    # Until the resize arrives the terminal is 0x0, which stty reports as an error.
+    script = ('for i in $(seq 100); do [ "$(stty size 2>/dev/null)" = "33 101" ] && break; '
+              'sleep 0.1; done; stty size; [ -t 1 ] && echo is-a-tty; exit 7')
     outcome = command(box, transport, ["sh", "-c", script], tty=True, stderr=False,
                       resize=(101, 33))
     assert outcome.stdout.replace(b"\r\n", b"\n") == b"33 101\nis-a-tty\n"
@@ -329,7 +341,7 @@ def test_exec_client_that_disconnects_leaves_nothing(box: Box) -> None:
         # Checked once the client's loop is gone: an aborted transport only
         # closes its socket on the loop's next turn.
         marker = run(vanish(transport))
-        assert wait_for(lambda: marker not in box.sh("ps -o args"), timeout=20), \
+        assert wait_for(lambda m=marker: m not in box.sh("ps -o args"), timeout=20), \
             f"{marker} still runs in the guest"
     assert wait_for(lambda: _settled(box, baseline), timeout=20), box.streaming()
 
@@ -358,3 +370,81 @@ def test_port_forward_client_that_disconnects_leaves_nothing(box: Box) -> None:
     assert wait_for(lambda: "nc -l -p 9000" not in box.sh("ps -o args"), timeout=20)
     assert wait_for(lambda: _settled(box, baseline), timeout=20), box.streaming()
     assert box.streaming()["pendingTokens"] == 0
+
+
+# -- the vmrt CLI --------------------------------------------------------------------
+
+
+def _vmrt(box: Box, *args: str) -> list[str]:
+    return [sys.executable, "-m", "vmrt.cli.main", args[0], "-r", f"unix://{box.d.socket}",
+            *args[1:]]
+
+
+def test_cli_exec_pipes_stdin_and_returns_the_exit_code(box: Box) -> None:
+    done = subprocess.run(_vmrt(box, "exec", "-i", box.pod_id[:12], "--", "sh", "-c",
+                                "tr a-z A-Z; echo to-err >&2; exit 3"),
+                          input=b"shout\n", capture_output=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"SHOUT\n", b"to-err\n")
+    missing = subprocess.run(_vmrt(box, "exec", "nosuchthing", "--", "true"),
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 125 and "nosuchthing" in missing.stderr
+
+
+def test_cli_exec_tty_is_raw_and_passes_window_changes(box: Box) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: vmrt exec -it on a real terminal
+        os.execv(sys.executable, _vmrt(box, "exec", "-it", box.cid, "--", "sh"))
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        output = _pty_until(fd, b"# ")
+        os.write(fd, b"stty size\n")
+        output += _pty_until(fd, b"33 101")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 120, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        os.write(fd, b"for i in $(seq 50); do [ \"$(stty size)\" = '44 120' ] && break; "
+                     b"sleep 0.1; done; stty size; exit 5\n")
+        output += _pty_until(fd, b"44 120\r\n")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 5, output
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def _pty_until(fd: int, wanted: bytes, timeout: float = 60) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        assert time.monotonic() < deadline, f"never saw {wanted!r} in {seen!r}"
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen
+
+
+def test_cli_attach_and_port_forward(box: Box) -> None:
+    attach = subprocess.Popen(_vmrt(box, "attach", "-i", box.cid), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert attach.stdin is not None and attach.stdout is not None
+    try:
+        attach.stdin.write(b"from the cli\n")
+        attach.stdin.flush()
+        assert attach.stdout.readline() == b"got from the cli\n"
+    finally:
+        attach.kill()
+        attach.wait()
+    forward = subprocess.Popen(_vmrt(box, "port-forward", box.pod_id, ":8080"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert forward.stdout is not None
+    try:
+        line = forward.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:") and line.endswith("-> 8080\n")
+        local = int(line.split(":")[1].split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=30) as r:
+            assert r.read() == b"hello-page\n"
+    finally:
+        forward.send_signal(signal.SIGINT)
+        assert forward.wait(30) == 0, forward.stderr.read() if forward.stderr else ""

@@ -1,8 +1,9 @@
 """Clients of the streaming server, for tests: SPDY/3.1 and WebSocket.
 
 SPDY uses ``vmrt.streaming.spdy.Session`` in its client role (its framing is
-checked against the spec's layouts in tests/unit/test_spdy.py) behind a
-hand-made HTTP upgrade; WebSocket uses the ``websockets`` library. Both speak
+checked against the spec's layouts in tests/unit/test_spdy.py) behind the
+HTTP upgrade of ``vmrt.streaming.client``; WebSocket uses the ``websockets``
+library. Both speak
 to the server over real TCP, as crictl and kubelet do.
 """
 
@@ -13,11 +14,11 @@ import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import websockets
 
-from vmrt.streaming import spdy
+from vmrt.streaming import client, spdy
+from vmrt.streaming.client import UpgradeError
 
 
 @dataclass
@@ -42,51 +43,10 @@ class Outcome:
         raise AssertionError(f"no exit code in {status}")
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(f"HTTP {status}: {body.decode(errors='replace').strip()}")
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-
-async def upgrade(url: str, protocols: list[str], method: str = "POST") -> tuple[
-        asyncio.StreamReader, asyncio.StreamWriter, dict[str, str]]:
-    """POST the URL asking for SPDY/3.1, as client-go does; the 101's headers."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}",
-             "Connection: Upgrade", "Upgrade: SPDY/3.1", "Content-Length: 0"]
-    lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-    if status != 101:
-        body = await reader.read(int(headers.get("content-length", "0") or 0))
-        writer.close()
-        raise HTTPError(status, headers, body)
-    return reader, writer, headers
-
-
-async def read_all(stream: spdy.Stream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.read():
-        data += chunk
-    return bytes(data)
-
-
-async def spdy_session(url: str, protocols: list[str]) -> tuple[
-        spdy.Session, asyncio.Task[None], str]:
-    reader, writer, headers = await upgrade(url, protocols)
-    session = spdy.Session(reader, writer, client=True)
-    return session, asyncio.create_task(session.serve()), headers.get(
-        "x-stream-protocol-version", "")
+HTTPError = UpgradeError
+upgrade = client.upgrade
+read_all = client.read_all
+spdy_session = client.connect
 
 
 async def spdy_command(url: str, *, stdin: bytes | None = None, stdout: bool = True,

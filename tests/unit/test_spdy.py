@@ -172,7 +172,7 @@ def test_session_answers_pings_and_refuses_after_goaway() -> None:
 
 def test_session_stops_reading_while_a_stream_is_full() -> None:
     async def scenario() -> None:
-        server, client, accepted, tasks = await _pair()
+        _, client, accepted, tasks = await _pair()
         ours = await client.open_stream([("streamType", "stdin")])
         await asyncio.sleep(0.05)
         (theirs,) = accepted

@@ -1,4 +1,5 @@
-"""``vmrt pods|ps|inspect|exec|logs|stop|rm|stats``: crictl-style commands over CRI."""
+"""``vmrt pods|ps|inspect|exec|attach|port-forward|logs|stop|rm|stats``: crictl-style
+commands over CRI."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.cli import streams
 from vmrt.cli.cri_client import (
     DEFAULT_ENDPOINT,
     Client,
@@ -43,11 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = sub.add_parser("inspect", parents=[common], help="status of a container or pod, as JSON")
     p.add_argument("id")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("exec", parents=[common], help="run a command in a running container")
-    p.add_argument("--exec-timeout", type=int, default=0, help="seconds; 0 means no limit")
-    p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_exec)
+    streams.add_parsers(sub, common)
     p = sub.add_parser("logs", parents=[common], help="a container's log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--timestamps", action="store_true")
@@ -110,19 +108,6 @@ def _inspect(args: argparse.Namespace) -> int:
         raise CRIError(f"no container or pod {args.id!r}")
     print_json(to_dict(reply))
     return 0
-
-
-def _exec(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise CRIError("no command given: vmrt exec CONTAINER -- CMD [ARGS...]")
-    reply = _client(args).rt("ExecSync", api.ExecSyncRequest(
-        container_id=args.container, cmd=command, timeout=args.exec_timeout),
-        timeout=args.exec_timeout + args.timeout if args.exec_timeout else None)
-    sys.stdout.buffer.write(reply.stdout)
-    sys.stdout.flush()
-    sys.stderr.buffer.write(reply.stderr)
-    return int(reply.exit_code)
 
 
 def _write_log_line(line: bytes, timestamps: bool, pending: dict[bytes, bytes]) -> None:
