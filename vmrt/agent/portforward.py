@@ -19,7 +19,7 @@ from vmrt.agent.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 
 

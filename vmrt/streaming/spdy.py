@@ -50,6 +50,7 @@ MAX_FRAME = (1 << 24) - 1
 MAX_HEADER_BLOCK = 256 * 1024
 DATA_CHUNK = 32 * 1024
 BUFFER_LIMIT = 1024 * 1024
+READ_LIMIT = 1024 * 1024
 
 
 def _dictionary() -> bytes:
@@ -215,16 +216,28 @@ class Stream:
     reset: bool = False
     replied: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def read(self) -> bytes:
-        """The next chunk; b"" once the peer has half-closed (or reset) the stream."""
+    async def read(self, limit: int = READ_LIMIT) -> bytes:
+        """What has arrived (at least one frame's worth, up to about ``limit`` bytes);
+        b"" once the peer has half-closed (or reset) the stream."""
         chunk = await self._chunks.get()
         if chunk is None:
             self._chunks.put_nowait(None)
             self.session._maybe_forget(self)
             return b""
-        self.buffered -= len(chunk)
+        # Frames already here are handed over together: fewer, larger
+        # writes downstream (each one a message to the agent).
+        parts = [chunk]
+        size = len(chunk)
+        while size < limit and not self._chunks.empty():
+            peeked = self._chunks.get_nowait()
+            if peeked is None:
+                self._chunks.put_nowait(None)
+                break
+            parts.append(peeked)
+            size += len(peeked)
+        self.buffered -= size
         self.session._buffer_drained()
-        return chunk
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def write(self, data: bytes) -> None:
         if self.local_closed or self.reset:

@@ -249,7 +249,8 @@ class AgentServicer:
     def PortForward(self, request_iterator, context):
         """A TCP connection to a port on the pod's localhost (the guest's network,
         which every container of the pod shares). The host's first message
-        names the port; after that bytes flow both ways. The host ending its
+        names the port; the guest's first reply, empty, says the connection is
+        made. After that bytes flow both ways. The host ending its
         side of the call half-closes the connection; the call ends once the
         guest side has closed and everything it sent is delivered.
         """

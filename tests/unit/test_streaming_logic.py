@@ -1,0 +1,102 @@
+"""Pure logic of the streaming server: tokens, statuses, resize messages, port mappings."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from vmrt.cli.cri_client import CRIError
+from vmrt.cli.streams import _mappings
+from vmrt.errors import ResourceExhaustedError
+from vmrt.streaming import over_spdy, spdy
+from vmrt.streaming.remotecommand import exit_status, parse_resize
+from vmrt.streaming.tokens import ExecRequest, PortForwardRequest, TokenCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tokens_are_single_use_and_expire_after_a_minute() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    request = ExecRequest("c1", ("true",), tty=False, stdin=False, stdout=True, stderr=True)
+    token = cache.put(request)
+    assert len(token) >= 16 and token.replace("-", "").replace("_", "").isalnum()
+    assert cache.take(token) == request
+    assert cache.take(token) is None
+    late = cache.put(PortForwardRequest("p1", (80,)))
+    clock.now += 59.9
+    kept = cache.put(PortForwardRequest("p1", (81,)))
+    clock.now += 0.2
+    assert cache.take(late) is None
+    assert cache.take(kept) == PortForwardRequest("p1", (81,))
+    assert len(cache) == 0
+
+
+def test_token_cache_is_bounded() -> None:
+    clock = Clock()
+    cache = TokenCache(capacity=3, clock=clock)
+    for port in range(3):
+        cache.put(PortForwardRequest("p", (port + 1,)))
+    with pytest.raises(ResourceExhaustedError, match="3"):
+        cache.put(PortForwardRequest("p", (9,)))
+    clock.now += 61
+    cache.put(PortForwardRequest("p", (9,)))  # the expired ones made room
+    assert len(cache) == 1
+
+
+def test_exit_statuses_are_what_client_go_parses() -> None:
+    assert exit_status(["true"], 0) == {"metadata": {}, "status": "Success"}
+    status = exit_status(["sh", "-c", "exit 3"], 3)
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"] == {"causes": [{"reason": "ExitCode", "message": "3"}]}
+    assert "exit code 3" in status["message"]
+
+
+@pytest.mark.parametrize(("message", "size"), [
+    (b'{"Width":80,"Height":24}', (80, 24)),
+    (b'{"Width": 101, "Height": 33}\n', (101, 33)),
+    (b'{"Width":0,"Height":24}', None),
+    (b'{"Width":80}', None),
+    (b"not json", None),
+    (b'{"Width":"x","Height":1}', None),
+])
+def test_resize_messages(message: bytes, size: tuple[int, int] | None) -> None:
+    assert parse_resize(message) == size
+
+
+def test_spdy_resize_stream_values_split_anywhere() -> None:
+    async def scenario() -> list[tuple[int, int]]:
+        left, right = socket.socketpair()
+        accepted: list[spdy.Stream] = []
+        server = spdy.Session(*await asyncio.open_connection(sock=left), client=False,
+                              on_stream=accepted.append)
+        client = spdy.Session(*await asyncio.open_connection(sock=right), client=True)
+        tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
+        ours = await client.open_stream([("streamType", "resize")])
+        for piece in (b'{"Width":80,"Hei', b'ght":24}\n{"Width":1', b'00,"Height":40}\n',
+                      b'{"Width":-1,"Height":3}\n'):
+            await ours.write(piece)
+            await asyncio.sleep(0.01)
+        await ours.close()
+        await asyncio.sleep(0.05)
+        sizes = [size async for size in over_spdy._sizes(accepted[0])]
+        await client.close()
+        await asyncio.gather(*tasks)
+        return sizes
+
+    assert asyncio.run(scenario()) == [(80, 24), (100, 40)]
+
+
+def test_port_mappings_follow_kubectl() -> None:
+    assert _mappings(["8080", "9000:80", ":443"]) == [(8080, 8080), (9000, 80), (0, 443)]
+    for bad in ("x", "80:", "0", "1:70000"):
+        with pytest.raises(CRIError, match="bad port mapping"):
+            _mappings([bad])
