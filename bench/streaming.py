@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cri_api.v1 import api_pb2 as api
 
-from bench.net import ECHO, PAYLOAD, SINK, connect
+from bench.net import ECHO, PAYLOAD, SINK, connect, round_trips
 from tests.cri.conftest import Daemon
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.streaming import client
@@ -102,19 +102,6 @@ async def interactive(daemon: Daemon, cid: str) -> list[float]:
     await client.read_all(error)
     await session.close()
     serving.cancel()
-    return samples
-
-
-def tcp_echo(ip: str) -> list[float]:
-    samples = []
-    with connect(ip, ECHO) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(ROUND_TRIPS):
-            started = time.perf_counter()
-            sock.sendall(b"x")
-            if sock.recv(1) != b"x":
-                raise RuntimeError("echo server sent something else")
-            samples.append((time.perf_counter() - started) * 1000)
     return samples
 
 
@@ -196,7 +183,7 @@ def main() -> int:
               f"{statistics.median(samples['execsync']):.1f} ms", file=sys.stderr)
         for _ in range(3):
             samples["interactive"] += asyncio.run(interactive(daemon, cid))
-            samples["tcp-echo"] += tcp_echo(ip)
+            samples["tcp-echo"] += round_trips(ip)
         for run in range(args.transfers):
             for upload, pf, tcp in ((True, "pf-up", "tcp-up"), (False, "pf-down", "tcp-down")):
                 samples[pf].append(asyncio.run(forward(daemon, pod_id, upload)))

@@ -49,6 +49,23 @@ class Demux:
         self._queues: dict[int, asyncio.Queue[bytes | None]] = {
             c: asyncio.Queue(QUEUE_DEPTH) for c in channels}
         self.gone = asyncio.Event()
+        self._reading: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Demux:
+        self._reading = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        """Stop reading and close the socket; a client gone mid-write is no error."""
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reading
+        await self._sock.close()
+        if isinstance(exc, ConnectionError):
+            log.debug("WebSocket client went away: %s", exc)
+            return True
+        return False
 
     async def run(self) -> None:
         try:
@@ -92,9 +109,7 @@ async def _sizes(demux: Demux) -> AsyncIterator[tuple[int, int]]:
 
 async def serve_command(sock: ChannelSocket, request: ExecRequest | AttachRequest,
                         service: StreamService) -> None:
-    demux = Demux(sock, [STDIN, RESIZE])
-    reading = asyncio.create_task(demux.run())
-    try:
+    async with Demux(sock, [STDIN, RESIZE]) as demux:
         # The one empty message kubelet sends on the lowest writable channel:
         # the streams are ready.
         ready = STDOUT if request.stdout else STDERR if request.stderr and not request.tty \
@@ -137,13 +152,6 @@ async def serve_command(sock: ChannelSocket, request: ExecRequest | AttachReques
             await report(exit_status(request.cmd, code))
         else:
             await report(success_status())
-    except ConnectionError as exc:
-        log.debug("WebSocket client went away: %s", exc)
-    finally:
-        reading.cancel()
-        with contextlib.suppress(BaseException):
-            await reading
-        await sock.close()
 
 
 async def serve_portforward(sock: ChannelSocket, request: PortForwardRequest,
@@ -151,9 +159,7 @@ async def serve_portforward(sock: ChannelSocket, request: PortForwardRequest,
     """Each port of the request: data on channel 2i, errors on 2i+1, each opened
     with the port number (two bytes, little-endian)."""
     ports = list(request.ports)
-    demux = Demux(sock, [2 * i for i in range(len(ports))])
-    reading = asyncio.create_task(demux.run())
-    try:
+    async with Demux(sock, [2 * i for i in range(len(ports))]) as demux:
         if not ports:
             await sock.close(1008, "the port-forward request names no ports")
             return
@@ -171,13 +177,6 @@ async def serve_portforward(sock: ChannelSocket, request: PortForwardRequest,
             task.cancel()
         with contextlib.suppress(BaseException):
             await everything
-    except ConnectionError as exc:
-        log.debug("WebSocket client went away: %s", exc)
-    finally:
-        reading.cancel()
-        with contextlib.suppress(BaseException):
-            await reading
-        await sock.close()
 
 
 async def _forward_port(sock: ChannelSocket, demux: Demux, service: StreamService,
