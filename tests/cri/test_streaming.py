@@ -245,6 +245,7 @@ def _body(response: bytes) -> bytes:
 
 
 def test_port_forward_fetches_a_page_over_spdy_and_websocket(box: Box) -> None:
+    """Plain SPDY, WebSocket channels, and SPDY tunnelled in a WebSocket."""
     request = b"GET /index.html HTTP/1.0\r\n\r\n"
 
     async def over_spdy() -> tuple[bytes, bytes]:
@@ -261,6 +262,18 @@ def test_port_forward_fetches_a_page_over_spdy_and_websocket(box: Box) -> None:
     assert (_body(received), problem) == (b"hello-page\n", b"")
     received, problem = run(sc.ws_forward(box.forward_url(8080), 8080, request))
     assert (_body(received), problem) == (b"hello-page\n", b"")
+
+    async def tunnelled() -> list[tuple[bytes, bytes]]:
+        session, serving = await sc.tunnelled_session(box.forward_url())
+        try:
+            return await asyncio.gather(*(sc.spdy_forward(session, 8080, i, request)
+                                          for i in range(3)))
+        finally:
+            await session.close()
+            serving.cancel()
+
+    for received, problem in run(tunnelled()):
+        assert (_body(received), problem) == (b"hello-page\n", b"")
 
 
 def test_port_forward_20_concurrent_connections_byte_exact(box: Box) -> None:

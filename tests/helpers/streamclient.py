@@ -14,8 +14,11 @@ import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
 from vmrt.streaming import client, spdy
 from vmrt.streaming.client import UpgradeError
@@ -150,3 +153,64 @@ async def ws_forward(url: str, port: int, payload: bytes,
             (received if channel == 0 else problem).extend(data)
     assert prefixes.get(0) == struct.pack("<H", port), prefixes
     return bytes(received), bytes(problem)
+
+
+class _WSBytes:
+    """The SPDY byte stream inside a client WebSocket's binary messages (wsproto).
+
+    ``websockets`` refuses the subprotocol name (a "/" is not an RFC 6455
+    token character, though Go's gorilla/websocket sends it), so this side
+    of the test uses wsproto's client.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ws: WSConnection) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ws = ws
+        self.buffer = bytearray()
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            data = await self.reader.read(65536)
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(self.buffer), n)
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, BytesMessage):
+                    self.buffer += event.data
+                elif isinstance(event, CloseConnection):
+                    self.writer.write(self.ws.send(event.response()))
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(self.ws.send(BytesMessage(data=data)))
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def wait_closed(self) -> None:
+        await self.writer.wait_closed()
+
+
+async def tunnelled_session(url: str) -> tuple[spdy.Session, asyncio.Task[None]]:
+    """Port-forward's SPDY session inside a WebSocket, as newer client-go dials it."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    writer.write(ws.send(Request(host=parts.netloc, target=parts.path,
+                                 subprotocols=["SPDY/3.1+portforward.k8s.io"])))
+    while True:
+        ws.receive_data(await reader.read(65536))
+        accepted = [e for e in ws.events() if isinstance(e, AcceptConnection)]
+        if accepted:
+            assert accepted[0].subprotocol == "SPDY/3.1+portforward.k8s.io"
+            break
+    pipe = _WSBytes(reader, writer, ws)
+    session = spdy.Session(pipe, pipe, client=True)
+    return session, asyncio.create_task(session.serve())

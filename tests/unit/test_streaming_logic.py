@@ -100,3 +100,16 @@ def test_port_mappings_follow_kubectl() -> None:
     for bad in ("x", "80:", "0", "1:70000"):
         with pytest.raises(CRIError, match="bad port mapping"):
             _mappings([bad])
+
+
+def test_pod_hostname_falls_back_to_the_nodes() -> None:
+    from cri_api.v1 import api_pb2 as api
+
+    from vmrt.runtime.ocispec import pod_hostname
+
+    named = api.PodSandboxConfig(hostname="web-0", metadata=api.PodSandboxMetadata(name="x"))
+    assert pod_hostname(named) == "web-0"
+    # critest's pod names run past the 64-byte hostname limit; containerd
+    # gives such pods the node's hostname, and so does vmrt.
+    unnamed = api.PodSandboxConfig(metadata=api.PodSandboxMetadata(name="p" * 70))
+    assert pod_hostname(unnamed) == socket.gethostname()

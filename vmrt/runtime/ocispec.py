@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,12 +299,17 @@ def _namespaces(options: api.NamespaceOption) -> list[dict[str, str]]:
     return spaces
 
 
+def pod_hostname(pod_config: api.PodSandboxConfig) -> str:
+    """The pod's hostname; as containerd does, the node's when the config names none."""
+    return pod_config.hostname or socket.gethostname()
+
+
 def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
           image_config: dict[str, Any], image_file: ImageFile,
           mounts: Sequence[SharedMount]) -> dict[str, Any]:
     linux = config.linux
     sc = linux.security_context
-    hostname = pod_config.hostname or pod_config.metadata.name
+    hostname = pod_hostname(pod_config)
     user = resolve_user(image_file, sc, str(image_config.get("User", "")))
     caps = capabilities(sc)
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")

@@ -16,6 +16,7 @@ from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState
+from vmrt.runtime import ocispec
 from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import PodRecord
 from vmrt.sandbox import mounts
@@ -79,7 +80,7 @@ class PodService:
             self.rt.store.update_pod(record, network=record.network)
             vm = SandboxVM(record.id, self.rt.state, image, vm_config, net=network.nic)
             await vm.start(
-                hostname=config.hostname or config.metadata.name,
+                hostname=ocispec.pod_hostname(config),
                 dns=pb.DnsConfig(servers=config.dns_config.servers,
                                  searches=config.dns_config.searches,
                                  options=config.dns_config.options),

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # Client's first choice wins. v5 adds the close signal that half-closes stdin.
 COMMAND_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io",
                      "channel.k8s.io", "base64.channel.k8s.io")
-PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io", "v4.base64.channel.k8s.io", "channel.k8s.io",
-                         "base64.channel.k8s.io")
+# The first is client-go's SPDY session tunnelled through the WebSocket.
+PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io",
+                         "v4.base64.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io")
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
 QUEUE_DEPTH = 64

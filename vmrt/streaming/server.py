@@ -16,7 +16,7 @@ import socket
 import h11
 
 from vmrt.runtime.streams import StreamService
-from vmrt.streaming import over_spdy, over_websocket, spdy, websocket
+from vmrt.streaming import over_spdy, over_websocket, spdy, tunnel, websocket
 from vmrt.streaming.tokens import (
     AttachRequest,
     ExecRequest,
@@ -146,7 +146,12 @@ class StreamServer:
         if sock is None:
             return
         if isinstance(request, PortForwardRequest):
-            await over_websocket.serve_portforward(sock, request, self.service)
+            if sock.subprotocol.startswith(tunnel.PREFIX):
+                tunnelled = tunnel.TunnelReader(sock)
+                await self._serve_spdy(tunnelled, tunnel.TunnelWriter(sock, tunnelled),
+                                       sock.subprotocol.removeprefix(tunnel.PREFIX), request)
+            else:
+                await over_websocket.serve_portforward(sock, request, self.service)
         else:
             await over_websocket.serve_command(sock, request, self.service)
 
@@ -170,6 +175,10 @@ class StreamServer:
             ("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
             ("X-Stream-Protocol-Version", chosen)]))
         await writer.drain()
+        await self._serve_spdy(reader, writer, chosen, request)
+
+    async def _serve_spdy(self, reader: spdy.ByteReader, writer: spdy.ByteWriter,
+                          chosen: str, request: StreamRequest) -> None:
         incoming: asyncio.Queue[spdy.Stream] = asyncio.Queue()
         session = spdy.Session(reader, writer, client=False, on_stream=incoming.put_nowait)
         serving = asyncio.create_task(session.serve())

@@ -20,6 +20,7 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,21 @@ def parse_header(head: bytes) -> tuple[bool, int, int, int]:
     return False, first & 0x7FFFFFFF, flags, length
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
+class ByteReader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+async def read_frame(reader: ByteReader) -> Frame | None:
     """The next frame, or None at a clean end of the connection."""
     try:
         head = await reader.readexactly(8)
@@ -297,7 +312,7 @@ class Session:
     ``open_stream``. ``serve`` reads frames until the connection ends.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+    def __init__(self, reader: ByteReader, writer: ByteWriter, *,
                  client: bool, on_stream: Callable[[Stream], None] | None = None) -> None:
         self._reader = reader
         self._writer = writer

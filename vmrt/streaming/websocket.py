@@ -60,6 +60,12 @@ class ChannelSocket:
             self._writer.write(data)
             await self._writer.drain()
 
+    async def send_message(self, data: bytes) -> None:
+        """One whole binary message, no channel byte (SPDY tunnelling)."""
+        if self.closed.is_set():
+            raise ConnectionResetError("the WebSocket is closed")
+        await self._flush(self._ws.send(BytesMessage(data=data)))
+
     async def send(self, channel: int, data: bytes) -> None:
         if self.closed.is_set():
             raise ConnectionResetError("the WebSocket is closed")
@@ -75,6 +81,13 @@ class ChannelSocket:
 
     async def receive(self) -> tuple[int, bytes] | None:
         """The next (channel, payload); None once the connection is closed."""
+        while (message := await self.receive_message()) is not None:
+            if message:
+                return message[0], message[1:]
+        return None
+
+    async def receive_message(self) -> bytes | None:
+        """The next whole message (base64 ones decoded, channel digit made a byte)."""
         while True:
             for event in self._ws.events():
                 message = await self._handle(event)
@@ -98,7 +111,7 @@ class ChannelSocket:
                 self.closed.set()
                 return None
 
-    async def _handle(self, event: object) -> tuple[int, bytes] | None:
+    async def _handle(self, event: object) -> bytes | None:
         if isinstance(event, Ping):
             with contextlib.suppress(ConnectionError, LocalProtocolError):
                 await self._flush(self._ws.send(event.response()))
@@ -112,15 +125,14 @@ class ChannelSocket:
                 await self.close(1009, "message too big")
             elif event.message_finished:
                 raw, self._partial = bytes(self._partial), bytearray()
-                if raw:
-                    return raw[0], raw[1:]
+                return raw
         elif isinstance(event, TextMessage):
             self._partial_text.append(event.data)
             if event.message_finished:
                 text, self._partial_text = "".join(self._partial_text), []
                 if text and self.base64 and text[0].isdigit():
                     with contextlib.suppress(ValueError):
-                        return int(text[0]), base64.b64decode(text[1:])
+                        return bytes([int(text[0])]) + base64.b64decode(text[1:])
         return None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
