@@ -94,6 +94,23 @@ async def serve_command(session: spdy.Session, incoming: asyncio.Queue[spdy.Stre
         await session.close()
         return
 
+    # Streams opened after the expected ones are refused, not left to fill up.
+    refusing = asyncio.create_task(_refuse_more(incoming, serving))
+    try:
+        await _run_command(session, serving, version, streams, request, service)
+    finally:
+        refusing.cancel()
+
+
+async def _refuse_more(incoming: asyncio.Queue[spdy.Stream],
+                       serving: asyncio.Task[None]) -> None:
+    while (stream := await _next_stream(incoming, serving)) is not None:
+        await stream.abort(spdy.REFUSED_STREAM)
+
+
+async def _run_command(session: spdy.Session, serving: asyncio.Task[None], version: int,
+                       streams: dict[str, spdy.Stream], request: ExecRequest | AttachRequest,
+                       service: StreamService) -> None:
     error = streams["error"]
 
     async def report(status: dict[str, object]) -> None:

@@ -110,7 +110,9 @@ async def _sizes(demux: Demux) -> AsyncIterator[tuple[int, int]]:
 
 async def serve_command(sock: ChannelSocket, request: ExecRequest | AttachRequest,
                         service: StreamService) -> None:
-    async with Demux(sock, [STDIN, RESIZE]) as demux:
+    inputs = [STDIN] if request.stdin else []
+    inputs += [RESIZE] if request.tty else []
+    async with Demux(sock, inputs) as demux:
         # The one empty message kubelet sends on the lowest writable channel:
         # the streams are ready.
         ready = STDOUT if request.stdout else STDERR if request.stderr and not request.tty \

@@ -105,6 +105,11 @@ async def _pump_resize(proc: ProcessSession, sizes: AsyncIterator[tuple[int, int
             log.debug("resize of %s/%s: %s", proc.container_id[:12], proc.exec_id, exc)
 
 
+async def _discard(source: AsyncIterator[Any]) -> None:
+    async for _ in source:
+        pass
+
+
 async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
     """Connect ``io`` to the process until it exits; its exit code, or None if the client left.
 
@@ -123,10 +128,13 @@ async def serve_process(proc: ProcessSession, io: CommandIO) -> int | None:
 
     detached = asyncio.Event()
     try:
-        if io.stdin is not None and proc.stdin_open:
-            start(_pump_stdin(proc, io.stdin, detached))
-        if io.resize is not None and proc.tty:
-            start(_pump_resize(proc, io.resize))
+        # Input the process cannot take is still read (and dropped), so that
+        # it never backs up the connection it shares with the output.
+        if io.stdin is not None:
+            start(_pump_stdin(proc, io.stdin, detached) if proc.stdin_open
+                  else _discard(io.stdin))
+        if io.resize is not None:
+            start(_pump_resize(proc, io.resize) if proc.tty else _discard(io.resize))
         outputs = []
         if io.stdout is not None:
             outputs.append(start(_pump_output(proc, pb.STDOUT, io.stdout)))
