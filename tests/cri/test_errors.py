@@ -48,6 +48,12 @@ def test_unknown_ids(vmrtd: Daemon) -> None:
                                    metadata=api.ContainerMetadata(name="x"),
                                    image=api.ImageSpec(image="busybox"))))
     assert "pod sandbox" in details
+    # Stopping or removing what is not there succeeds: kubelet retries these.
+    vmrtd.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=unknown), timeout=30)
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=unknown),
+                                   timeout=30)
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=unknown), timeout=30)
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=unknown), timeout=30)
 
 
 def test_unknown_runtime_handler(vmrtd: Daemon) -> None:

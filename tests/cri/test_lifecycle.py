@@ -116,7 +116,8 @@ def test_pod_hostname_dns_and_sysctls(vmrtd: Daemon,
 def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
                                                  pod: tuple[str, api.PodSandboxConfig]) -> None:
     pod_id, config = pod
-    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+    container = vmrtd.run_container(pod_id, config, ["sh", "-c", "while :; do read x; done"],
+                                    stdin=True)
     reply = vmrtd.exec(container, ["sh", "-c", "echo out; echo err >&2; exit 5"])
     assert (reply.stdout, reply.stderr, reply.exit_code) == (b"out\n", b"err\n", 5)
     assert vmrtd.exec(container, ["true"]).exit_code == 0
@@ -127,6 +128,9 @@ def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
                            ["sleep", "30"], timeout=2)
     assert time.monotonic() - started < 25
     assert "did not finish within 2 s" in details
+    # The timed-out command is gone; nothing else in the pod's shared pid
+    # namespace is called sleep either (its holder runs as "pause").
+    assert vmrtd.exec(container, ["sh", "-c", "pgrep sleep || true"]).stdout == b""
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.ExecSync,
                            api.ExecSyncRequest(container_id=container, cmd=["true"],
                                                timeout=-1))

@@ -7,6 +7,7 @@ is mounted; the agent can.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
@@ -50,16 +51,33 @@ class PodNamespaces:
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
             # unshare forks: its child is PID 1 of the new namespace, and the
-            # namespace is the child's. "sleep" never exits on its own.
+            # namespace is the child's. "sleep" never exits on its own. It
+            # runs as "pause", like the pause container's PID 1: containers
+            # sharing the pod's pid namespace see it, and "pgrep sleep" in a
+            # container must find only the container's own sleeps.
             writes = "".join(
                 f"printf %s {shlex.quote(value)} > /proc/sys/{key.replace('.', '/')} && "
                 for key, value in self.ipc_sysctls)
-            pid = self._table.spawn(["/bin/unshare", "--pid", "--ipc", "--fork", "--",
-                                     "/bin/sh", "-c", f"{writes}exec /bin/sleep 2147483647"],
-                                    stdin=null, stdout=null, stderr=null)
+            pid = self._table.spawn(
+                ["/bin/unshare", "--pid", "--ipc", "--fork", "--", "/bin/sh", "-c",
+                 f"{writes}exec -a sleep {_pause_binary()} 2147483647"],
+                stdin=null, stdout=null, stderr=null)
         finally:
             os.close(null)
         return _wait_for_child(pid)
+
+
+PAUSE = "/run/vmrt-pause/pause"
+
+
+def _pause_binary() -> str:
+    """busybox under the name "pause": the kernel names the process after the file it
+    runs, while busybox picks its applet by argv[0] ("sleep")."""
+    if not os.path.islink(PAUSE):
+        os.makedirs(os.path.dirname(PAUSE), exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.symlink(os.path.realpath("/bin/sleep"), PAUSE)
+    return PAUSE
 
 
 def _wait_for_child(parent: int, attempts: int = 500) -> int:

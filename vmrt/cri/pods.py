@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt.cri import convert
 from vmrt.cri.base import Base
-from vmrt.errors import InvalidArgumentError
+from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.runtime.pods import PodFilter
 from vmrt.sandbox.vm import sandbox_dir
 
@@ -24,7 +25,11 @@ class PodRPCs(Base):
 
     async def StopPodSandbox(self, request: api.StopPodSandboxRequest,
                              context: Any) -> api.StopPodSandboxResponse:
-        await self.pods.stop(request.pod_sandbox_id)
+        if not request.pod_sandbox_id:
+            raise InvalidArgumentError("pod_sandbox_id is required")
+        # CRI: stopping a pod that is not there succeeds (kubelet retries).
+        with contextlib.suppress(NotFoundError):
+            await self.pods.stop(request.pod_sandbox_id)
         return api.StopPodSandboxResponse()
 
     async def RemovePodSandbox(self, request: api.RemovePodSandboxRequest,
