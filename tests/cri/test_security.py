@@ -134,13 +134,3 @@ def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxCo
     pod_id, config = pod
     with pytest.raises(Exception, match="not in the image's /etc/passwd"):
         vmrtd.create(pod_id, config, ["true"], linux=sc(run_as_username="ghost"))
-
-
-def test_streaming_rpcs_say_they_are_not_there_yet(vmrtd: Daemon) -> None:
-    import grpc
-
-    from tests.cri.conftest import expect_error
-
-    details = expect_error(grpc.StatusCode.UNIMPLEMENTED, vmrtd.runtime.Exec,
-                           api.ExecRequest(container_id="x", cmd=["sh"]))
-    assert "ExecSync works" in details
