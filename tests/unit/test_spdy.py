@@ -12,6 +12,7 @@ uncompressed block of section 2.6.10.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import zlib
@@ -189,5 +190,45 @@ def test_session_stops_reading_while_a_stream_is_full() -> None:
         assert theirs.buffered == 0
         await client.close()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(scenario())
+
+
+def test_resetting_a_full_stream_frees_the_session() -> None:
+    async def scenario() -> None:
+        _, client, accepted, tasks = await _pair()
+        stuck = await client.open_stream([("streamType", "data")])
+        other = await client.open_stream([("streamType", "data")])
+        await asyncio.sleep(0.05)
+        theirs, their_other = accepted
+        # More than the per-stream limit, never read: the server stops reading.
+        await stuck.write(b"x" * (spdy.BUFFER_LIMIT + 4 * spdy.DATA_CHUNK))
+        await asyncio.sleep(0.2)
+        await theirs.abort()
+        # Data the client had in flight for the reset stream is dropped quietly...
+        with contextlib.suppress(ConnectionError):
+            await stuck.write(b"late")
+        # ...and the other stream carries on.
+        await other.write(b"still here")
+        await other.close()
+        assert await asyncio.wait_for(_read_all(their_other), 5) == b"still here"
+        assert theirs.id not in accepted[0].session.streams
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(scenario())
+
+
+def test_sessions_cap_open_streams() -> None:
+    async def scenario() -> None:
+        server, client, accepted, tasks = await _pair()
+        opened = [await client.open_stream([("streamType", "data")], wait_reply=False)
+                  for _ in range(spdy.MAX_STREAMS + 3)]
+        await asyncio.sleep(0.3)
+        assert len(accepted) == spdy.MAX_STREAMS
+        assert sum(s.reset for s in opened) == 3
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert server.closed.is_set()
 
     asyncio.run(scenario())

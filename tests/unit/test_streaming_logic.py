@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import pytest
 
 from vmrt.cli.cri_client import CRIError
 from vmrt.cli.streams import _mappings
 from vmrt.errors import ResourceExhaustedError
-from vmrt.streaming import over_spdy, spdy
+from vmrt.streaming import over_spdy, spdy, websocket
 from vmrt.streaming.remotecommand import exit_status, parse_resize
 from vmrt.streaming.tokens import ExecRequest, PortForwardRequest, TokenCache
 
@@ -113,3 +114,89 @@ def test_pod_hostname_falls_back_to_the_nodes() -> None:
     # gives such pods the node's hostname, and so does vmrt.
     unnamed = api.PodSandboxConfig(metadata=api.PodSandboxMetadata(name="p" * 70))
     assert pod_hostname(unnamed) == socket.gethostname()
+
+
+def test_resize_messages_cannot_blow_up() -> None:
+    assert parse_resize(b"[" * 100_000) is None
+    assert parse_resize(b'{"Width":80,"Height":24,' + b" " * 5000 + b"}") is None
+
+
+def test_sessions_per_pod_are_capped() -> None:
+    from vmrt.runtime.streams import Slots
+
+    slots = Slots(limit=2)
+    first, second = slots.take("pod-a"), slots.take("pod-a")
+    other = slots.take("pod-b")
+    with pytest.raises(ResourceExhaustedError, match="2 exec, attach and port-forward"):
+        slots.take("pod-a")
+    first()
+    first()  # releasing twice gives back one slot only
+    third = slots.take("pod-a")
+    with pytest.raises(ResourceExhaustedError):
+        slots.take("pod-a")
+    for release in (second, third, other):
+        release()
+    assert slots.used == {}
+
+
+async def _ws_server_and_client(protocol: str) -> tuple[Any, asyncio.StreamReader,
+                                                          asyncio.StreamWriter, Any]:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import Request
+
+    from vmrt.streaming import websocket
+
+    left, right = socket.socketpair()
+    server_reader, server_writer = await asyncio.open_connection(sock=left)
+    reader, writer = await asyncio.open_connection(sock=right)
+    client = WSConnection(ConnectionType.CLIENT)
+    writer.write(client.send(Request(host="x", target="/exec/t", subprotocols=[protocol])))
+    head = await server_reader.readuntil(b"\r\n\r\n")
+    sock = await websocket.accept(head, server_reader, server_writer, [protocol])
+    assert sock is not None
+    client.receive_data(await reader.read(4096))
+    list(client.events())
+    return sock, reader, writer, client
+
+
+def test_websocket_text_is_refused_on_binary_protocols_and_capped() -> None:
+    from wsproto.events import CloseConnection, TextMessage
+
+    async def scenario(protocol: str, text: str, finished: bool) -> int | None:
+        sock, reader, writer, client = await _ws_server_and_client(protocol)
+        for start in range(0, len(text), 65536):
+            writer.write(client.send(TextMessage(data=text[start:start + 65536],
+                                                 message_finished=False)))
+        if finished:
+            writer.write(client.send(TextMessage(data="", message_finished=True)))
+        assert await asyncio.wait_for(sock.receive(), 5) is None
+        client.receive_data(await reader.read(4096))
+        codes = [e.code for e in client.events() if isinstance(e, CloseConnection)]
+        writer.close()
+        return codes[0] if codes else None
+
+    assert asyncio.run(scenario("v4.channel.k8s.io", "0aGk=", True)) == 1003
+    # An unfinished base64 message larger than any channel message may be
+    # (sent up to just past the limit, so the server has read all of it).
+    limit = websocket.MAX_MESSAGE * 4 // 3 + 8
+    assert asyncio.run(scenario("v4.base64.channel.k8s.io", "0" + "A" * limit,
+                                False)) == 1009
+
+
+def test_tunnel_reads_frames_larger_than_its_buffer() -> None:
+    from vmrt.streaming import tunnel
+
+    async def scenario() -> int:
+        from wsproto.events import BytesMessage
+
+        sock, _, writer, client = await _ws_server_and_client("SPDY/3.1+portforward.k8s.io")
+        pipe = tunnel.TunnelReader(sock)
+        big = b"y" * (tunnel.BUFFER_LIMIT * 3)
+        for start in range(0, len(big), 65536):
+            writer.write(client.send(BytesMessage(data=big[start:start + 65536])))
+        data = await asyncio.wait_for(pipe.readexactly(len(big)), 10)
+        await pipe.close()
+        writer.close()
+        return len(data)
+
+    assert asyncio.run(scenario()) == tunnel.BUFFER_LIMIT * 3

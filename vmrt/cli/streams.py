@@ -262,6 +262,7 @@ class _Forwarder:
 
         sending = asyncio.create_task(upstream())
         problem = asyncio.create_task(spdy_client.read_all(error))
+        finished = False
         try:
             while chunk := await data.read():
                 writer.write(chunk)
@@ -272,9 +273,14 @@ class _Forwarder:
             if message:
                 print(f"vmrt: port {remote}: {message.decode(errors='replace')}",
                       file=sys.stderr)
+            finished = True
         finally:
             sending.cancel()
             problem.cancel()
+            if not finished:
+                # The local side went away: tell the pod's side to stop sending.
+                await data.abort()
+                await error.abort()
 
 
 async def _serve_forwards(url: str, address: str, pairs: list[tuple[int, int]]) -> None:

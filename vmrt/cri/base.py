@@ -15,7 +15,8 @@ class Base:
         self.stream_server = stream_server
         self.pods = PodService(runtime)
         self.containers = ContainerService(runtime)
-        self.streams = StreamService(runtime)
+        # The streaming server's own: one count of sessions per pod for both.
+        self.streams: StreamService = stream_server.service
         # (timestamp_ns, cpu_usage_ns) of the previous sample per container
         # or pod, to turn cumulative CPU time into usage_nano_cores.
         self.cpu_samples: dict[str, tuple[int, int]] = {}

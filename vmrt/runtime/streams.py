@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +22,7 @@ from vmrt.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from vmrt.runtime.core import LivePod, Runtime
@@ -30,6 +31,7 @@ from vmrt.runtime.records import ContainerRecord
 log = logging.getLogger(__name__)
 
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+MAX_SESSIONS_PER_POD = 128
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ProcessSession:
     stdin_once: bool = False
     stdout_offset: int = 0
     stderr_offset: int = 0
+    release: Callable[[], None] = lambda: None
 
     @property
     def is_exec(self) -> bool:
@@ -83,6 +86,7 @@ class ProcessSession:
         Shielded: this is what runs when the client has gone away, often
         inside a task that is being cancelled.
         """
+        self.release()
         if not self.is_exec:
             return
         with contextlib.suppress(Exception):
@@ -93,12 +97,17 @@ class ProcessSession:
 class PortConnection:
     """One TCP connection to a port in a pod, through the agent."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall, port: int) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall, port: int,
+                 release: Callable[[], None]) -> None:
         self._call = call
         self.port = port
+        self._release = release
 
     async def send(self, data: bytes) -> None:
-        await self._call.write(pb.PortForwardData(data=data))
+        try:
+            await self._call.write(pb.PortForwardData(data=data))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise UnavailableError(_rpc_reason(exc)) from None
 
     async def close_write(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -110,16 +119,47 @@ class PortConnection:
             while (message := await self._call.read()) is not grpc.aio.EOF:
                 assert isinstance(message, pb.PortForwardData)
                 yield message.data
-        except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(exc.details() or str(exc.code())) from None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise UnavailableError(_rpc_reason(exc)) from None
 
     def abort(self) -> None:
+        """End the connection (if it has not ended) and give back its slot."""
         self._call.cancel()
+        self._release()
+
+
+class Slots:
+    """Streaming sessions per pod, capped: each holds agent threads in the guest
+    (an exec three, a forwarded connection two), and the agent's pool is finite.
+    Health checks and container operations must never queue behind them."""
+
+    def __init__(self, limit: int = MAX_SESSIONS_PER_POD) -> None:
+        self.limit = limit
+        self.used: dict[str, int] = {}
+
+    def take(self, pod_id: str) -> Callable[[], None]:
+        if self.used.get(pod_id, 0) >= self.limit:
+            raise ResourceExhaustedError(
+                f"pod {pod_id[:12]} already has {self.limit} exec, attach and port-forward "
+                f"sessions open; close some first")
+        self.used[pod_id] = self.used.get(pod_id, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.used[pod_id] -= 1
+                if not self.used[pod_id]:
+                    del self.used[pod_id]
+
+        return release
 
 
 class StreamService:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.slots = Slots()
 
     def running_container(self, container_id: str) -> tuple[ContainerRecord, LivePod]:
         container = self.rt.container(container_id)
@@ -136,10 +176,18 @@ class StreamService:
         process = json.loads(container.process_json) if container.process_json else {}
         process["args"] = list(cmd)
         exec_id = secrets.token_hex(8)
-        await live.agent.call("ExecProcess", pb.ExecProcessRequest(
-            container_id=container.id, exec_id=exec_id, process=json.dumps(process).encode(),
-            stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin)))
-        return ProcessSession(live, container.id, exec_id, tty, stdin)
+        session = ProcessSession(live, container.id, exec_id, tty, stdin,
+                                 release=self.slots.take(container.pod_id))
+        try:
+            await live.agent.call("ExecProcess", pb.ExecProcessRequest(
+                container_id=container.id, exec_id=exec_id,
+                process=json.dumps(process).encode(),
+                stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin)))
+        except BaseException:
+            # Failed, or cancelled mid-call: the exec may exist in the guest.
+            await session.close()
+            raise
+        return session
 
     async def exec_sync(self, container_id: str, cmd: Sequence[str],
                         timeout: int) -> ExecResult:
@@ -186,22 +234,37 @@ class StreamService:
         for proc in reply.processes:
             if proc.container_id == container.id and not proc.exec_id:
                 return ProcessSession(live, container.id, "", config.tty, config.stdin,
-                                      config.stdin_once, proc.stdout_size, proc.stderr_size)
+                                      config.stdin_once, proc.stdout_size, proc.stderr_size,
+                                      release=self.slots.take(container.pod_id))
         raise FailedPreconditionError(f"container {container.id} is gone from its VM")
 
     async def connect_port(self, pod_id: str, port: int) -> PortConnection:
         """Connect to localhost:PORT in the pod; errors say why, as the agent saw it."""
         if not 0 < port < 65536:
             raise InvalidArgumentError(f"invalid port {port}")
-        live = self.rt.live_pod(self.rt.pod(pod_id))
+        pod = self.rt.pod(pod_id)
+        live = self.rt.live_pod(pod)
+        release = self.slots.take(pod.id)
         call = live.agent.stub.PortForward()
-        await call.write(pb.PortForwardData(port=port))
-        # The agent's first reply, empty, means connected; a refused
-        # connection ends the call instead, with the reason.
         try:
+            await call.write(pb.PortForwardData(port=port))
+            # The agent's first reply, empty, means connected; a refused
+            # connection ends the call instead, with the reason.
             first = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(exc.details() or str(exc.code())) from None
-        if first is grpc.aio.EOF:
-            raise UnavailableError(f"the pod's agent gave up on port {port}")
-        return PortConnection(call, port)
+            if first is grpc.aio.EOF:
+                raise UnavailableError(f"the pod's agent gave up on port {port}")
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            call.cancel()
+            release()
+            raise UnavailableError(_rpc_reason(exc)) from None
+        except BaseException:
+            call.cancel()
+            release()
+            raise
+        return PortConnection(call, port, release)
+
+
+def _rpc_reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.details() or str(exc.code())
+    return "the connection to the pod's agent ended"

@@ -13,6 +13,7 @@ from vmrt.runtime.streams import StreamService
 from vmrt.streaming import spdy
 from vmrt.streaming.portforward import pump
 from vmrt.streaming.remotecommand import (
+    MAX_RESIZE_MESSAGE,
     CommandIO,
     encode_status,
     exit_status,
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 COMMAND_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io")
 PORTFORWARD_PROTOCOLS = ("portforward.k8s.io",)
 STREAM_CREATION_TIMEOUT = 30.0
+MAX_CONNECTIONS = 128  # forwarded connections (with pairs still forming) per session
 CLOSE_GRACE = 5.0
 
 
@@ -46,12 +48,15 @@ async def _sizes(stream: spdy.Stream) -> AsyncIterator[tuple[int, int]]:
         while buffer.strip():
             try:
                 value, end = decoder.raw_decode(buffer.lstrip())
-            except ValueError:
+            except (ValueError, RecursionError):
                 break
             buffer = buffer.lstrip()[end:]
             size = parse_resize(json.dumps(value).encode())
             if size is not None:
                 yield size
+        if len(buffer) > MAX_RESIZE_MESSAGE:
+            # Not a size message, however long it grows: drop it.
+            buffer = ""
 
 
 async def _finish(session: spdy.Session, serving: asyncio.Task[None]) -> None:
@@ -156,10 +161,13 @@ async def _next_stream(incoming: asyncio.Queue[spdy.Stream],
                        serving: asyncio.Task[None]) -> spdy.Stream | None:
     """The next stream the client opens, or None once the connection is gone."""
     getter = asyncio.ensure_future(incoming.get())
-    await asyncio.wait({getter, serving}, return_when=asyncio.FIRST_COMPLETED)
-    if getter.done():
+    try:
+        await asyncio.wait({getter, serving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()   # Queue.get gives the item back when cancelled
+    if getter.done() and not getter.cancelled():
         return getter.result()
-    getter.cancel()
     return None
 
 
@@ -172,6 +180,7 @@ async def serve_portforward(session: spdy.Session, incoming: asyncio.Queue[spdy.
 
     async def expire(request_id: str) -> None:
         await asyncio.sleep(STREAM_CREATION_TIMEOUT)
+        timers.pop(request_id, None)
         pair = pending.pop(request_id, {})
         for stream in pair.values():
             if stream.headers.get("streamtype") == "error":
@@ -189,8 +198,13 @@ async def serve_portforward(session: spdy.Session, incoming: asyncio.Queue[spdy.
                     (request.ports and port not in request.ports):
                 await stream.abort(spdy.PROTOCOL_ERROR)
                 continue
+            # Clients that send no request id open the error stream, then the
+            # data stream (the next id of theirs, two higher).
             request_id = stream.headers.get("requestid") or \
-                str(stream.id if kind == "error" else stream.id + 2)
+                str(stream.id if kind == "error" else stream.id - 2)
+            if request_id not in pending and len(pending) + len(tasks) >= MAX_CONNECTIONS:
+                await stream.abort(spdy.REFUSED_STREAM)
+                continue
             pair = pending.setdefault(request_id, {})
             if kind in pair:
                 await stream.abort(spdy.PROTOCOL_ERROR)
@@ -243,3 +257,12 @@ async def _forward_pair(service: StreamService, pod_id: str, port: int, data: sp
             await error.write(f"error forwarding port {port}: {exc}".encode())
         await data.abort()
     await error.close()
+    # The pod's side is closed; what the client still sends (until it sees
+    # our FIN and closes its side) is read and dropped, never left to fill
+    # the session's buffers.
+    try:
+        async with asyncio.timeout(STREAM_CREATION_TIMEOUT):
+            while await data.read():
+                pass
+    except TimeoutError:
+        await data.abort()

@@ -35,7 +35,7 @@ PORTFORWARD_PROTOCOLS = ("SPDY/3.1+portforward.k8s.io", "v4.channel.k8s.io",
                          "v4.base64.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io")
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
-QUEUE_DEPTH = 64
+QUEUE_DEPTH = 16  # messages of at most 1 MiB each (websocket.MAX_MESSAGE)
 
 
 class Demux:
@@ -85,6 +85,13 @@ class Demux:
             for queue in self._queues.values():
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(None)
+
+    def drop(self, channel: int) -> None:
+        """Stop keeping the channel's messages (nobody reads them any more)."""
+        queue = self._queues.pop(channel, None)
+        if queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     async def read(self, channel: int) -> bytes:
         """The channel's next message; b"" once it is closed (or the socket is)."""
@@ -200,3 +207,7 @@ async def _forward_port(sock: ChannelSocket, demux: Demux, service: StreamServic
         with contextlib.suppress(ConnectionError):
             await sock.send(error, f"error forwarding port {port} to pod {pod_id}, "
                                    f"uid : {exc}".encode())
+    finally:
+        # Whatever the client still sends for this port is dropped, so it
+        # cannot hold up the other ports' channels.
+        demux.drop(data)

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 Write = Callable[[bytes], Awaitable[None]]
 
+# The agent takes messages of up to 4 MiB; stdin goes in smaller pieces.
+STDIN_CHUNK = 256 * 1024
+MAX_RESIZE_MESSAGE = 4096
+
 
 @dataclass
 class CommandIO:
@@ -63,10 +67,12 @@ def encode_status(status: dict[str, Any]) -> bytes:
 
 def parse_resize(message: bytes) -> tuple[int, int] | None:
     """{"Width": W, "Height": H} as client-go sends it; None if malformed."""
+    if len(message) > MAX_RESIZE_MESSAGE:
+        return None
     try:
         size = json.loads(message)
         width, height = int(size["Width"]), int(size["Height"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     if not (0 < width <= 0xFFFF and 0 < height <= 0xFFFF):
         return None
@@ -82,8 +88,8 @@ async def _pump_stdin(proc: ProcessSession, stdin: AsyncIterator[bytes],
                       detached: asyncio.Event) -> None:
     try:
         async for data in stdin:
-            if data:
-                await proc.write_stdin(data)
+            for start in range(0, len(data), STDIN_CHUNK):
+                await proc.write_stdin(data[start:start + STDIN_CHUNK])
         # The client closed its stdin. An exec sees EOF (a terminal, EOT).
         # As in containerd, an attached client that closes stdin closes the
         # container's stdin only for stdin_once without a terminal, and
@@ -93,8 +99,10 @@ async def _pump_stdin(proc: ProcessSession, stdin: AsyncIterator[bytes],
         else:
             detached.set()
     except AgentError as exc:
-        # The process is gone or closed its stdin: nothing more to deliver.
+        # The process is gone or closed its stdin: nothing more to deliver,
+        # but the client's input is still read so it never backs up.
         log.debug("stdin of %s/%s: %s", proc.container_id[:12], proc.exec_id, exc)
+        await _discard(stdin)
 
 
 async def _pump_resize(proc: ProcessSession, sizes: AsyncIterator[tuple[int, int]]) -> None:
@@ -102,6 +110,7 @@ async def _pump_resize(proc: ProcessSession, sizes: AsyncIterator[tuple[int, int
         try:
             await proc.resize(rows=height, cols=width)
         except AgentError as exc:
+            # (A process that has just exited; later sizes may still matter.)
             log.debug("resize of %s/%s: %s", proc.container_id[:12], proc.exec_id, exc)
 
 

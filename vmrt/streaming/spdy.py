@@ -5,7 +5,9 @@ a subset of SPDY/3.1: SYN_STREAM/SYN_REPLY to open streams, DATA with FIN
 to half-close them, RST_STREAM, PING and GOAWAY. It ignores SETTINGS and
 WINDOW_UPDATE and never enforces flow-control windows, so neither does
 this module; memory is bounded instead by no longer reading from the
-socket while any stream holds more than ``BUFFER_LIMIT`` unread bytes.
+socket while any stream holds more than ``BUFFER_LIMIT`` unread bytes (or
+all of them together more than ``SESSION_BUFFER_LIMIT``), and the number of
+open streams is capped.
 
 Header blocks are zlib-compressed with the SPDY/3 dictionary; each
 direction of a session has one compression context for its whole life.
@@ -50,8 +52,11 @@ STREAM_ALREADY_CLOSED = 9
 MAX_FRAME = (1 << 24) - 1
 MAX_HEADER_BLOCK = 256 * 1024
 DATA_CHUNK = 32 * 1024
-BUFFER_LIMIT = 1024 * 1024
+BUFFER_LIMIT = 1024 * 1024  # unread bytes per stream
+SESSION_BUFFER_LIMIT = 8 * 1024 * 1024  # and per session
 READ_LIMIT = 1024 * 1024
+MAX_STREAMS = 512  # open at once; more are refused
+CLOSE_TIMEOUT = 5.0
 
 
 def _dictionary() -> bytes:
@@ -294,11 +299,21 @@ class Stream:
             self._chunks.put_nowait(None)
         self.session._maybe_forget(self)
 
-    def _on_reset(self) -> None:
+    def _on_reset(self, discard: bool = True) -> None:
+        """The stream is over: reset by either side (its unread data is dropped) or,
+        with ``discard`` False, cut off by the connection's end (what arrived stays
+        readable)."""
         self.reset = True
         self.local_closed = True
+        if discard:
+            while not self._chunks.empty():
+                self._chunks.get_nowait()
+            self.buffered = 0
         self._on_remote_close()
         self.replied.set()
+        # Later DATA for it is dropped as for any unknown stream.
+        self.session.streams.pop(self.id, None)
+        self.session._buffer_drained()
 
 
 StreamHandler = Callable[["Stream"], Awaitable[None]]
@@ -375,26 +390,41 @@ class Session:
                                            struct.pack(">II", self._last_peer_id, status)))
 
     async def close(self) -> None:
-        """GOAWAY, then close the connection; every stream sees EOF."""
-        await self.goaway()
+        """GOAWAY, then close the connection; every stream sees EOF.
+
+        Bounded in time: a peer that stops reading cannot hold it up (the
+        connection is then aborted).
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.goaway()
         self._shutdown()
         self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except Exception:  # timed out, or already broken: just drop it
+            transport = getattr(self._writer, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def _shutdown(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
         for stream in list(self.streams.values()):
-            stream._on_reset()
+            stream._on_reset(discard=False)
         self.streams.clear()
         self._drained.set()
 
     # -- receiving ------------------------------------------------------
 
+    def _buffered_too_much(self) -> bool:
+        sizes = [s.buffered for s in self.streams.values()]
+        return max(sizes, default=0) > BUFFER_LIMIT or sum(sizes) > SESSION_BUFFER_LIMIT
+
     def _buffer_drained(self) -> None:
-        if all(s.buffered <= BUFFER_LIMIT for s in self.streams.values()):
+        if not self._buffered_too_much():
             self._drained.set()
 
     def _maybe_forget(self, stream: Stream) -> None:
@@ -425,7 +455,7 @@ class Session:
                 # Late data for a stream already reset or forgotten.
                 return
             stream._on_data(frame.payload, frame.fin)
-            if stream.buffered > BUFFER_LIMIT:
+            if self._buffered_too_much():
                 self._drained.clear()
             return
         payload = frame.payload
@@ -472,7 +502,7 @@ class Session:
             raise ProtocolError(f"invalid new stream id {stream_id}")
         self._last_peer_id = stream_id
         stream = Stream(self, stream_id, headers)
-        if self.going_away or self._on_stream is None:
+        if self.going_away or self._on_stream is None or len(self.streams) >= MAX_STREAMS:
             await Stream(self, stream_id, headers).abort(REFUSED_STREAM)
             return
         self.streams[stream_id] = stream

@@ -25,6 +25,7 @@ class TunnelReader:
         self._sock = sock
         self._buffer = bytearray()
         self._eof = False
+        self._wanted = 0  # what a waiting readexactly needs, which may exceed the limit
         self._changed = asyncio.Condition()
         self._pump = asyncio.create_task(self._run())
 
@@ -32,7 +33,8 @@ class TunnelReader:
         try:
             while (message := await self._sock.receive_message()) is not None:
                 async with self._changed:
-                    await self._changed.wait_for(lambda: len(self._buffer) < BUFFER_LIMIT)
+                    await self._changed.wait_for(
+                        lambda: len(self._buffer) < max(BUFFER_LIMIT, self._wanted))
                     self._buffer += message
                     self._changed.notify_all()
         finally:
@@ -43,7 +45,10 @@ class TunnelReader:
 
     async def readexactly(self, n: int) -> bytes:
         async with self._changed:
+            self._wanted = n
+            self._changed.notify_all()
             await self._changed.wait_for(lambda: len(self._buffer) >= n or self._eof)
+            self._wanted = 0
             if len(self._buffer) < n:
                 partial = bytes(self._buffer)
                 self._buffer.clear()

@@ -30,7 +30,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 log = logging.getLogger(__name__)
 
 CLOSE_CHANNEL = 255
-MAX_MESSAGE = 4 * 1024 * 1024
+MAX_MESSAGE = 1024 * 1024
+CLOSE_TIMEOUT = 5.0
 READ_CHUNK = 64 * 1024
 
 
@@ -127,8 +128,13 @@ class ChannelSocket:
                 raw, self._partial = bytes(self._partial), bytearray()
                 return raw
         elif isinstance(event, TextMessage):
+            if not self.base64:
+                await self.close(1003, "this subprotocol takes binary messages only")
+                return None
             self._partial_text.append(event.data)
-            if event.message_finished:
+            if sum(map(len, self._partial_text)) > MAX_MESSAGE * 4 // 3 + 8:
+                await self.close(1009, "message too big")
+            elif event.message_finished:
                 text, self._partial_text = "".join(self._partial_text), []
                 if text and self.base64 and text[0].isdigit():
                     with contextlib.suppress(ValueError):
@@ -136,13 +142,18 @@ class ChannelSocket:
         return None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if not self.closed.is_set():
-            self.closed.set()
-            with contextlib.suppress(ConnectionError, LocalProtocolError):
-                await self._flush(self._ws.send(CloseConnection(code=code, reason=reason)))
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        """Close handshake and connection, bounded in time (then aborted)."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if not self.closed.is_set():
+                    self.closed.set()
+                    with contextlib.suppress(ConnectionError, LocalProtocolError):
+                        await self._flush(self._ws.send(CloseConnection(code=code,
+                                                                        reason=reason)))
+                self._writer.close()
+                await self._writer.wait_closed()
+        except Exception:  # timed out, or already broken: just drop it
+            self._writer.transport.abort()
 
 
 async def accept(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
