@@ -240,22 +240,24 @@ def _port(value: str) -> int | None:
 
 async def _forward_pair(service: StreamService, pod_id: str, port: int, data: spdy.Stream,
                         error: spdy.Stream) -> None:
+    # As kubelet does: a failure is written on the error stream and both
+    # streams are then closed (FIN, not reset: a reset may overtake the
+    # message and the client would drop it unread).
     try:
         conn = await service.connect_port(pod_id, port)
     except VmrtError as exc:
         with contextlib.suppress(ConnectionError):
             await error.write(
                 f"error forwarding port {port} to pod {pod_id}, uid : {exc}".encode())
-        await error.abort()
-        await data.abort()
-        return
-    try:
-        await pump(conn, data.read, data.write, data.close)
-    except (VmrtError, ConnectionError) as exc:
-        log.debug("port-forward to %s:%d ended: %s", pod_id[:12], port, exc)
-        with contextlib.suppress(ConnectionError):
-            await error.write(f"error forwarding port {port}: {exc}".encode())
-        await data.abort()
+        await data.close()
+    else:
+        try:
+            await pump(conn, data.read, data.write, data.close)
+        except (VmrtError, ConnectionError) as exc:
+            log.debug("port-forward to %s:%d ended: %s", pod_id[:12], port, exc)
+            with contextlib.suppress(ConnectionError):
+                await error.write(f"error forwarding port {port}: {exc}".encode())
+            await data.close()
     await error.close()
     # The pod's side is closed; what the client still sends (until it sees
     # our FIN and closes its side) is read and dropped, never left to fill
