@@ -19,7 +19,6 @@ Usage: bench/boot.py [--runs 5] [--output bench/results/boot.json]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from vmrt import oci
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.guest.image import GuestImage, default_image_dir
@@ -103,11 +103,8 @@ def _rss_kib(pid: int | None) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "boot.json")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--root", default="/var/lib/vmrt")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "boot.json")
     args = parser.parse_args()
 
     image = GuestImage.load(default_image_dir(args.root).resolve())

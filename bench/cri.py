@@ -12,7 +12,6 @@ Usage: bench/cri.py [--runs 5] [--output bench/results/cri.json]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from cri_api.v1 import api_pb2_grpc as api_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from bench.boot import bare_boot
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
@@ -36,11 +36,8 @@ from vmrt.sandbox.vm import VMConfig
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "cri.json")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--root", default="/var/lib/vmrt")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "cri.json")
     args = parser.parse_args()
     image = GuestImage.load(default_image_dir(args.root).resolve())
     config = VMConfig(accel=choose_accel("auto").name)

@@ -17,7 +17,6 @@ Usage: bench/net.py [--runs 3] [--output bench/results/net.json]
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import socket
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cri_api.v1 import api_pb2 as api
 from pyroute2 import IPRoute, netns
 
+from bench import common
 from tests.cri.conftest import Daemon
 from vmrt.guest.image import GuestImage, default_image_dir
 
@@ -112,11 +112,8 @@ class PlainNetns:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "net.json")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--root", default="/var/lib/vmrt")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "net.json")
     args = parser.parse_args()
     image = GuestImage.load(default_image_dir(args.root).resolve())
     base = Path(tempfile.mkdtemp(prefix="vn-", dir="/tmp"))

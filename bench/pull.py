@@ -17,7 +17,6 @@ Usage: bench/pull.py [--runs 3] [--output bench/results/pull.json]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from tests.helpers.oci import Entry, Image, Layer, Layout, push
 from tests.helpers.registry import Registry
 from vmrt.images.registry import Credentials, RegistryClient
@@ -57,10 +57,8 @@ def skopeo_copy(registry: str, name: str, destination: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "pull.json", root=False)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "pull.json")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="vp-", dir="/tmp"))
     registry = Registry(base / "registry")

@@ -20,7 +20,6 @@ Usage: bench/streaming.py [--samples 50] [--output bench/results/streaming.json]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cri_api.v1 import api_pb2 as api
 
+from bench import common
 from bench.net import ECHO, PAYLOAD, SINK, connect, round_trips
 from tests.cri.conftest import Daemon
 from vmrt.guest.image import GuestImage, default_image_dir
@@ -155,12 +155,9 @@ def tcp_transfer(ip: str, upload: bool) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "streaming.json")
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--transfers", type=int, default=3)
-    parser.add_argument("--root", default="/var/lib/vmrt")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).parent / "results" / "streaming.json")
     args = parser.parse_args()
     image = GuestImage.load(default_image_dir(args.root).resolve())
     base = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
