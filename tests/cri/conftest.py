@@ -150,7 +150,7 @@ class Daemon:
         self.network.remove_bridge()
 
     def network_leaks(self) -> dict[str, object]:
-        return leaks.network_leaks(self.pod_ids, self.network.ipam_dir)
+        return leaks.network_leaks(self.pod_ids, self.network.ipam_dir, self.network.name)
 
     def dump(self, name: str) -> None:
         ARTIFACTS.mkdir(exist_ok=True)

@@ -107,10 +107,14 @@ def test_leaked_vm_of_a_half_started_pod_is_killed(own_vmrtd: Daemon) -> None:
     daemon.stop(signal.SIGKILL)
     thread.join(30)
     assert leaks.qemu_processes(str(daemon.state)), "QEMU should outlive the killed daemon"
+    (half_started,) = [p.name for p in (daemon.state / "sandboxes").iterdir()]
+    assert leaks.network_leaks([half_started], daemon.network.ipam_dir), "no network yet?"
     daemon.start()
     assert wait_for(lambda: not leaks.qemu_processes(str(daemon.state)), timeout=10)
     assert not daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items
     assert not leaks.find(daemon.state)
+    # Its netns, CNI lease and iptables rules go too, not only its VM.
+    assert not leaks.network_leaks([half_started], daemon.network.ipam_dir, daemon.network.name)
 
 
 def _try_run(daemon: Daemon) -> object:

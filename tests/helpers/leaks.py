@@ -60,8 +60,10 @@ def failed(request) -> bool:  # type: ignore[no-untyped-def]
     return report is None or report.failed
 
 
-def network_leaks(pod_ids: list[str], ipam_dir: Path) -> dict[str, object]:
-    """netns, taps, IPAM leases and iptables rules left by these pods."""
+def network_leaks(pod_ids: list[str], ipam_dir: Path, network: str = "") -> dict[str, object]:
+    """netns, taps, IPAM leases and iptables rules left by these pods; with
+    ``network`` (a CNI network name whose IPAM directory is ``ipam_dir``),
+    also any lease or iptables rule of that network, whichever pod made it."""
     import subprocess
 
     from pyroute2 import IPRoute, netns
@@ -80,12 +82,15 @@ def network_leaks(pod_ids: list[str], ipam_dir: Path) -> dict[str, object]:
         # host-local keeps one file per leased IP, holding the container id.
         leases = [p.name for p in ipam_dir.rglob("*")
                   if p.is_file() and p.name != "lock" and not p.name.startswith("last_")
-                  and any(pod_id and pod_id in p.read_text() for pod_id in pod_ids)]
+                  and (network or any(pod_id and pod_id in p.read_text()
+                                      for pod_id in pod_ids))]
         if leases:
             found["ipam_leases"] = leases
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True,
                            check=False).stdout
     mentioned = [pod_id[:12] for pod_id in pod_ids if pod_id in rules]
+    if network and f'name: \\"{network}\\"' in rules:
+        mentioned.append(f"rules of network {network}")
     if mentioned:
         found["iptables"] = mentioned
     return found

@@ -109,7 +109,8 @@ def test_stop_leaves_no_network_behind(vmrtd: Daemon) -> None:
 
 def snapshot(daemon: Daemon) -> tuple[set[str], set[str], str]:
     """Namespaces, IP leases and NAT rules on the machine right now."""
-    leases = {p.name for p in daemon.network.ipam_dir.rglob("*") if p.is_file()} \
+    leases = {p.name for p in daemon.network.ipam_dir.rglob("*")
+              if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved")} \
         if daemon.network.ipam_dir.exists() else set()
     rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
                            check=False).stdout
@@ -156,6 +157,15 @@ def test_broken_cni_config_and_failing_plugin(vmrtd: Daemon) -> None:
         details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
                                api.RunPodSandboxRequest(config=vmrtd.pod_config()))
         assert "not valid JSON" in details
+        # A plugin that fails after others succeeded: what bridge and
+        # host-local did (veth, lease, NAT rules) is undone.
+        broken = json.loads(good)
+        broken["plugins"].append({"type": "tuning", "mac": "not-a-mac"})
+        conflist.write_text(json.dumps(broken))
+        details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
+                               api.RunPodSandboxRequest(config=vmrtd.pod_config()))
+        assert details.startswith("CNI plugin tuning failed (ADD):"), details
+        assert snapshot(vmrtd) == before
         # A plugin that fails: host-local given a subnet it cannot parse. Its
         # error reaches the caller word for word.
         broken = json.loads(good)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmrt.aio import finish
 from vmrt.errors import FailedPreconditionError, VmrtError
 
 log = logging.getLogger(__name__)
@@ -182,9 +183,19 @@ class CNI:
         return result
 
     async def add(self, net: NetworkConfig, args: PodNetworkArgs) -> dict[str, Any]:
+        """ADD every plugin in order. If one fails, what the earlier ones
+        did (a lease, a veth, NAT rules) is undone by a DEL of the list, as
+        containerd does; the ADD error is the one reported."""
         result: dict[str, Any] | None = None
-        for plugin in net.plugins:
-            result = await self._exec("ADD", net, plugin, args, result)
+        try:
+            for plugin in net.plugins:
+                result = await self._exec("ADD", net, plugin, args, result)
+        except BaseException:
+            try:
+                await finish(self.delete, net, args, None)
+            except Exception as exc:
+                log.info("DEL after a failed ADD also failed: %s", exc)
+            raise
         return result or {}
 
     async def delete(self, net: NetworkConfig, args: PodNetworkArgs,

@@ -138,12 +138,17 @@ async def create_tap(name: str, namespace: str) -> int:
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        async with AsyncIPRoute() as ipr:
-            with contextlib.suppress(Exception):
-                (index,) = await ipr.link_lookup(ifname=name)
-                await ipr.link("del", index=index)
+        with contextlib.suppress(Exception):
+            await remove_link(name)
         raise
     return fd
+
+
+async def remove_link(name: str) -> None:
+    """Delete the host-namespace link ``name`` if there is one."""
+    async with AsyncIPRoute() as ipr:
+        for index in await ipr.link_lookup(ifname=name):
+            await ipr.link("del", index=index)
 
 
 async def _links(ipr: AsyncIPRoute) -> dict[str, Any]:

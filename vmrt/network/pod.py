@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ def netns_name(pod_id: str) -> str:
     return f"vmrt-{pod_id[:32]}"
 
 
+def tap_name(pod_id: str) -> str:
+    return f"vmrtap{pod_id[:8]}"
+
+
 def _port_mappings(config: api.PodSandboxConfig) -> list[dict[str, Any]]:
     mappings = []
     for port in config.port_mappings:
@@ -98,7 +103,11 @@ class PodNetworking:
         self.cni = cni
 
     async def setup(self, pod_id: str, config: api.PodSandboxConfig,
-                    undo: contextlib.AsyncExitStack) -> PreparedNetwork:
+                    undo: contextlib.AsyncExitStack,
+                    remember: Callable[[PodNetworkState], None]) -> PreparedNetwork:
+        """``remember`` is given the state before CNI ADD runs, so that a
+        vmrtd killed part-way can still undo it after a restart (DEL with
+        no result is fine by the CNI spec)."""
         if is_host_network(config):
             return self._user_mode(config)
         net = self.cni.config()
@@ -112,14 +121,15 @@ class PodNetworking:
         args = PodNetworkArgs(container_id=pod_id, netns_path=path, ifname=IFNAME,
                               pod_namespace=meta.namespace, pod_name=meta.name,
                               pod_uid=meta.uid, port_mappings=_port_mappings(config), dns=dns)
-        result = await self.cni.add(net, args)
         state = PodNetworkState(
-            mode="cni", netns=name, network_name=net.name, cni_result=result,
+            mode="cni", netns=name, network_name=net.name,
             args=asdict(args), network_config={"name": net.name, "cniVersion": net.cni_version,
                                                "plugins": net.plugins,
                                                "source": str(net.source)})
+        remember(state)
+        state.cni_result = await self.cni.add(net, args)
         push_cleanup(undo, self._cni_del, state)
-        tap = f"vmrtap{pod_id[:8]}"
+        tap = tap_name(pod_id)
         fd = await link.create_tap(tap, name)
         undo.callback(os.close, fd)
         await link.connect_tap(name, IFNAME, tap)
@@ -166,3 +176,13 @@ class PodNetworking:
             await self._cni_del(state)
         finally:
             await link.remove_netns(state.netns)
+
+    async def discard(self, pod_id: str, state: PodNetworkState) -> None:
+        """Undo a set-up that a killed vmrtd left part-way: ``teardown`` of
+        what the record knows, plus the netns and tap, which exist before
+        the record mentions them."""
+        try:
+            await self.teardown(state)
+        finally:
+            await link.remove_netns(netns_name(pod_id))
+            await link.remove_link(tap_name(pod_id))

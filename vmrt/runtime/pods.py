@@ -75,9 +75,12 @@ class PodService:
         async with contextlib.AsyncExitStack() as undo:
             self.rt.store.add_pod(record)
             undo.callback(self.rt.store.remove_pod, record.id)
-            network = await self.rt.networking.setup(record.id, config, undo)
-            record.network = asdict(network.state)
-            self.rt.store.update_pod(record, network=record.network)
+            def remember(state: PodNetworkState) -> None:
+                record.network = asdict(state)
+                self.rt.store.update_pod(record, network=record.network)
+
+            network = await self.rt.networking.setup(record.id, config, undo, remember)
+            remember(network.state)
             vm = SandboxVM(record.id, self.rt.state, image, vm_config, net=network.nic)
             await vm.start(
                 hostname=ocispec.pod_hostname(config),

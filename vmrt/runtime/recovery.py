@@ -17,6 +17,7 @@ import signal
 from pathlib import Path
 
 from vmrt.guest.image import GuestImage
+from vmrt.network.pod import PodNetworkState
 from vmrt.runtime.core import LivePod, Runtime
 from vmrt.runtime.records import PodRecord
 from vmrt.sandbox import mounts
@@ -67,6 +68,11 @@ async def _discard(rt: Runtime, pod: PodRecord) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
+    try:
+        await rt.networking.discard(pod.id, PodNetworkState.of(pod.network))
+    except Exception as exc:
+        # The record goes anyway: a pod nobody can see would block its name.
+        log.warning("pod %s: cannot undo its network set-up: %s", pod.id[:12], exc)
     rt.store.remove_pod(pod.id)
     rt.release_pod_name(pod.key, pod.id)
 
