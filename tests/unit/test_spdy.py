@@ -232,3 +232,25 @@ def test_sessions_cap_open_streams() -> None:
         assert server.closed.is_set()
 
     asyncio.run(scenario())
+
+
+def test_a_reset_after_fin_still_ends_the_reader() -> None:
+    async def scenario() -> bytes:
+        _, client, accepted, tasks = await _pair()
+        ours = await client.open_stream([("streamType", "data")])
+        await asyncio.sleep(0.05)
+        (theirs,) = accepted
+        await ours.write(b"unread")
+        await ours.close()
+        await asyncio.sleep(0.05)
+        await ours.abort()
+        await asyncio.sleep(0.05)
+        # Data and end marker were queued, then the reset dropped them: the
+        # reader must still see the end, not wait forever.
+        data = await asyncio.wait_for(theirs.read(), 5)
+        assert theirs.reset
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return data
+
+    assert asyncio.run(scenario()) == b""

@@ -200,3 +200,143 @@ def test_tunnel_reads_frames_larger_than_its_buffer() -> None:
         return len(data)
 
     assert asyncio.run(scenario()) == tunnel.BUFFER_LIMIT * 3
+
+
+def test_a_flood_of_resize_values_does_not_hold_the_event_loop() -> None:
+    """400k tiny JSON values in one chunk: the parser lets other tasks run
+    while it works through them, and still finds the one size message."""
+
+    async def scenario() -> tuple[list[tuple[int, int]], int]:
+        left, right = socket.socketpair()
+        accepted: list[spdy.Stream] = []
+        server = spdy.Session(*await asyncio.open_connection(sock=left), client=False,
+                              on_stream=accepted.append)
+        client = spdy.Session(*await asyncio.open_connection(sock=right), client=True)
+        tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
+        ours = await client.open_stream([("streamType", "resize")])
+        await ours.write(b"0 " * 400_000 + b'{"Width":7,"Height":9}')
+        await ours.close()
+        await asyncio.sleep(0.05)
+        ticks = 0
+        parsing = True
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while parsing:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        sizes = [size async for size in over_spdy._sizes(accepted[0])]
+        parsing = False
+        await ticking
+        await client.close()
+        await asyncio.gather(*tasks)
+        return sizes, ticks
+
+    sizes, ticks = asyncio.run(scenario())
+    assert sizes == [(7, 9)]
+    assert ticks >= 400_000 // 256 // 2, ticks
+
+
+def test_empty_text_fragments_are_not_kept() -> None:
+    from wsproto.events import TextMessage
+
+    async def scenario() -> tuple[int, bytes | None]:
+        sock, _, writer, client = await _ws_server_and_client("v4.base64.channel.k8s.io")
+        frames = client.send(TextMessage(data="1aGk", message_finished=False))
+        frames += b"".join(client.send(TextMessage(data="", message_finished=False))
+                           for _ in range(20_000))
+        frames += client.send(TextMessage(data="=", message_finished=False))
+        writer.write(frames)
+        receiving = asyncio.create_task(sock.receive())
+        # Once the last fragment is in, every empty one before it was handled.
+        for _ in range(500):
+            if "".join(sock._partial_text) == "1aGk=":
+                break
+            await asyncio.sleep(0.01)
+        held = len(sock._partial_text)
+        writer.write(client.send(TextMessage(data="", message_finished=True)))
+        received = await asyncio.wait_for(receiving, 10)
+        writer.close()
+        return held, received
+
+    held, received = asyncio.run(scenario())
+    assert held == 2
+    assert received == (1, b"hi")
+
+
+def test_dropping_a_full_websocket_channel_unblocks_the_reader() -> None:
+    from wsproto.events import BytesMessage
+
+    from vmrt.streaming.over_websocket import QUEUE_DEPTH, Demux
+
+    async def scenario() -> bytes:
+        sock, _, writer, client = await _ws_server_and_client("v4.channel.k8s.io")
+        # Channel 0 is never read: its queue fills and the socket reader
+        # blocks on it, so channel 2's message waits behind.
+        for _ in range(QUEUE_DEPTH + 2):
+            writer.write(client.send(BytesMessage(data=b"\x00stuck")))
+        writer.write(client.send(BytesMessage(data=b"\x02other")))
+        async with Demux(sock, [0, 2]) as demux:
+            await asyncio.sleep(0.2)
+            demux.drop(0)
+            data = await asyncio.wait_for(demux.read(2), 5)
+        writer.close()
+        return data
+
+    assert asyncio.run(scenario()) == b"other"
+
+
+class _SilentPod:
+    """Stands in for the agent's side of a port-forward connection: it
+    takes what is sent and never answers or closes (pure pump logic)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.half_closed = False
+        self.aborted = asyncio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def close_write(self) -> None:
+        self.half_closed = True
+
+    async def received(self) -> Any:
+        await self.aborted.wait()
+        return
+        yield b""
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+def test_port_forward_upload_cut_off_aborts_instead_of_half_closing() -> None:
+    from vmrt.streaming.portforward import pump
+
+    async def scenario() -> tuple[_SilentPod, BaseException | None]:
+        pod = _SilentPod()
+        chunks = [b"part"]
+
+        async def read() -> bytes:
+            if chunks:
+                return chunks.pop()
+            raise ConnectionResetError("the client reset the data stream")
+
+        async def write(data: bytes) -> None:
+            pass
+
+        async def close_write() -> None:
+            pass
+
+        try:
+            await asyncio.wait_for(pump(pod, read, write, close_write), 5)  # type: ignore[arg-type]
+        except ConnectionResetError as exc:
+            return pod, exc
+        return pod, None
+
+    pod, problem = asyncio.run(scenario())
+    assert isinstance(problem, ConnectionResetError)
+    assert pod.sent == [b"part"]
+    assert not pod.half_closed and pod.aborted.is_set()

@@ -277,7 +277,9 @@ class _Forwarder:
         finally:
             sending.cancel()
             problem.cancel()
-            if not finished:
+            if finished:
+                await data.close()  # the server need not wait for our side
+            else:
                 # The local side went away: tell the pod's side to stop sending.
                 await data.abort()
                 await error.abort()

@@ -245,22 +245,23 @@ class StreamService:
         pod = self.rt.pod(pod_id)
         live = self.rt.live_pod(pod)
         release = self.slots.take(pod.id)
-        call = live.agent.stub.PortForward()
+        call = None
         try:
+            call = live.agent.stub.PortForward()
             await call.write(pb.PortForwardData(port=port))
             # The agent's first reply, empty, means connected; a refused
             # connection ends the call instead, with the reason.
             first = await call.read()
             if first is grpc.aio.EOF:
                 raise UnavailableError(f"the pod's agent gave up on port {port}")
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            call.cancel()
+        except BaseException as exc:
+            if call is not None:
+                call.cancel()
             release()
-            raise UnavailableError(_rpc_reason(exc)) from None
-        except BaseException:
-            call.cancel()
-            release()
+            if isinstance(exc, (grpc.aio.AioRpcError, asyncio.InvalidStateError)):
+                raise UnavailableError(_rpc_reason(exc)) from None
             raise
+        assert call is not None
         return PortConnection(call, port, release)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from vmrt.errors import VmrtError
@@ -18,7 +20,7 @@ from vmrt.streaming.remotecommand import (
     encode_status,
     exit_status,
     failure_status,
-    parse_resize,
+    resize_of,
     serve_process,
     start_process,
     success_status,
@@ -32,6 +34,7 @@ PORTFORWARD_PROTOCOLS = ("portforward.k8s.io",)
 STREAM_CREATION_TIMEOUT = 30.0
 MAX_CONNECTIONS = 128  # forwarded connections (with pairs still forming) per session
 CLOSE_GRACE = 5.0
+_SPACE = re.compile(r"\s*")
 
 
 async def _chunks(stream: spdy.Stream) -> AsyncIterator[bytes]:
@@ -40,28 +43,42 @@ async def _chunks(stream: spdy.Stream) -> AsyncIterator[bytes]:
 
 
 async def _sizes(stream: spdy.Stream) -> AsyncIterator[tuple[int, int]]:
-    """The resize stream: JSON values one after another, split anywhere."""
+    """The resize stream: JSON values one after another, split anywhere.
+    Each chunk is scanned once (an index moves on; the text is not copied
+    per value)."""
     decoder = json.JSONDecoder()
     buffer = ""
     async for data in _chunks(stream):
         buffer += data.decode("utf-8", "replace")
-        while buffer.strip():
+        index = 0
+        for count in itertools.count(1):
+            if (index := _skip_space(buffer, index)) >= len(buffer):
+                break
             try:
-                value, end = decoder.raw_decode(buffer.lstrip())
+                value, index = decoder.raw_decode(buffer, index)
             except (ValueError, RecursionError):
                 break
-            buffer = buffer.lstrip()[end:]
-            size = parse_resize(json.dumps(value).encode())
+            size = resize_of(value)
             if size is not None:
                 yield size
+            if count % 256 == 0:
+                await asyncio.sleep(0)  # a flood of tiny values must not hog the loop
+        buffer = buffer[index:]
         if len(buffer) > MAX_RESIZE_MESSAGE:
             # Not a size message, however long it grows: drop it.
             buffer = ""
 
 
+def _skip_space(text: str, index: int) -> int:
+    match = _SPACE.match(text, index)
+    return match.end() if match else index
+
+
 async def _finish(session: spdy.Session, serving: asyncio.Task[None]) -> None:
     """GOAWAY, then let the client close (it reads the error stream to EOF first)."""
-    await session.goaway()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_GRACE):
+            await session.goaway()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(serving), CLOSE_GRACE)
     await session.close()
@@ -184,10 +201,13 @@ async def serve_portforward(session: spdy.Session, incoming: asyncio.Queue[spdy.
         pair = pending.pop(request_id, {})
         for stream in pair.values():
             if stream.headers.get("streamtype") == "error":
+                # FIN after the message: a reset could overtake it.
                 with contextlib.suppress(ConnectionError):
                     await stream.write(f"request {request_id}: timed out waiting for the "
                                        f"data and error streams".encode())
-            await stream.abort()
+                await stream.close()
+            else:
+                await stream.abort()
 
     timers: dict[str, asyncio.Task[None]] = {}
     try:
@@ -251,8 +271,16 @@ async def _forward_pair(service: StreamService, pod_id: str, port: int, data: sp
                 f"error forwarding port {port} to pod {pod_id}, uid : {exc}".encode())
         await data.close()
     else:
+        async def upload() -> bytes:
+            chunk = await data.read()
+            if not chunk and data.reset:
+                # Cut off, not finished: the pod must not take it for a
+                # complete upload.
+                raise ConnectionResetError("the client reset the data stream")
+            return chunk
+
         try:
-            await pump(conn, data.read, data.write, data.close)
+            await pump(conn, upload, data.write, data.close)
         except (VmrtError, ConnectionError) as exc:
             log.debug("port-forward to %s:%d ended: %s", pod_id[:12], port, exc)
             with contextlib.suppress(ConnectionError):

@@ -90,8 +90,11 @@ class Demux:
         """Stop keeping the channel's messages (nobody reads them any more)."""
         queue = self._queues.pop(channel, None)
         if queue is not None:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            # Emptied, so that a reader blocked on this full queue goes on
+            # (and finds the channel gone for its next message).
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     async def read(self, channel: int) -> bytes:
         """The channel's next message; b"" once it is closed (or the socket is)."""

@@ -29,13 +29,26 @@ async def pump(conn: PortConnection, read: Read, write: Write,
             await conn.send(data)
         await conn.close_write()
 
-    sending = asyncio.create_task(upstream())
-    try:
+    async def downstream() -> None:
         async for data in conn.received():
             await write(data)
         await close_write()
+
+    sending = asyncio.create_task(upstream())
+    receiving = asyncio.create_task(downstream())
+    try:
+        # Done when the pod's side is, or as soon as the client's side fails
+        # (a client that finished sending is no reason to stop).
+        while not receiving.done():
+            await asyncio.wait({receiving} if sending.done() else {sending, receiving},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if sending.done() and not sending.cancelled() and \
+                    (problem := sending.exception()) is not None:
+                raise problem
+        receiving.result()
     finally:
-        sending.cancel()
-        with contextlib.suppress(BaseException):
-            await sending
+        for task in (sending, receiving):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         conn.abort()

@@ -70,9 +70,18 @@ def parse_resize(message: bytes) -> tuple[int, int] | None:
     if len(message) > MAX_RESIZE_MESSAGE:
         return None
     try:
-        size = json.loads(message)
-        width, height = int(size["Width"]), int(size["Height"])
-    except (ValueError, KeyError, TypeError, RecursionError):
+        return resize_of(json.loads(message))
+    except (ValueError, RecursionError):
+        return None
+
+
+def resize_of(value: object) -> tuple[int, int] | None:
+    """(width, height) from a decoded size message; None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        width, height = int(value["Width"]), int(value["Height"])
+    except (ValueError, KeyError, TypeError):
         return None
     if not (0 < width <= 0xFFFF and 0 < height <= 0xFFFF):
         return None

@@ -309,6 +309,8 @@ class Stream:
             while not self._chunks.empty():
                 self._chunks.get_nowait()
             self.buffered = 0
+            if self.remote_closed:  # the end marker went with the data
+                self._chunks.put_nowait(None)
         self._on_remote_close()
         self.replied.set()
         # Later DATA for it is dropped as for any unknown stream.

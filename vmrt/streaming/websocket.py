@@ -49,6 +49,7 @@ class ChannelSocket:
         self._write_lock = asyncio.Lock()
         self._partial = bytearray()
         self._partial_text: list[str] = []
+        self._partial_text_size = 0
 
     @property
     def version(self) -> int:
@@ -131,11 +132,14 @@ class ChannelSocket:
             if not self.base64:
                 await self.close(1003, "this subprotocol takes binary messages only")
                 return None
-            self._partial_text.append(event.data)
-            if sum(map(len, self._partial_text)) > MAX_MESSAGE * 4 // 3 + 8:
+            if event.data:
+                self._partial_text.append(event.data)
+                self._partial_text_size += len(event.data)
+            if self._partial_text_size > MAX_MESSAGE * 4 // 3 + 8:
                 await self.close(1009, "message too big")
             elif event.message_finished:
                 text, self._partial_text = "".join(self._partial_text), []
+                self._partial_text_size = 0
                 if text and self.base64 and text[0].isdigit():
                     with contextlib.suppress(ValueError):
                         return bytes([int(text[0])]) + base64.b64decode(text[1:])
