@@ -154,8 +154,13 @@ def test_pull_interrupted_by_a_crash_leaves_no_half_image(own_vmrtd: Daemon,
     while not any(".partial" in p.name for p in images_dir.rglob("*")):
         assert time.monotonic() < deadline, "the pull never got going"
         time.sleep(0.002)
-    own_vmrtd.stop(signal.SIGKILL)
+    # Killed, and the caller sees it, before the test's channel is closed
+    # (closing it first would turn the outcome into CANCELLED).
+    assert own_vmrtd.proc is not None
+    own_vmrtd.proc.send_signal(signal.SIGKILL)
+    own_vmrtd.proc.wait(30)
     thread.join(30)
+    own_vmrtd.stop()
     assert outcome == [grpc.StatusCode.UNAVAILABLE], "the daemon died mid-pull"
     own_vmrtd.start()
     assert not status(own_vmrtd, name).id
