@@ -27,6 +27,9 @@ class CRIConfig:
     socket: str = "/run/vmrt/vmrt.sock"
     stream_address: str = "127.0.0.1"
     stream_port: int = 0
+    # Seconds without a frame either way before a streaming connection is
+    # closed (containerd's and kubelet's default: 4 h); 0 never.
+    stream_idle_timeout: float = 14400.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,9 @@ def parse(text: str, source: str = "<config>") -> Config:
     _validate_handlers(config)
     if not 0 <= config.cri.stream_port <= 65535:
         raise ConfigError(f"cri.stream_port: {config.cri.stream_port} is not a port number")
+    if config.cri.stream_idle_timeout < 0:
+        raise ConfigError(f"cri.stream_idle_timeout: {config.cri.stream_idle_timeout} is "
+                          f"negative (0 turns the timeout off)")
     return config
 
 

@@ -27,7 +27,8 @@ from tests.helpers.network import TestNetwork
 class Daemon:
     """One vmrtd process with its own socket, root and state directories."""
 
-    def __init__(self, base: Path, image_dir: Path, extra_config: str = "") -> None:
+    def __init__(self, base: Path, image_dir: Path, extra_config: str = "",
+                 cri_config: str = "") -> None:
         self.base = base
         self.socket = base / "vmrt.sock"
         self.root = base / "root"
@@ -40,7 +41,7 @@ class Daemon:
         self.network.write(self.cni_dir)
         self.pod_ids: list[str] = []
         self.config.write_text(
-            f'[cri]\nsocket = "{self.socket}"\n'
+            f'[cri]\nsocket = "{self.socket}"\n{cri_config}'
             f'[storage]\nroot = "{self.root}"\nstate = "{self.state}"\n'
             f'[hypervisor]\nimage = "{image_dir}"\n'
             f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = ["/usr/lib/cni"]\n'
@@ -171,8 +172,9 @@ def expect_error(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) ->
     return str(info.value.details())
 
 
-def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest) -> Iterator[Daemon]:
-    daemon = Daemon(base, guest_image.directory)
+def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest,
+            **settings: str) -> Iterator[Daemon]:
+    daemon = Daemon(base, guest_image.directory, **settings)
     daemon.start()
     try:
         yield daemon

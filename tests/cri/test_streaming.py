@@ -28,7 +28,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon, expect_error, wait_for
+from tests.cri.conftest import Daemon, _daemon, _short_dir, expect_error, wait_for
 from tests.helpers import streamclient as sc
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
@@ -383,6 +383,48 @@ def test_port_forward_client_that_disconnects_leaves_nothing(box: Box) -> None:
     assert wait_for(lambda: "nc -l -p 9000" not in box.sh("ps -o args"), timeout=20)
     assert wait_for(lambda: _settled(box, baseline), timeout=20), box.streaming()
     assert box.streaming()["pendingTokens"] == 0
+
+
+@pytest.fixture
+def idle_box(guest_image: Any, request: pytest.FixtureRequest) -> Iterator[Box]:
+    """A daemon of its own whose streaming connections time out after 2 s idle."""
+    for base in _short_dir():
+        for daemon in _daemon(base, guest_image, request,
+                              cri_config="stream_idle_timeout = 2.0\n"):
+            config = daemon.pod_config()
+            pod_id = daemon.run_pod(config)
+            yield Box(daemon, pod_id, daemon.run_container(pod_id, config, ["sleep", "3600"]))
+
+
+def test_idle_connections_are_closed_and_their_exec_ends(idle_box: Box) -> None:
+    box = idle_box
+
+    async def scenario() -> bytes:
+        url = box.exec_url(["sh", "-c", "cat; echo idle-marker"], stdin=True)
+        session, serving, _ = await sc.spdy_session(url, ["v4.channel.k8s.io"])
+        await session.open_stream([("streamType", "error")])
+        stdin = await session.open_stream([("streamType", "stdin")])
+        stdout = await session.open_stream([("streamType", "stdout")])
+        await session.open_stream([("streamType", "stderr")])
+        echoed = b""
+        # A line every 0.5 s for three timeouts' worth: traffic keeps it open.
+        for line in range(12):
+            await stdin.write(b"%d\n" % line)
+            while not echoed.endswith(b"%d\n" % line):
+                chunk = await stdout.read()
+                assert chunk, f"closed while in use, after {echoed!r}"
+                echoed += chunk
+            await asyncio.sleep(0.5)
+        # Then silence: the server hangs up on its own.
+        await asyncio.wait_for(serving, 60)
+        assert session.closed.is_set()
+        return echoed
+
+    assert run(scenario()) == b"".join(b"%d\n" % n for n in range(12))
+    assert "closed a streaming connection idle for 2 s" in box.d.log_file.read_text()
+    assert wait_for(lambda: "idle-marker" not in box.sh("ps -o args"), timeout=20), \
+        "the idle exec still runs in the guest"
+    assert wait_for(lambda: box.streaming()["connections"] == 0, timeout=20)
 
 
 # -- the vmrt CLI --------------------------------------------------------------------

@@ -12,6 +12,7 @@ def test_defaults_without_a_file() -> None:
     assert config == Config()
     assert config.cri.socket == "/run/vmrt/vmrt.sock"
     assert config.cri.stream_address == "127.0.0.1"
+    assert config.cri.stream_idle_timeout == 4 * 3600
     assert (config.storage.root, config.storage.state) == ("/var/lib/vmrt", "/run/vmrt")
     assert (config.hypervisor.accel, config.hypervisor.memory_mib,
             config.hypervisor.vcpus) == ("auto", 256, 1)
@@ -50,6 +51,7 @@ endpoints = ["http://127.0.0.1:5000"]
     ("[runtime_handlers.x]\nvcpus = 0", "runtime_handlers.x.vcpus"),
     ("[cri]\nsocket = 1", "cri.socket: expected a string"),
     ("[cri]\nstream_port = 70000", "cri.stream_port"),
+    ("[cri]\nstream_idle_timeout = -1.0", "cri.stream_idle_timeout"),
     ("[cni]\nbin_dirs = '/opt'", "cni.bin_dirs: expected a list"),
     ("surprise = 1", "unknown key surprise"),
     ("not toml at all [", "not valid TOML"),

@@ -340,3 +340,21 @@ def test_port_forward_upload_cut_off_aborts_instead_of_half_closing() -> None:
     assert isinstance(problem, ConnectionResetError)
     assert pod.sent == [b"part"]
     assert not pod.half_closed and pod.aborted.is_set()
+
+
+def test_idle_timer_waits_for_silence() -> None:
+    from vmrt.streaming.idle import IdleTimer
+
+    async def scenario() -> tuple[bool, bool]:
+        fired = asyncio.Event()
+        timer = IdleTimer(1.0, fired.set)
+        for _ in range(25):  # 2.5 s of activity, a touch every 0.1 s
+            await asyncio.sleep(0.1)
+            timer.touch()
+        during = fired.is_set()
+        await asyncio.wait_for(fired.wait(), 5)
+        after = timer.expired
+        timer.cancel()
+        return during, after
+
+    assert asyncio.run(scenario()) == (False, True)

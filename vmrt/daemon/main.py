@@ -43,7 +43,7 @@ async def run(config: Config, image: GuestImage) -> None:
     choose_accel(config.hypervisor.accel)
     await recover(runtime)
     streaming = StreamServer(StreamService(runtime), config.cri.stream_address,
-                             config.cri.stream_port)
+                             config.cri.stream_port, config.cri.stream_idle_timeout)
     try:
         await streaming.start()
     except OSError as exc:

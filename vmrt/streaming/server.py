@@ -12,11 +12,13 @@ import contextlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 
 import h11
 
 from vmrt.runtime.streams import StreamService
 from vmrt.streaming import over_spdy, over_websocket, spdy, tunnel, websocket
+from vmrt.streaming.idle import IdleTimer
 from vmrt.streaming.tokens import (
     AttachRequest,
     ExecRequest,
@@ -33,10 +35,12 @@ KINDS = {"exec": ExecRequest, "attach": AttachRequest, "portforward": PortForwar
 
 
 class StreamServer:
-    def __init__(self, service: StreamService, address: str, port: int) -> None:
+    def __init__(self, service: StreamService, address: str, port: int,
+                 idle_timeout: float = 0.0) -> None:
         self.service = service
         self.address = address
         self.port = port
+        self.idle_timeout = idle_timeout  # 0: connections may idle for ever
         self.tokens = TokenCache()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -82,19 +86,28 @@ class StreamServer:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        idle = IdleTimer(self.idle_timeout, task.cancel) if self.idle_timeout > 0 else None
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, idle.touch if idle else _nothing)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.debug("streaming connection ended: %s", exc)
         except Exception:
             log.exception("streaming connection failed")
+        except asyncio.CancelledError:
+            if idle is None or not idle.expired:
+                raise
+            task.uncancel()
+            log.info("closed a streaming connection idle for %g s", self.idle_timeout)
         finally:
+            if idle is not None:
+                idle.cancel()
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     touch: Callable[[], None]) -> None:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -125,14 +138,15 @@ class StreamServer:
             return
         upgrade = headers.get("upgrade", "").lower()
         if upgrade == "websocket":
-            await self._websocket(head, reader, writer, request)
+            await self._websocket(head, reader, writer, request, touch)
         elif "spdy/3.1" in upgrade and "upgrade" in headers.get("connection", "").lower():
-            await self._spdy(event, reader, writer, request)
+            await self._spdy(event, reader, writer, request, touch)
         else:
             await _respond(writer, 400, "this endpoint needs a WebSocket or SPDY/3.1 upgrade\n")
 
     async def _websocket(self, head: bytes, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter, request: StreamRequest) -> None:
+                         writer: asyncio.StreamWriter, request: StreamRequest,
+                         touch: Callable[[], None]) -> None:
         protocols: tuple[str, ...]
         if isinstance(request, PortForwardRequest):
             protocols = over_websocket.PORTFORWARD_PROTOCOLS
@@ -145,18 +159,21 @@ class StreamServer:
             return
         if sock is None:
             return
+        sock.on_activity = touch
         if isinstance(request, PortForwardRequest):
             if sock.subprotocol.startswith(tunnel.PREFIX):
                 tunnelled = tunnel.TunnelReader(sock)
                 await self._serve_spdy(tunnelled, tunnel.TunnelWriter(sock, tunnelled),
-                                       sock.subprotocol.removeprefix(tunnel.PREFIX), request)
+                                       sock.subprotocol.removeprefix(tunnel.PREFIX), request,
+                                       touch)
             else:
                 await over_websocket.serve_portforward(sock, request, self.service)
         else:
             await over_websocket.serve_command(sock, request, self.service)
 
     async def _spdy(self, event: h11.Request, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter, request: StreamRequest) -> None:
+                    writer: asyncio.StreamWriter, request: StreamRequest,
+                    touch: Callable[[], None]) -> None:
         offered = [v.strip() for name, value in event.headers
                    if name.lower() == b"x-stream-protocol-version"
                    for v in value.decode("latin-1").split(",") if v.strip()]
@@ -175,12 +192,14 @@ class StreamServer:
             ("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
             ("X-Stream-Protocol-Version", chosen)]))
         await writer.drain()
-        await self._serve_spdy(reader, writer, chosen, request)
+        await self._serve_spdy(reader, writer, chosen, request, touch)
 
     async def _serve_spdy(self, reader: spdy.ByteReader, writer: spdy.ByteWriter,
-                          chosen: str, request: StreamRequest) -> None:
+                          chosen: str, request: StreamRequest,
+                          touch: Callable[[], None]) -> None:
         incoming: asyncio.Queue[spdy.Stream] = asyncio.Queue()
-        session = spdy.Session(reader, writer, client=False, on_stream=incoming.put_nowait)
+        session = spdy.Session(reader, writer, client=False, on_stream=incoming.put_nowait,
+                               on_activity=touch)
         serving = asyncio.create_task(session.serve())
         try:
             if isinstance(request, PortForwardRequest):
@@ -194,6 +213,10 @@ class StreamServer:
             serving.cancel()
             with contextlib.suppress(BaseException):
                 await serving
+
+
+def _nothing() -> None:
+    pass
 
 
 def _head(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:

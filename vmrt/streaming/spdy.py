@@ -330,8 +330,10 @@ class Session:
     """
 
     def __init__(self, reader: ByteReader, writer: ByteWriter, *,
-                 client: bool, on_stream: Callable[[Stream], None] | None = None) -> None:
+                 client: bool, on_stream: Callable[[Stream], None] | None = None,
+                 on_activity: Callable[[], None] = lambda: None) -> None:
         self._reader = reader
+        self._on_activity = on_activity  # called for every frame read or sent
         self._writer = writer
         self._client = client
         self._on_stream = on_stream
@@ -354,6 +356,7 @@ class Session:
         async with self._write_lock:
             self._writer.write(frame)
             await self._writer.drain()
+        self._on_activity()
 
     async def _send_headers(self, build: Callable[[bytes], bytes],
                             headers: Iterable[tuple[str, str]]) -> None:
@@ -363,6 +366,7 @@ class Session:
         async with self._write_lock:
             self._writer.write(build(self._encoder.encode(headers)))
             await self._writer.drain()
+        self._on_activity()
 
     async def open_stream(self, headers: Iterable[tuple[str, str]], *,
                           wait_reply: bool = True) -> Stream:
@@ -441,6 +445,7 @@ class Session:
                 frame = await read_frame(self._reader)
                 if frame is None:
                     return
+                self._on_activity()
                 await self._dispatch(frame)
         except (ConnectionError, ProtocolError) as exc:
             log.debug("SPDY session ended: %s", exc)

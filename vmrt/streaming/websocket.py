@@ -12,7 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -50,6 +50,7 @@ class ChannelSocket:
         self._partial = bytearray()
         self._partial_text: list[str] = []
         self._partial_text_size = 0
+        self.on_activity: Callable[[], None] = lambda: None  # any bytes read or sent
 
     @property
     def version(self) -> int:
@@ -61,6 +62,7 @@ class ChannelSocket:
         async with self._write_lock:
             self._writer.write(data)
             await self._writer.drain()
+        self.on_activity()
 
     async def send_message(self, data: bytes) -> None:
         """One whole binary message, no channel byte (SPDY tunnelling)."""
@@ -104,6 +106,7 @@ class ChannelSocket:
             if not data:
                 self.closed.set()
                 return None
+            self.on_activity()
             try:
                 self._ws.receive_data(data)
             except RemoteProtocolError as exc:
