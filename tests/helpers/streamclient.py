@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,3 +215,17 @@ async def tunnelled_session(url: str) -> tuple[spdy.Session, asyncio.Task[None]]
     pipe = _WSBytes(reader, writer, ws)
     session = spdy.Session(pipe, pipe, client=True)
     return session, asyncio.create_task(session.serve())
+
+
+async def session_pair() -> tuple[spdy.Session, spdy.Session, list[spdy.Stream],
+                                  list[asyncio.Task[None]]]:
+    """A server and a client SPDY session joined by a socketpair, both
+    serving; ``accepted`` collects the streams the client opens."""
+    left, right = socket.socketpair()
+    accepted: list[spdy.Stream] = []
+    server_io = await asyncio.open_connection(sock=left)
+    client_io = await asyncio.open_connection(sock=right)
+    server = spdy.Session(*server_io, client=False, on_stream=accepted.append)
+    client = spdy.Session(*client_io, client=True)
+    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
+    return server, client, accepted, tasks

@@ -19,6 +19,7 @@ import zlib
 
 import pytest
 
+from tests.helpers.streamclient import session_pair
 from vmrt.streaming import spdy
 
 
@@ -92,18 +93,6 @@ def test_header_block_decoding_of_a_foreign_stream() -> None:
         spdy.HeaderDecoder().decode(b"\x78\xbb\x00\x00\x00\x00garbage")
 
 
-async def _pair() -> tuple[spdy.Session, spdy.Session, list[spdy.Stream],
-                           list[asyncio.Task[None]]]:
-    left, right = socket.socketpair()
-    accepted: list[spdy.Stream] = []
-    server_io = await asyncio.open_connection(sock=left)
-    client_io = await asyncio.open_connection(sock=right)
-    server = spdy.Session(*server_io, client=False, on_stream=accepted.append)
-    client = spdy.Session(*client_io, client=True)
-    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
-    return server, client, accepted, tasks
-
-
 async def _read_all(stream: spdy.Stream) -> bytes:
     data = bytearray()
     while chunk := await stream.read():
@@ -113,7 +102,7 @@ async def _read_all(stream: spdy.Stream) -> bytes:
 
 def test_session_streams_both_ways() -> None:
     async def scenario() -> None:
-        server, client, accepted, tasks = await _pair()
+        server, client, accepted, tasks = await session_pair()
         ours = await client.open_stream([("streamType", "data"), ("port", "80")])
         assert ours.id == 1 and ours.replied.is_set()
         await asyncio.sleep(0.05)
@@ -173,7 +162,7 @@ def test_session_answers_pings_and_refuses_after_goaway() -> None:
 
 def test_session_stops_reading_while_a_stream_is_full() -> None:
     async def scenario() -> None:
-        _, client, accepted, tasks = await _pair()
+        _, client, accepted, tasks = await session_pair()
         ours = await client.open_stream([("streamType", "stdin")])
         await asyncio.sleep(0.05)
         (theirs,) = accepted
@@ -196,7 +185,7 @@ def test_session_stops_reading_while_a_stream_is_full() -> None:
 
 def test_resetting_a_full_stream_frees_the_session() -> None:
     async def scenario() -> None:
-        _, client, accepted, tasks = await _pair()
+        _, client, accepted, tasks = await session_pair()
         stuck = await client.open_stream([("streamType", "data")])
         other = await client.open_stream([("streamType", "data")])
         await asyncio.sleep(0.05)
@@ -221,7 +210,7 @@ def test_resetting_a_full_stream_frees_the_session() -> None:
 
 def test_sessions_cap_open_streams() -> None:
     async def scenario() -> None:
-        server, client, accepted, tasks = await _pair()
+        server, client, accepted, tasks = await session_pair()
         opened = [await client.open_stream([("streamType", "data")], wait_reply=False)
                   for _ in range(spdy.MAX_STREAMS + 3)]
         await asyncio.sleep(0.3)
@@ -236,7 +225,7 @@ def test_sessions_cap_open_streams() -> None:
 
 def test_a_reset_after_fin_still_ends_the_reader() -> None:
     async def scenario() -> bytes:
-        _, client, accepted, tasks = await _pair()
+        _, client, accepted, tasks = await session_pair()
         ours = await client.open_stream([("streamType", "data")])
         await asyncio.sleep(0.05)
         (theirs,) = accepted

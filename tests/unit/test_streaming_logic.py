@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.streamclient import session_pair
 from vmrt.cli.cri_client import CRIError
 from vmrt.cli.streams import _mappings
 from vmrt.errors import ResourceExhaustedError
-from vmrt.streaming import over_spdy, spdy, websocket
+from vmrt.streaming import over_spdy, websocket
 from vmrt.streaming.remotecommand import exit_status, parse_resize
 from vmrt.streaming.tokens import ExecRequest, PortForwardRequest, TokenCache
 
@@ -75,12 +76,7 @@ def test_resize_messages(message: bytes, size: tuple[int, int] | None) -> None:
 
 def test_spdy_resize_stream_values_split_anywhere() -> None:
     async def scenario() -> list[tuple[int, int]]:
-        left, right = socket.socketpair()
-        accepted: list[spdy.Stream] = []
-        server = spdy.Session(*await asyncio.open_connection(sock=left), client=False,
-                              on_stream=accepted.append)
-        client = spdy.Session(*await asyncio.open_connection(sock=right), client=True)
-        tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
+        _, client, accepted, tasks = await session_pair()
         ours = await client.open_stream([("streamType", "resize")])
         for piece in (b'{"Width":80,"Hei', b'ght":24}\n{"Width":1', b'00,"Height":40}\n',
                       b'{"Width":-1,"Height":3}\n'):
@@ -207,12 +203,7 @@ def test_a_flood_of_resize_values_does_not_hold_the_event_loop() -> None:
     while it works through them, and still finds the one size message."""
 
     async def scenario() -> tuple[list[tuple[int, int]], int]:
-        left, right = socket.socketpair()
-        accepted: list[spdy.Stream] = []
-        server = spdy.Session(*await asyncio.open_connection(sock=left), client=False,
-                              on_stream=accepted.append)
-        client = spdy.Session(*await asyncio.open_connection(sock=right), client=True)
-        tasks = [asyncio.create_task(server.serve()), asyncio.create_task(client.serve())]
+        _, client, accepted, tasks = await session_pair()
         ours = await client.open_stream([("streamType", "resize")])
         await ours.write(b"0 " * 400_000 + b'{"Width":7,"Height":9}')
         await ours.close()
