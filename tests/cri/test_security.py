@@ -7,10 +7,11 @@ import json
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon
+from tests.cri.conftest import Daemon, expect_error
 
 pytestmark = pytest.mark.vm
 
@@ -134,3 +135,9 @@ def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxCo
     pod_id, config = pod
     with pytest.raises(Exception, match="not in the image's /etc/passwd"):
         vmrtd.create(pod_id, config, ["true"], linux=sc(run_as_username="ghost"))
+    message = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.create, pod_id, config,
+                           ["true"], linux=sc(run_as_group=api.Int64Value(value=100)))
+    assert "run_as_group is set without run_as_user" in message
+    grouped = run(vmrtd, pod, linux=sc(run_as_username="nobody",
+                                       run_as_group=api.Int64Value(value=100)))
+    assert sh(vmrtd, grouped, "id -u; id -g").stdout == b"65534\n100\n"

@@ -169,6 +169,12 @@ def _read_db(image_file: ImageFile, name: str) -> list[list[str]]:
 
 def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
                  image_user: str) -> User:
+    if sc.HasField("run_as_group") and not sc.HasField("run_as_user") \
+            and not sc.run_as_username:
+        # As containerd and CRI-O: a group alone would run as the image's
+        # user, which the pod spec did not ask for.
+        raise InvalidArgumentError("run_as_group is set without run_as_user or "
+                                   "run_as_username")
     passwd = _read_db(image_file, "passwd")
     groups = _read_db(image_file, "group")
     user_part, _, group_part = image_user.partition(":")
