@@ -244,6 +244,8 @@ class Builder:
         (tree / "var" / "run").symlink_to("../run")
         shutil.copy2(self.recipe.directory / "init", tree / "init")
         os.chmod(tree / "init", 0o755)
+        shutil.copy2(self.recipe.directory / "modprobe", tree / "usr/bin/vmrt-modprobe")
+        os.chmod(tree / "usr/bin/vmrt-modprobe", 0o755)
         for binary in ("usr/bin/python3.11", "usr/bin/crun"):
             shutil.copy2(debroot / binary, tree / binary)
         (tree / "usr/bin/python3").symlink_to("python3.11")
