@@ -421,7 +421,10 @@ def test_idle_connections_are_closed_and_their_exec_ends(idle_box: Box) -> None:
         return echoed
 
     assert run(scenario()) == b"".join(b"%d\n" % n for n in range(12))
-    assert "closed a streaming connection idle for 2 s" in box.d.log_file.read_text()
+    # Logged once the connection's clean-up is over, which may be just after
+    # the client saw the close.
+    assert wait_for(lambda: "closed a streaming connection idle for 2 s"
+                    in box.d.log_file.read_text(), timeout=20)
     assert wait_for(lambda: "idle-marker" not in box.sh("ps -o args"), timeout=20), \
         "the idle exec still runs in the guest"
     assert wait_for(lambda: box.streaming()["connections"] == 0, timeout=20)
