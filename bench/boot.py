@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common
 from vmrt import oci
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.guest.image import GuestImage, default_image_dir
+from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import choose_accel, host_tsc_khz
 from vmrt.hypervisor.spec import VMSpec, base_cmdline, machine_args
 from vmrt.sandbox.vm import SandboxVM, VMConfig
@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    image = GuestImage.load(default_image_dir(args.root).resolve())
+    image = common.guest_image(args.root)
     config = VMConfig(accel=choose_accel("auto").name)
     samples: dict[str, list[float]] = {"bare": [], "ready": [], "echo": []}
     rss: list[int] = []

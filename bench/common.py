@@ -1,9 +1,16 @@
-"""What every benchmark's command line shares."""
+"""What the benchmarks share: their command line, the guest image, a daemon."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from tests.cri.conftest import Daemon
+from vmrt.guest.image import GuestImage, default_image_dir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -17,3 +24,22 @@ def parser(doc: str, result: str, *, root: bool = True) -> argparse.ArgumentPars
                             help="vmrt root holding the guest image (default %(default)s)")
     parsed.add_argument("--output", type=Path, default=RESULTS / result)
     return parsed
+
+
+def guest_image(root: str) -> GuestImage:
+    """The default guest image under a vmrt root."""
+    return GuestImage.load(default_image_dir(root).resolve())
+
+
+@contextlib.contextmanager
+def vmrtd(image: GuestImage) -> Iterator[Daemon]:
+    """A vmrtd of the benchmark's own, in a scratch directory; every pod it
+    made is removed afterwards, also when the run fails."""
+    base = Path(tempfile.mkdtemp(prefix="vb-", dir="/tmp"))
+    daemon = Daemon(base, image.directory)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

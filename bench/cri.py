@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
 from bench.boot import bare_boot
-from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.sandbox.vm import VMConfig
 
@@ -39,7 +38,7 @@ def main() -> int:
     parser = common.parser(__doc__, "cri.json")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    image = GuestImage.load(default_image_dir(args.root).resolve())
+    image = common.guest_image(args.root)
     config = VMConfig(accel=choose_accel("auto").name)
 
     base = Path(tempfile.mkdtemp(prefix="vb-", dir="/tmp"))

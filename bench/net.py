@@ -18,12 +18,10 @@ Usage: bench/net.py [--runs 3] [--output bench/results/net.json]
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +31,6 @@ from cri_api.v1 import api_pb2 as api
 from pyroute2 import IPRoute, netns
 
 from bench import common
-from tests.cri.conftest import Daemon
-from vmrt.guest.image import GuestImage, default_image_dir
 
 PAYLOAD = 64 << 20
 ROUND_TRIPS = 200
@@ -115,29 +111,25 @@ def main() -> int:
     parser = common.parser(__doc__, "net.json")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    image = GuestImage.load(default_image_dir(args.root).resolve())
-    base = Path(tempfile.mkdtemp(prefix="vn-", dir="/tmp"))
-    daemon = Daemon(base, image.directory)
-    daemon.start()
-    plain = PlainNetns(image.busybox_rootfs / "bin" / "busybox")
+    image = common.guest_image(args.root)
     results: dict[str, dict[str, list[float]]] = {
         "vm": {"MBps": [], "rtt_ms": []}, "veth": {"MBps": [], "rtt_ms": []}}
-    try:
-        config = daemon.pod_config()
-        pod_id = daemon.run_pod(config)
-        daemon.run_container(pod_id, config, ["sh", "-c", SERVERS])
-        pod_ip = daemon.runtime.PodSandboxStatus(
-            api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.network.ip
-        for run in range(args.runs):
-            for kind, ip in (("vm", pod_ip), ("veth", plain.ip)):
-                results[kind]["MBps"].append(throughput(ip))
-                results[kind]["rtt_ms"] += round_trips(ip)
-            print(f"run {run + 1}/{args.runs}: vm {results['vm']['MBps'][-1]:.1f} MB/s, "
-                  f"veth {results['veth']['MBps'][-1]:.1f} MB/s", file=sys.stderr)
-    finally:
-        plain.close()
-        daemon.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
+    with common.vmrtd(image) as daemon:
+        plain = PlainNetns(image.busybox_rootfs / "bin" / "busybox")
+        try:
+            config = daemon.pod_config()
+            pod_id = daemon.run_pod(config)
+            daemon.run_container(pod_id, config, ["sh", "-c", SERVERS])
+            pod_ip = daemon.runtime.PodSandboxStatus(
+                api.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.network.ip
+            for run in range(args.runs):
+                for kind, ip in (("vm", pod_ip), ("veth", plain.ip)):
+                    results[kind]["MBps"].append(throughput(ip))
+                    results[kind]["rtt_ms"] += round_trips(ip)
+                print(f"run {run + 1}/{args.runs}: vm {results['vm']['MBps'][-1]:.1f} MB/s, "
+                      f"veth {results['veth']['MBps'][-1]:.1f} MB/s", file=sys.stderr)
+        finally:
+            plain.close()
 
     def summary(kind: str) -> dict[str, float]:
         rtt = sorted(results[kind]["rtt_ms"])

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +35,6 @@ from cri_api.v1 import api_pb2 as api
 from bench import common
 from bench.net import ECHO, PAYLOAD, SINK, connect, round_trips
 from tests.cri.conftest import Daemon
-from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.streaming import client
 
 SOURCE = 5003
@@ -159,14 +156,11 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--transfers", type=int, default=3)
     args = parser.parse_args()
-    image = GuestImage.load(default_image_dir(args.root).resolve())
-    base = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
-    daemon = Daemon(base, image.directory)
-    daemon.start()
+    image = common.guest_image(args.root)
     samples: dict[str, list[float]] = {k: [] for k in (
         "exec", "execsync", "interactive", "tcp-echo", "pf-up", "tcp-up", "pf-down",
         "tcp-down")}
-    try:
+    with common.vmrtd(image) as daemon:
         config = daemon.pod_config()
         pod_id = daemon.run_pod(config)
         cid = daemon.run_container(pod_id, config, ["sh", "-c", SERVERS])
@@ -189,9 +183,6 @@ def main() -> int:
                   f"{samples['pf-up'][-1]:.1f} / down {samples['pf-down'][-1]:.1f} MB/s, "
                   f"direct {samples['tcp-up'][-1]:.1f} / {samples['tcp-down'][-1]:.1f} MB/s",
                   file=sys.stderr)
-    finally:
-        daemon.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
     latency = {k: percentiles(samples[k]) for k in ("exec", "execsync", "interactive",
                                                     "tcp-echo")}

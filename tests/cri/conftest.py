@@ -172,18 +172,22 @@ def expect_error(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) ->
     return str(info.value.details())
 
 
-def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest,
-            **settings: str) -> Iterator[Daemon]:
+def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest, *,
+            name: str = "", check_leaks: bool = True, **settings: str) -> Iterator[Daemon]:
+    """A started vmrtd in ``base``; afterwards its log and consoles are
+    dumped (as ``name``, by default the fixture's) if any test failed, every
+    pod is removed and, with ``check_leaks``, nothing may be left behind."""
     daemon = Daemon(base, guest_image.directory, **settings)
     daemon.start()
     try:
         yield daemon
     finally:
         if request.session.testsfailed:
-            daemon.dump(request.node.name)
+            daemon.dump(name or request.node.name)
         daemon.cleanup()
-        found = {**leaks.find(daemon.state), **daemon.network_leaks()}
-        assert not found, f"vmrtd left resources behind: {found}"
+        if check_leaks:
+            found = {**leaks.find(daemon.state), **daemon.network_leaks()}
+            assert not found, f"vmrtd left resources behind: {found}"
 
 
 def _short_dir() -> Iterator[Path]:

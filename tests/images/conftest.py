@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cri.conftest import Daemon, own_vmrtd  # noqa: F401 - a fixture
+from tests.cri.conftest import Daemon, _daemon, _short_dir, own_vmrtd  # noqa: F401 - a fixture
 from tests.helpers.oci import Entry, Image, Layer, Layout, push
 from tests.helpers.registry import Registry
 from tests.helpers.tokengate import TokenGate
@@ -102,8 +102,7 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
 def puller(guest_image, images: Images, request: pytest.FixtureRequest
            ) -> Iterator[Daemon]:  # type: ignore[no-untyped-def]
     """vmrtd with mirrors: registry.invalid (does not resolve) -> the test registry."""
-    base = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))
-    daemon = Daemon(base, guest_image.directory, extra_config=(
+    mirrors = (
         f'[registry.mirrors."registry.invalid"]\n'
         f'endpoints = ["http://{images.registry.address}"]\n'
         f'[registry.mirrors."{images.registry.address}"]\n'
@@ -111,12 +110,7 @@ def puller(guest_image, images: Images, request: pytest.FixtureRequest
         f'[registry.mirrors."{images.secure.address}"]\n'
         f'endpoints = ["http://{images.secure.address}"]\n'
         f'[registry.mirrors."{images.gate.address}"]\n'
-        f'endpoints = ["http://{images.gate.address}"]\n'))
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        if request.session.testsfailed:
-            daemon.dump("images")
-        daemon.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
+        f'endpoints = ["http://{images.gate.address}"]\n')
+    for base in _short_dir():
+        yield from _daemon(base, guest_image, request, name="images", check_leaks=False,
+                           extra_config=mirrors)

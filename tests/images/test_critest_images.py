@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon
+from tests.cri.conftest import Daemon, _daemon, _short_dir
 from tests.helpers.registry import free_port
 
 pytestmark = pytest.mark.vm
@@ -55,18 +55,11 @@ def kit_registry() -> Iterator[tuple[str, list[str]]]:
 def mirrored(guest_image, kit_registry: tuple[str, list[str]],
              request: pytest.FixtureRequest) -> Iterator[Daemon]:  # type: ignore[no-untyped-def]
     address, _ = kit_registry
-    base = Path(tempfile.mkdtemp(prefix="vd-", dir="/tmp"))
     mirrors = "".join(f'[registry.mirrors."{host}"]\nendpoints = ["http://{address}"]\n'
                       for host in ("registry.k8s.io", "k8s.gcr.io", "gcr.io"))
-    daemon = Daemon(base, guest_image.directory, extra_config=mirrors)
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        if request.session.testsfailed:
-            daemon.dump("critest-images")
-        daemon.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
+    for base in _short_dir():
+        yield from _daemon(base, guest_image, request, name="critest-images",
+                           check_leaks=False, extra_config=mirrors)
 
 
 def test_every_critest_image_pulls_under_its_original_name(

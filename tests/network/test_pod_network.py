@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -149,44 +151,46 @@ def test_broken_cni_config_and_failing_plugin(vmrtd: Daemon) -> None:
     conflist = next(vmrtd.cni_dir.iterdir())
     good = conflist.read_text()
     before = snapshot(vmrtd)
+
+    def network_condition() -> api.RuntimeCondition:
+        status = vmrtd.runtime.Status(api.StatusRequest())
+        return {c.type: c for c in status.status.conditions}["NetworkReady"]
+
+    def run_pod_fails(code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> str:
+        return expect_error(code, vmrtd.runtime.RunPodSandbox,
+                            api.RunPodSandboxRequest(config=vmrtd.pod_config()))
+
+    def write_broken(change: Callable[[dict[str, Any]], None]) -> None:
+        broken = json.loads(good)
+        change(broken)
+        conflist.write_text(json.dumps(broken))
+
     try:
         conflist.write_text("{ this is not json")
-        status = vmrtd.runtime.Status(api.StatusRequest())
-        network = {c.type: c for c in status.status.conditions}["NetworkReady"]
+        network = network_condition()
         assert not network.status and "not valid JSON" in network.message
-        details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
-                               api.RunPodSandboxRequest(config=vmrtd.pod_config()))
-        assert "not valid JSON" in details
+        assert "not valid JSON" in run_pod_fails()
         # A plugin that fails after others succeeded: what bridge and
         # host-local did (veth, lease, NAT rules) is undone.
-        broken = json.loads(good)
-        broken["plugins"].append({"type": "tuning", "mac": "not-a-mac"})
-        conflist.write_text(json.dumps(broken))
-        details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
-                               api.RunPodSandboxRequest(config=vmrtd.pod_config()))
+        write_broken(lambda c: c["plugins"].append({"type": "tuning", "mac": "not-a-mac"}))
+        details = run_pod_fails()
         assert details.startswith("CNI plugin tuning failed (ADD):"), details
         assert snapshot(vmrtd) == before
         # A plugin that fails: host-local given a subnet it cannot parse. Its
         # error reaches the caller word for word.
-        broken = json.loads(good)
-        broken["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "not-a-subnet"}]]
-        conflist.write_text(json.dumps(broken))
-        details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.runtime.RunPodSandbox,
-                               api.RunPodSandboxRequest(config=vmrtd.pod_config()))
+        write_broken(lambda c: c["plugins"][0]["ipam"].update(
+            ranges=[[{"subnet": "not-a-subnet"}]]))
+        details = run_pod_fails()
         assert details.startswith("CNI plugin bridge failed (ADD):"), details
         assert "not-a-subnet" in details
         conflist.unlink()
-        status = vmrtd.runtime.Status(api.StatusRequest())
-        network = {c.type: c for c in status.status.conditions}["NetworkReady"]
+        network = network_condition()
         assert not network.status and "no CNI network config" in network.message
-        details = expect_error(grpc.StatusCode.FAILED_PRECONDITION, vmrtd.runtime.RunPodSandbox,
-                               api.RunPodSandboxRequest(config=vmrtd.pod_config()))
-        assert "no CNI network config" in details
+        assert "no CNI network config" in run_pod_fails(grpc.StatusCode.FAILED_PRECONDITION)
         assert snapshot(vmrtd) == before
     finally:
         conflist.write_text(good)
-    status = vmrtd.runtime.Status(api.StatusRequest())
-    assert {c.type: c for c in status.status.conditions}["NetworkReady"].status
+    assert network_condition().status
 
 
 def test_doctor_reports_the_network(vmrtd: Daemon, tmp_path: Path) -> None:
