@@ -1,17 +1,16 @@
-"""Deleting directory trees that may be hostile.
+"""Private directories, and deleting trees that may be hostile.
 
 Python 3.11's ``shutil.rmtree`` recurses and fails on trees a few thousand
 levels deep, which any container can make in its writable layer and any
-image can ship. ``rm -rf --one-file-system`` handles any depth and never
-crosses into a mount that was left behind.
+image can ship; ``safefs.remove_tree`` handles any depth, never follows a
+symlink and never enters a mount that was left behind.
 """
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 from pathlib import Path
 
+from vmrt import safefs
 from vmrt.errors import VmrtError
 
 
@@ -31,23 +30,9 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def _argv(path: Path) -> list[str]:
-    return ["rm", "-rf", "--one-file-system", "--", str(path)]
-
-
 def remove_tree(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    proc = subprocess.run(_argv(path), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RemoveError(f"cannot delete {path}: {proc.stderr.strip()}")
-
-
-async def remove_tree_async(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    proc = await asyncio.create_subprocess_exec(*_argv(path), stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RemoveError(f"cannot delete {path}: {err.decode(errors='replace').strip()}")
+    """Delete a tree of any depth without following a symlink or entering a mount."""
+    try:
+        safefs.remove_tree(path)
+    except (OSError, safefs.UnsafePathError) as exc:
+        raise RemoveError(f"cannot delete {path}: {exc}") from None

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import zstandard
 
+from vmrt import safefs
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.fsutil import RemoveError, private_dir, remove_tree
 from vmrt.images import manifest as mf
@@ -170,13 +171,17 @@ class ImageStore:
         """Overlay lower directories, top layer first."""
         return [self.layers / _hex(d) for d in reversed(image.layers)]
 
-    def find_file(self, image: ImageRecord, path: str) -> Path | None:
-        """A regular file as the container would see it (topmost layer wins)."""
+    def read_file(self, image: ImageRecord, path: str, limit: int = 1 << 20) -> bytes | None:
+        """A regular file as the container would see it: the topmost layer that
+        has the path wins, a whiteout hides it, and symlinks resolve inside
+        their layer, never on the host (an image is untrusted input)."""
         for layer in self.layer_dirs(image):
-            candidate = layer / path.lstrip("/")
-            if candidate.is_symlink() or not candidate.exists():
+            found = safefs.lookup_in_root(layer, path)
+            if found is None:
                 continue
-            return candidate if candidate.is_file() else None
+            if found == "regular":
+                return safefs.read_in_root(layer, path, limit)
+            return None  # a whiteout, a directory, a device...
         return None
 
     def _record(self, image: ImageRecord, tags: list[str], digests: list[str]) -> ImageRecord:

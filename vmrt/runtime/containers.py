@@ -28,7 +28,8 @@ from vmrt.images.store import ImageRecord
 from vmrt.runtime import ocispec
 from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import ContainerRecord
-from vmrt.sandbox import mounts
+from vmrt.safefs import remove_tree_async as remove_tree
+from vmrt.sandbox.share import SandboxShare
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +122,20 @@ class ContainerService:
         """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
         container_id = record.id
         async with contextlib.AsyncExitStack() as undo:
-            share = live.vm.shared / container_id
-            push_cleanup(undo, mounts.remove_tree, share)
-            push_cleanup(undo, mounts.remove_tree, self.rt.container_dir(container_id))
+            share = live.vm.share
+            undo.callback(share.release, container_id)
+            push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
             record.layers = list(image.layers)
-            await self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
-            shared = await self._mounts(config.mounts, share, container_id)
+            rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
+            shared = self._mounts(config.mounts, share, container_id)
             spec = ocispec.build(
                 config=config, pod_config=pod_config, image_config=image.config,
-                image_file=lambda path: self.rt.images.find_file(image, path), mounts=shared)
+                image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
             record.process_json = json.dumps(spec["process"])
             await live.agent.call("CreateContainer", pb.CreateContainerRequest(
                 container_id=container_id,
                 oci_spec=json.dumps(spec).encode(),
-                rootfs=pb.Rootfs(share_path=f"{container_id}/rootfs"),
+                rootfs=pb.Rootfs(share_path=rootfs),
                 stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
                                       stdin_once=config.stdin_once),
             ))
@@ -142,33 +143,27 @@ class ContainerService:
             self.rt.store.add_container(record)
             undo.pop_all()
 
-    async def _rootfs(self, container_id: str, layers: list[Path], share: Path) -> None:
+    def _rootfs(self, container_id: str, layers: list[Path], share: SandboxShare) -> str:
         """overlayfs on the host: the image's layers read-only below, a private upper dir."""
         base = self.rt.container_dir(container_id)
-        upper, work, target = base / "upper", base / "work", share / "rootfs"
-        for path in (upper, work, target):
+        upper, work = base / "upper", base / "work"
+        for path in (upper, work):
             path.mkdir(parents=True, exist_ok=True)
-        await mounts.overlay(lower=layers, upper=upper, work=work, target=target)
+        return share.mount_overlay(f"{container_id}/rootfs", lower=layers, upper=upper,
+                                   work=work)
 
-    async def _mounts(self, cri_mounts: Sequence[api.Mount], share: Path,
-                      container_id: str) -> list[ocispec.SharedMount]:
+    def _mounts(self, cri_mounts: Sequence[api.Mount], share: SandboxShare,
+                container_id: str) -> list[ocispec.SharedMount]:
         shared = []
         for index, mount in enumerate(cri_mounts):
             source = Path(mount.host_path)
             if not source.exists():
                 # As containerd does: a missing host directory is created.
                 source.mkdir(parents=True, exist_ok=True)
-            target = share / "mounts" / str(index)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                target.mkdir(exist_ok=True)
-            else:
-                target.touch()
-            await mounts.bind(source, target, mount.readonly,
-                              slave=mount.propagation != api.PROPAGATION_PRIVATE)
-            shared.append(ocispec.SharedMount(mount.container_path,
-                                              f"{container_id}/mounts/{index}",
-                                              mount.readonly, mount.propagation))
+            rel = share.bind(f"{container_id}/mounts/{index}", source, mount.readonly,
+                             follow_host=mount.propagation != api.PROPAGATION_PRIVATE)
+            shared.append(ocispec.SharedMount(mount.container_path, rel, mount.readonly,
+                                              mount.propagation))
         return shared
 
     async def _agent_remove(self, live: LivePod, container_id: str) -> None:
@@ -248,8 +243,8 @@ class ContainerService:
             pump = live.pumps.pop(container.id, None)
             if pump is not None:
                 await pump.stop()
-            await mounts.remove_tree(live.vm.shared / container.id)
-        await mounts.remove_tree(self.rt.container_dir(container.id))
+            live.vm.share.release(container.id)
+        await remove_tree(self.rt.container_dir(container.id))
         pod = self.rt.store.pods.get(container.pod_id)
         if pod is not None:
             self.rt.release_container_name(container_key(container, pod), container.id)

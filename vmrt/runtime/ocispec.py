@@ -152,19 +152,17 @@ def seccomp(sc: api.LinuxContainerSecurityContext, caps: Sequence[str]) -> dict[
     return None
 
 
-ImageFile = Callable[[str], "Path | None"]
+# The content of a file of the image, as the container would see it.
+ImageFile = Callable[[str], "bytes | None"]
 
 
 def _read_db(image_file: ImageFile, name: str) -> list[list[str]]:
-    """Rows of the image's /etc/passwd or /etc/group (a symlinked one is ignored)."""
-    path = image_file(f"etc/{name}")
-    if path is None:
+    """Rows of the image's /etc/passwd or /etc/group."""
+    data = image_file(f"etc/{name}")
+    if data is None:
         return []
-    try:
-        with open(path, errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 3]
-    except OSError:
-        return []
+    return [line.split(":") for line in data.decode(errors="replace").splitlines()
+            if line.count(":") >= 3]
 
 
 def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,

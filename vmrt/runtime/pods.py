@@ -19,9 +19,9 @@ from vmrt.network.pod import PodNetworkState
 from vmrt.runtime import ocispec
 from vmrt.runtime.core import LivePod, Runtime, container_key
 from vmrt.runtime.records import PodRecord
-from vmrt.sandbox import mounts
+from vmrt.safefs import remove_tree_async
 from vmrt.sandbox.persist import write_json
-from vmrt.sandbox.vm import SandboxVM, VMConfig, sandbox_dir
+from vmrt.sandbox.vm import SandboxVM, VMConfig, remove_sandbox_dir, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class PodService:
         live = self.rt.live.get(pod.id)
         if live is None:
             # Already stopped, or its VM died: make sure nothing is left.
-            await mounts.remove_tree(sandbox_dir(self.rt.state, pod.id))
+            await remove_sandbox_dir(sandbox_dir(self.rt.state, pod.id))
             await self._teardown_network(pod)
             return
         async with live.lock:
@@ -166,7 +166,7 @@ class PodService:
             return
         await self.stop(pod.id)
         for container in self.rt.store.pod_containers(pod.id):
-            await mounts.remove_tree(self.rt.container_dir(container.id))
+            await remove_tree_async(self.rt.container_dir(container.id))
             self.rt.events.publish(container.id, pod.id, "deleted")
         for container in self.rt.store.pod_containers(pod.id):
             self.rt.release_container_name(container_key(container, pod), container.id)

@@ -20,8 +20,7 @@ from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState
 from vmrt.runtime.core import LivePod, Runtime
 from vmrt.runtime.records import PodRecord
-from vmrt.sandbox import mounts
-from vmrt.sandbox.vm import SandboxVM, VMConfig, sandbox_dir
+from vmrt.sandbox.vm import SandboxVM, VMConfig, remove_sandbox_dir, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ async def recover(rt: Runtime) -> None:
         elif pod.state == "ready":
             await _reattach(rt, pod)
         else:
-            await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
+            await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
     _kill_leaked_vms(rt)
 
 
@@ -67,7 +66,7 @@ async def _discard(rt: Runtime, pod: PodRecord) -> None:
         if pod.id.startswith(dir_name):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
+    await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
     try:
         await rt.networking.discard(pod.id, PodNetworkState.of(pod.network))
     except Exception as exc:
@@ -91,7 +90,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     except Exception as exc:
         log.warning("pod %s: its VM is gone (%s)", pod.id[:12], exc)
         await rt.vm_gone(pod, "the pod's VM exited while vmrtd was not running")
-        await mounts.remove_tree(sandbox_dir(rt.state, pod.id))
+        await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
         return
     live = LivePod(pod, vm)
     rt.live[pod.id] = live

@@ -1,59 +1,91 @@
-"""Host mounts under a sandbox directory: bind, unmount, and find leftovers.
+"""Host mounts, through mount(2) itself: no mount(8), no path canonicalised
+by a helper, nothing pasted into a command line.
 
-Removing a sandbox directory while something is still mounted inside it
-would delete the mounted files (a user's rootfs!), so ``remove_tree``
-unmounts everything below the directory first and refuses if it cannot.
+Targets are given as paths vmrt built from directories it owns; the
+guest-facing layout that makes those paths safe is in ``share.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
+import os
+import re
 from pathlib import Path
 
 from vmrt.errors import VmrtError
-from vmrt.fsutil import remove_tree_async
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 class MountError(VmrtError):
     pass
 
 
-async def _run(*argv: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise MountError(f"{' '.join(argv)}: {output.decode(errors='replace').strip()}")
+def _b(value: str | Path | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
 
 
-async def bind(source: Path, target: Path, readonly: bool, slave: bool = False) -> None:
-    """Bind ``source`` at ``target`` (created as a directory if missing).
-
-    Private by default, so mount events do not cross between the host and the
-    sandbox share; ``slave`` lets the host's later mounts under ``source``
-    show through (CRI's HostToContainer propagation).
-    """
-    if not target.exists():
-        target.mkdir(parents=True)
-    options = "rbind,ro" if readonly else "rbind"
-    await _run("mount", "-o", options, str(source), str(target))
-    await _run("mount", "--make-rslave" if slave else "--make-rprivate", str(target))
+def mount(source: str | Path | None, target: Path, fstype: str | None = None,
+          flags: int = 0, data: str | None = None) -> None:
+    if data is not None and len(data) > 4000:
+        raise MountError(f"mount options for {target} are too long ({len(data)} bytes)")
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        err = ctypes.get_errno()
+        what = f"mount {fstype or ''} {source or ''} on {target}".replace("  ", " ")
+        raise MountError(f"{what}: {os.strerror(err)}")
 
 
-async def overlay(lower: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """An overlay of ``lower`` (top first) with a writable ``upper``."""
-    options = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
-    if len(options) > 4000:
-        raise MountError(f"too many image layers ({len(lower)}) for one overlay mount")
-    await _run("mount", "-t", "overlay", "-o", options, "overlay", str(target))
+def unmount(target: Path, lazy: bool = False) -> None:
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
+    if _libc.umount2(_b(target), flags) != 0:
+        err = ctypes.get_errno()
+        raise MountError(f"unmount {target}: {os.strerror(err)}")
 
 
-async def unmount(target: Path) -> None:
-    await _run("umount", str(target))
+def bind(source: Path, target: Path, *, recursive: bool = True, readonly: bool = False,
+         flags: int = 0) -> None:
+    """A bind mount; ``readonly`` and ``flags`` (MS_NODEV, MS_NOSUID) are set
+    by a remount straight after, before anyone is told about it."""
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+    if readonly or flags:
+        try:
+            mount(None, target, None, MS_REMOUNT | MS_BIND | flags
+                  | (MS_RDONLY if readonly else 0))
+        except BaseException:
+            unmount(target, lazy=True)
+            raise
+
+
+def set_propagation(target: Path, kind: int, recursive: bool = True) -> None:
+    mount(None, target, None, kind | (MS_REC if recursive else 0))
+
+
+def move(source: Path, target: Path) -> None:
+    mount(source, target, None, MS_MOVE)
 
 
 def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape")
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def mounts_under(directory: Path) -> list[Path]:
@@ -68,21 +100,11 @@ def mounts_under(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-async def unmount_all(directory: Path) -> None:
+def unmount_all(directory: Path) -> None:
+    """Everything mounted at or below ``directory``; a busy mount is detached
+    (the kernel finishes once its last user lets go)."""
     for point in mounts_under(directory):
         try:
-            await unmount(point)
+            unmount(point)
         except MountError:
-            # Busy: detach it now, the kernel finishes when the last user goes.
-            await _run("umount", "--lazy", str(point))
-
-
-async def remove_tree(directory: Path) -> None:
-    if not directory.exists():
-        return
-    await unmount_all(directory)
-    left = mounts_under(directory)
-    if left:
-        raise MountError(f"refusing to delete {directory}: still mounted: "
-                         + ", ".join(map(str, left)))
-    await remove_tree_async(directory)
+            unmount(point, lazy=True)

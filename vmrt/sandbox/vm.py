@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentClient, AgentUnreachable
 from vmrt.aio import push_cleanup
@@ -25,6 +26,7 @@ from vmrt.hypervisor.accel import host_tsc_khz
 from vmrt.hypervisor.qemu import QemuVM, VMDied
 from vmrt.hypervisor.spec import NetSpec, Share, VMSpec
 from vmrt.sandbox import mounts
+from vmrt.sandbox.share import SandboxShare
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class SandboxVM:
                  config: VMConfig, net: NetSpec | None = None) -> None:
         self.id = _checked_id(sandbox_id)
         self.directory = sandbox_dir(state_root, sandbox_id)
-        self.shared = self.directory / "shared"
+        self.share = SandboxShare(self.directory)
+        self.shared = self.share.view
         self.image = image
         self.config = config
         self.spec = VMSpec(
@@ -108,8 +111,8 @@ class SandboxVM:
         async with contextlib.AsyncExitStack() as undo:
             private_dir(self.directory.parent)
             self.directory.mkdir(exist_ok=False)
-            push_cleanup(undo, mounts.remove_tree, self.directory)
-            self.shared.mkdir()
+            push_cleanup(undo, remove_sandbox_dir, self.directory)
+            self.share.create()
             await self.qemu.launch(die_with_parent=die_with_parent)
             push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
@@ -184,17 +187,12 @@ class SandboxVM:
 
     # -- rootfs sharing -------------------------------------------------
 
-    def share_path(self, container_id: str) -> str:
-        return f"{_checked_id(container_id)}/rootfs"
-
     async def bind_rootfs(self, container_id: str, source: Path, readonly: bool) -> str:
         """Expose a host directory to the guest; returns its path inside the share."""
-        target = self.shared / self.share_path(container_id)
-        await mounts.bind(source, target, readonly)
-        return self.share_path(container_id)
+        return self.share.bind(f"{_checked_id(container_id)}/rootfs", source, readonly)
 
     async def unbind_rootfs(self, container_id: str) -> None:
-        await mounts.unmount_all(self.shared / _checked_id(container_id))
+        self.share.release(_checked_id(container_id))
 
     # -- stop -----------------------------------------------------------
 
@@ -204,4 +202,20 @@ class SandboxVM:
             await self._close_agent()
             await self.qemu.shutdown()
         finally:
-            await mounts.remove_tree(self.directory)
+            await remove_sandbox_dir(self.directory)
+
+
+async def remove_sandbox_dir(directory: Path) -> None:
+    """Delete a sandbox directory and its share, also one a crash left half-made.
+
+    Refuses (MountError) while anything is still mounted inside, rather than
+    delete through a mount.
+    """
+    if not directory.exists():
+        return
+    SandboxShare(directory).destroy()
+    left = mounts.mounts_under(directory)
+    if left:
+        raise mounts.MountError(f"refusing to delete {directory}: still mounted: "
+                                + ", ".join(map(str, left)))
+    safefs.remove_tree(directory)

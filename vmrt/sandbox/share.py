@@ -1,0 +1,134 @@
+"""A sandbox's shared directory: what the guest sees over 9p, laid out so that
+nothing the guest writes can steer what the host does.
+
+QEMU's 9p server runs as root and writes wherever the guest asks, inside its
+export. If the export held the directories vmrt mounts into, a guest could
+rename one and put a symlink to a host directory in its place, and the
+host's next unmount or delete would act on the symlink's target (Kata's
+CVE-2020-2026). So, as Kata fixed it:
+
+* ``mounts/``  host-only. Every mount vmrt makes for the guest (a container's
+  root filesystem, its volumes) lives here, and every host operation works
+  on paths under it. It is a bind of itself with shared propagation.
+* ``shared/``  the 9p export: a read-only bind of ``mounts/`` that is a slave
+  of it, so each mount made under ``mounts/`` shows up here with its own
+  flags (a root filesystem stays writable), but the directories that hold
+  the mounts cannot be renamed, replaced or added to by the guest.
+  It is shared as well, so the copy in QEMU's own mount namespace (the
+  jail) keeps receiving them.
+* ``staging/`` private: a mount is made and finished here (read-only,
+  propagation, nodev) and only then moved into ``mounts/``, so the guest
+  never sees a volume that should be read-only while it is still writable.
+
+Every share mount is ``nodev``: QEMU opens files for the guest, and a device
+node in an image or a host volume must not become a host device opened on
+the guest's behalf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from vmrt import safefs
+from vmrt.errors import InvalidArgumentError
+from vmrt.sandbox import mounts
+from vmrt.sandbox.mounts import MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_SHARED, MS_SLAVE
+
+log = logging.getLogger(__name__)
+
+SHARE_FLAGS = MS_NODEV | MS_NOSUID
+
+
+def _component(value: str) -> str:
+    if not value or "/" in value or value in (".", "..") or "\0" in value or len(value) > 128:
+        raise InvalidArgumentError(f"invalid share path component {value!r}")
+    return value
+
+
+class SandboxShare:
+    def __init__(self, directory: Path) -> None:
+        self.host = directory / "mounts"
+        self.view = directory / "shared"
+        self.staging = directory / "staging"
+
+    # -- the layout -------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the three directories and their mounts (undo: ``destroy``)."""
+        for path in (self.host, self.view, self.staging):
+            path.mkdir(mode=0o700)
+        mounts.bind(self.host, self.host, recursive=False)
+        mounts.set_propagation(self.host, MS_PRIVATE, recursive=False)
+        mounts.set_propagation(self.host, MS_SHARED, recursive=False)
+        mounts.bind(self.host, self.view, recursive=False, readonly=True, flags=SHARE_FLAGS)
+        mounts.set_propagation(self.view, MS_SLAVE, recursive=False)
+        mounts.set_propagation(self.view, MS_SHARED, recursive=False)
+        mounts.bind(self.staging, self.staging, recursive=False)
+        mounts.set_propagation(self.staging, MS_PRIVATE, recursive=False)
+
+    def destroy(self) -> None:
+        """Unmount and delete everything; safe to repeat, and on a half-made layout."""
+        # mounts/ first: its unmounts take their copies in shared/ with them.
+        for path in (self.host, self.view, self.staging):
+            if path.exists():
+                mounts.unmount_all(path)
+        for path in (self.host, self.view, self.staging):
+            safefs.remove_tree(path)
+
+    # -- mounts for the guest ---------------------------------------------
+
+    def _place(self, rel: str, prepare: Callable[[Path], None], is_dir: bool = True) -> str:
+        """Make a mount in staging with ``prepare(stage)``, then move it to
+        ``mounts/<rel>``; returns ``rel``, the path inside the share."""
+        parts = [_component(p) for p in rel.split("/")]
+        safefs.make_dirs(self.host, "/".join(parts[:-1] if not is_dir else parts), mode=0o755)
+        if not is_dir:
+            os.close(safefs.open_beneath(self.host, "/".join(parts),
+                                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        stage = self.staging / secrets.token_hex(8)
+        if is_dir:
+            stage.mkdir(mode=0o700)
+        else:
+            stage.touch(mode=0o600)
+        try:
+            prepare(stage)
+            try:
+                mounts.move(stage, self.host.joinpath(*parts))
+            except BaseException:
+                mounts.unmount(stage, lazy=True)
+                raise
+        finally:
+            if is_dir:
+                stage.rmdir()
+            else:
+                stage.unlink()
+        return "/".join(parts)
+
+    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path) -> str:
+        options = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
+        return self._place(rel, lambda stage: mounts.mount(
+            "overlay", stage, "overlay", SHARE_FLAGS, options))
+
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str:
+        """A host directory or file for the guest. ``follow_host``: mounts the
+        host makes later under ``source`` show through (HostToContainer)."""
+        def prepare(stage: Path) -> None:
+            mounts.bind(source, stage, readonly=readonly, flags=SHARE_FLAGS)
+            # Private or slave: a shared mount may not be moved into mounts/.
+            mounts.set_propagation(stage, MS_SLAVE if follow_host else MS_PRIVATE)
+
+        return self._place(rel, prepare, is_dir=source.is_dir())
+
+    def release(self, name: str) -> None:
+        """Unmount and delete ``mounts/<name>`` (a container's part of the share)."""
+        path = self.host / _component(name)
+        mounts.unmount_all(path)
+        left = mounts.mounts_under(path)
+        if left:
+            raise mounts.MountError(f"refusing to delete {path}: still mounted: "
+                                    + ", ".join(map(str, left)))
+        safefs.remove_tree(path)
