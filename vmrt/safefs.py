@@ -28,7 +28,7 @@ import os
 import stat
 from pathlib import Path
 
-from vmrt.errors import VmrtError
+from vmrt.errors import FailedPreconditionError
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -41,7 +41,7 @@ _SYS_OPENAT2 = 437  # x86_64 and aarch64 alike (new syscalls share numbers)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class UnsafePathError(VmrtError):
+class UnsafePathError(FailedPreconditionError):
     """A path that would leave its directory, pass a symlink or cross a mount."""
 
 
@@ -92,7 +92,7 @@ def make_dirs(base: Path, path: str, mode: int = 0o755) -> None:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, mode, dir_fd=fd)
             try:
-                child = openat2(fd, part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, STRICT)
+                child = openat2(fd, part, os.O_PATH | os.O_DIRECTORY, STRICT)
             except OSError as exc:
                 raise _unsafe(exc, path, str(base)) from None
             os.close(fd)

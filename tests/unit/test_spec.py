@@ -122,4 +122,34 @@ def test_tap_and_user_networking() -> None:
         PortForward("tcp", "127.0.0.1", 8080, 80),))), ENDPOINTS, "n")
     assert option(user, "-netdev") == ["user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:8080-:80"]
     with pytest.raises(SpecError, match="fd"):
-        build_argv(spec(net=NetSpec("tap", "m")), ENDPOINTS, "n")
+        build_argv(spec(net=NetSpec("tap", "02:00:00:00:00:01")), ENDPOINTS, "n")
+
+
+@pytest.mark.parametrize("host_ip", [
+    "127.0.0.1:1-:1,tftp=/,hostfwd=tcp:127.0.0.1",  # the injection the issue found
+    "127.0.0.1,tftp=/", "", "localhost", "::1", "1.2.3.4\n"])
+def test_no_cri_string_reaches_qemu_options(host_ip: str) -> None:
+    from vmrt.hypervisor.spec import NetSpec, PortForward
+
+    with pytest.raises(SpecError, match="host address|IPv4"):
+        build_argv(spec(net=NetSpec("user", "02:00:00:00:00:02", forwards=(
+            PortForward("tcp", host_ip, 8080, 80),))), ENDPOINTS, "n")
+    for bad in (NetSpec("user", "02:00:00:00:00:02,x=y"),
+                NetSpec("user", "02:00:00:00:00:02",
+                        forwards=(PortForward("tcp,tftp=/", "1.2.3.4", 1, 2),)),
+                NetSpec("user", "02:00:00:00:00:02",
+                        forwards=(PortForward("tcp", "1.2.3.4", 0, 2),))):
+        with pytest.raises(SpecError):
+            build_argv(spec(net=bad), ENDPOINTS, "n")
+
+
+def test_paths_in_qemu_options_cannot_add_options() -> None:
+    from vmrt.hypervisor.spec import Share
+
+    argv = build_argv(spec(shares=(Share("vmrt-share", Path("/srv/a,security_model=passthrough")),)),
+                      ENDPOINTS, "n")
+    assert option(argv, "-fsdev") == [
+        "local,id=fs0,path=/srv/a,,security_model=passthrough,security_model=none,"
+        "multidevs=remap"]
+    with pytest.raises(SpecError, match="tag"):
+        build_argv(spec(shares=(Share("tag,x=y", Path("/srv")),)), ENDPOINTS, "n")

@@ -7,7 +7,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.cri import convert
+from vmrt.cri import convert, validate
 from vmrt.cri.base import Base
 from vmrt.errors import InvalidArgumentError, NotFoundError, UnimplementedError
 from vmrt.runtime.containers import ContainerFilter
@@ -29,8 +29,11 @@ class ContainerRPCs(Base):
             raise InvalidArgumentError("pod_sandbox_id is required")
         if not request.HasField("config"):
             raise InvalidArgumentError("config is required")
-        container_id = await self.containers.create(request.pod_sandbox_id, request.config,
-                                                    request.sandbox_config)
+        pod = self.rt.pod(request.pod_sandbox_id)
+        validate.container_config(request.config, pod.config().log_directory)
+        # The pod's own config, as RunPodSandbox checked and stored it: the
+        # copy in the request is the caller's word for it, nothing more.
+        container_id = await self.containers.create(pod.id, request.config)
         return api.CreateContainerResponse(container_id=container_id)
 
     async def StartContainer(self, request: api.StartContainerRequest,
@@ -40,8 +43,7 @@ class ContainerRPCs(Base):
 
     async def StopContainer(self, request: api.StopContainerRequest,
                             context: Any) -> api.StopContainerResponse:
-        if request.timeout < 0:
-            raise InvalidArgumentError(f"timeout {request.timeout} is negative")
+        validate.timeout(request.timeout, "timeout")
         # CRI: stopping what is not there succeeds.
         with contextlib.suppress(NotFoundError):
             await self.containers.stop(request.container_id, request.timeout)
@@ -57,6 +59,7 @@ class ContainerRPCs(Base):
         flt = request.filter
         state = None
         if flt.HasField("state"):
+            validate.enum(flt.state.state, convert.CONTAINER_STATE_NAMES, "filter.state.state")
             state = convert.CONTAINER_STATE_NAMES[flt.state.state]
         found = self.containers.list(ContainerFilter(
             id=flt.id, pod_id=flt.pod_sandbox_id, state=state,
@@ -73,6 +76,7 @@ class ContainerRPCs(Base):
 
     async def UpdateContainerResources(self, request: api.UpdateContainerResourcesRequest,
                                        context: Any) -> api.UpdateContainerResourcesResponse:
+        validate.resources(request.linux, "linux")
         await self.containers.update_resources(request.container_id, request.linux)
         return api.UpdateContainerResourcesResponse()
 
@@ -83,14 +87,15 @@ class ContainerRPCs(Base):
 
     async def ExecSync(self, request: api.ExecSyncRequest,
                        context: Any) -> api.ExecSyncResponse:
+        validate.command(request.cmd)
+        validate.timeout(request.timeout, "timeout")
         result = await self.streams.exec_sync(request.container_id, request.cmd,
                                               request.timeout)
         return api.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                     exit_code=result.exit_code)
 
     async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
-        if not request.cmd:
-            raise InvalidArgumentError("cmd is required")
+        validate.command(request.cmd)
         _check_stdio(request.stdin, request.stdout, request.stderr, request.tty)
         container, _ = self.streams.running_container(request.container_id)
         return api.ExecResponse(url=self.stream_server.url(ExecRequest(

@@ -8,7 +8,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.cri import convert
+from vmrt.cri import convert, validate
 from vmrt.cri.base import Base
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.runtime.pods import PodFilter
@@ -20,6 +20,7 @@ class PodRPCs(Base):
                             context: Any) -> api.RunPodSandboxResponse:
         if not request.HasField("config"):
             raise InvalidArgumentError("config is required")
+        validate.pod_config(request.config)
         pod_id = await self.pods.run(request.config, request.runtime_handler)
         return api.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
@@ -53,6 +54,8 @@ class PodRPCs(Base):
         flt = request.filter
         state = None
         if flt.HasField("state"):
+            validate.enum(flt.state.state, (api.SANDBOX_READY, api.SANDBOX_NOTREADY),
+                          "filter.state.state")
             state = "ready" if flt.state.state == api.SANDBOX_READY else "notready"
         pods = self.pods.list(PodFilter(id=flt.id, state=state,
                                         labels=tuple(flt.label_selector.items())))

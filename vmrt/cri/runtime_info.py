@@ -10,6 +10,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as api
 
 from vmrt import __version__
+from vmrt.cri import validate
 from vmrt.cri.base import Base
 from vmrt.hypervisor.accel import choose_accel
 
@@ -63,5 +64,7 @@ class RuntimeInfoRPCs(Base):
 
     async def UpdateRuntimeConfig(self, request: api.UpdateRuntimeConfigRequest,
                                   context: Any) -> api.UpdateRuntimeConfigResponse:
-        self.rt.pod_cidr = request.runtime_config.network_config.pod_cidr
+        cidr = request.runtime_config.network_config.pod_cidr
+        validate.pod_cidrs(cidr, "runtime_config.network_config.pod_cidr")
+        self.rt.pod_cidr = cidr
         return api.UpdateRuntimeConfigResponse()

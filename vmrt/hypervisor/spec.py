@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,10 @@ BASE_CMDLINE = (
     "console=ttyS0 quiet tsc=reliable no_timer_check i8042.noaux i8042.nokbd "
     "i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on cryptomgr.notests panic=-1"
 )
+
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_TAG = re.compile(r"[A-Za-z0-9_.-]{1,31}")
 
 
 class SpecError(VmrtError):
@@ -157,16 +163,39 @@ def _cpu(spec: VMSpec) -> str:
     return "max,-erms,-fsrm"
 
 
+def opt(value: object) -> str:
+    """A value inside a QEMU ``-opt key=value,...`` list: commas doubled, so a
+    value can never end one option and start another."""
+    return str(value).replace(",", ",,")
+
+
+def _forward(f: PortForward) -> str:
+    # Nothing from a CRI request reaches QEMU's options unchecked, even if a
+    # check upstream was missed: these are the only shapes allowed.
+    if f.protocol not in ("tcp", "udp"):
+        raise SpecError(f"port forward protocol {f.protocol!r} is not tcp or udp")
+    try:
+        address = ipaddress.ip_address(f.host_ip)
+    except ValueError:
+        raise SpecError(f"port forward host address {f.host_ip!r} is not an IP address") from None
+    if not isinstance(address, ipaddress.IPv4Address):
+        raise SpecError(f"user-mode networking forwards IPv4 only, not {f.host_ip}")
+    for port in (f.host_port, f.guest_port):
+        if not (isinstance(port, int) and 0 < port < 65536):
+            raise SpecError(f"port forward port {port!r} is not a port number")
+    return f"hostfwd={f.protocol}:{address}:{f.host_port}-:{f.guest_port}"
+
+
 def _netdev(net: NetSpec) -> str:
+    if not _MAC.fullmatch(net.mac):
+        raise SpecError(f"NIC MAC address {net.mac!r} is not of the form xx:xx:xx:xx:xx:xx")
     if net.mode == "tap":
-        if net.tap_fd < 0:
+        if not isinstance(net.tap_fd, int) or net.tap_fd < 0:
             raise SpecError("a tap NIC needs the tap's fd")
         return f"tap,id=net0,fd={net.tap_fd},vhost=off"
     if net.mode != "user":
         raise SpecError(f"network mode {net.mode!r} is not tap or user")
-    forwards = "".join(
-        f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in net.forwards)
-    return f"user,id=net0,ipv6=off{forwards}"
+    return ",".join(["user,id=net0,ipv6=off", *(_forward(f) for f in net.forwards)])
 
 
 def machine_args(spec: VMSpec) -> list[str]:
@@ -193,12 +222,12 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
     bus = _bus(spec.machine)
     argv = [
         qemu,
-        "-name", f"{name},process={name[:15]}",
+        "-name", f"{opt(name)},process={opt(name[:15])}",
         *machine_args(spec),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-chardev", f"socket,id=qmp,fd={endpoints.qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
-        "-chardev", f"file,id=console,path={endpoints.console_log}",
+        "-chardev", f"file,id=console,path={opt(endpoints.console_log)}",
         "-serial", "chardev:console",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
@@ -219,9 +248,12 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
                  "-device", f"virtio-net-{bus},netdev=net0,mac={spec.net.mac}"]
     for index, share in enumerate(spec.shares):
         readonly = ",readonly=on" if share.readonly else ""
+        if not _TAG.fullmatch(share.tag):
+            raise SpecError(f"9p mount tag {share.tag!r} is not a plain name")
         argv += [
             "-fsdev",
-            f"local,id=fs{index},path={share.path},security_model=none,multidevs=remap{readonly}",
+            f"local,id=fs{index},path={opt(share.path)},security_model=none,multidevs=remap"
+            f"{readonly}",
             "-device", f"virtio-9p-{bus},fsdev=fs{index},mount_tag={share.tag}",
         ]
     return argv

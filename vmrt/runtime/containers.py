@@ -21,7 +21,6 @@ from vmrt.agentclient import AgentError
 from vmrt.aio import push_cleanup
 from vmrt.errors import (
     FailedPreconditionError,
-    InvalidArgumentError,
     NotFoundError,
 )
 from vmrt.images.store import ImageRecord
@@ -39,19 +38,6 @@ class ContainerFilter:
     pod_id: str = ""
     state: str | None = None  # created | running | exited | unknown
     labels: tuple[tuple[str, str], ...] = ()
-
-
-def _validate_mount(mount: api.Mount) -> None:
-    if not mount.container_path or not os.path.isabs(mount.container_path):
-        raise InvalidArgumentError(
-            f"mounts: container_path {mount.container_path!r} must be an absolute path")
-    if mount.HasField("image") and mount.image.image:
-        raise InvalidArgumentError("mounts: image volumes are not supported yet")
-    if not mount.host_path or not os.path.isabs(mount.host_path):
-        raise InvalidArgumentError(
-            f"mounts: host_path {mount.host_path!r} must be an absolute path")
-    if os.path.normpath(mount.container_path) == "/":
-        raise InvalidArgumentError("mounts: cannot mount over the container's /")
 
 
 def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -> int:
@@ -78,25 +64,16 @@ class ContainerService:
 
     # -- create ---------------------------------------------------------------
 
-    async def create(self, pod_id: str, config: api.ContainerConfig,
-                     pod_config: api.PodSandboxConfig) -> str:
+    async def create(self, pod_id: str, config: api.ContainerConfig) -> str:
+        """``config`` has passed ``vmrt.cri.validate.container_config``."""
         pod = self.rt.pod(pod_id)
-        if not config.HasField("metadata") or not config.metadata.name:
-            raise InvalidArgumentError("config.metadata.name is required")
-        if not config.image.image:
-            raise InvalidArgumentError("config.image.image is required")
-        for mount in config.mounts:
-            _validate_mount(mount)
         live = self.rt.live_pod(pod)
+        pod_config = pod.config()
         image = self.rt.images.resolve(config.image.image)
         container_id = secrets.token_hex(32)
         log_path = ""
-        log_dir = pod.config().log_directory
         if config.log_path:
-            if os.path.isabs(config.log_path) and not log_dir:
-                log_path = config.log_path
-            elif log_dir:
-                log_path = os.path.join(log_dir, config.log_path)
+            log_path = os.path.join(pod_config.log_directory, config.log_path)
         record = ContainerRecord.new(container_id, pod.id, config, image.id, log_path,
                                      time.time_ns())
         key = container_key(record, pod)
@@ -108,8 +85,7 @@ class ContainerService:
                 # share down while this adds mounts to it.
                 async with live.lock:
                     self.rt.live_pod(pod)
-                    await self._create_in_vm(live, record, config, pod_config or pod.config(),
-                                             image)
+                    await self._create_in_vm(live, record, config, pod_config, image)
             except BaseException:
                 self.rt.release_container_name(key, container_id)
                 raise

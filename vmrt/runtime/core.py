@@ -277,7 +277,14 @@ class Runtime:
                                             stdout_offset=offsets["stdout"],
                                             stderr_offset=offsets["stderr"])
 
-        pump = LogPump(live.agent, container.id, CRILogWriter(container.log_path), offsets, save)
+        log_directory = live.record.config().log_directory
+        relative = os.path.relpath(container.log_path, log_directory) if log_directory else ""
+        if not log_directory or relative.startswith(".."):
+            log.error("container %s: log path %s is outside its pod's log directory; no log",
+                      container.id[:12], container.log_path)
+            return
+        pump = LogPump(live.agent, container.id, CRILogWriter(log_directory, relative),
+                       offsets, save)
         live.pumps[container.id] = pump
         pump.start()
 

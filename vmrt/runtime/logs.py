@@ -14,10 +14,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentclient import AgentClient, AgentError
 
@@ -35,10 +38,18 @@ def timestamp(now_ns: int | None = None) -> str:
 
 
 class CRILogWriter:
-    """Writes both streams of one container into its CRI log file."""
+    """Writes both streams of one container into its CRI log file.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    The file is ``relative`` inside the pod's ``log_directory`` and is opened
+    from a descriptor of that directory, never through a symlink or ``..``:
+    whoever can write in the log directory cannot make vmrtd append to a
+    file elsewhere.
+    """
+
+    def __init__(self, log_directory: str, relative: str) -> None:
+        self.directory = log_directory
+        self.relative = relative
+        self.path = os.path.join(log_directory, relative)
         self._fd = -1
         self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.reopen()
@@ -47,12 +58,19 @@ class CRILogWriter:
         """Start a new file at ``path`` (after kubelet rotated the old one away)."""
         if self._fd >= 0:
             os.close(self._fd)
-        if not self.path:
             self._fd = -1
-            return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           0o640)
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        parent = os.path.dirname(self.relative)
+        if parent:
+            safefs.make_dirs(Path(self.directory), parent)
+        self._fd = safefs.open_beneath(
+            Path(self.directory), self.relative,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o640)
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            self._fd = -1
+            raise safefs.UnsafePathError(f"container log {self.path} is not a regular file")
+        os.set_blocking(self._fd, True)
 
     def write(self, stream: str, data: bytes) -> None:
         """Write every complete line; an unfinished one waits in ``pending``."""

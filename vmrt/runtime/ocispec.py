@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ _DENIED_UNLESS: dict[str, list[str]] = {
 _ALWAYS_DENIED = ["add_key", "request_key", "keyctl", "userfaultfd", "uselib", "vhangup",
                   "get_mempolicy", "set_mempolicy", "mbind", "move_pages"]
 _ARCHITECTURES = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+MAX_SECCOMP_PROFILE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,21 +114,43 @@ def _localhost_seccomp(path: str) -> dict[str, Any]:
     if not os.path.isabs(path):
         raise InvalidArgumentError(f"seccomp localhost profile {path!r} must be an absolute path")
     try:
-        with open(path) as f:
-            profile = json.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InvalidArgumentError(f"seccomp localhost profile {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidArgumentError(f"seccomp localhost profile {path}: {exc.strerror}") from None
+    try:
+        # Not a FIFO that never answers, not /dev/zero that never ends.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgumentError(f"seccomp localhost profile {path} is not a regular file")
+        data = os.read(fd, MAX_SECCOMP_PROFILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECCOMP_PROFILE:
+        raise InvalidArgumentError(f"seccomp localhost profile {path} is larger than "
+                                   f"{MAX_SECCOMP_PROFILE} bytes")
+    try:
+        profile = json.loads(data)
     except ValueError as exc:
         raise InvalidArgumentError(f"seccomp localhost profile {path} is not JSON: {exc}") from None
     if not isinstance(profile, dict) or "defaultAction" not in profile:
         raise InvalidArgumentError(f"seccomp profile {path} has no defaultAction")
+    try:
+        return _oci_seccomp(profile)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InvalidArgumentError(f"seccomp profile {path} is malformed: "
+                                   f"{type(exc).__name__} {exc}") from None
+
+
+def _oci_seccomp(profile: dict[str, Any]) -> dict[str, Any]:
+    """A Docker or OCI seccomp profile in the OCI spec's form."""
     arches = profile.get("architectures") or [
         m["architecture"] for m in profile.get("archMap", []) if "architecture" in m]
-    result: dict[str, Any] = {"defaultAction": profile["defaultAction"],
-                              "architectures": arches or _ARCHITECTURES, "syscalls": []}
+    result: dict[str, Any] = {"defaultAction": str(profile["defaultAction"]),
+                              "architectures": list(arches or _ARCHITECTURES), "syscalls": []}
     for rule in profile.get("syscalls", []):
         names = rule.get("names") or ([rule["name"]] if "name" in rule else [])
-        entry = {"names": names, "action": rule["action"]}
+        entry = {"names": [str(n) for n in names], "action": str(rule["action"])}
         for key in ("args", "errnoRet"):
             if key in rule:
                 entry[key] = rule[key]
