@@ -15,6 +15,8 @@ from vmrt.errors import VmrtError
 
 log = logging.getLogger(__name__)
 
+MAX_REPLY = 4 * 1024 * 1024
+
 
 class AgentError(VmrtError):
     """The agent answered with an error; ``code`` is its gRPC status."""
@@ -46,8 +48,11 @@ class AgentClient:
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # The guest is hostile: no reply of its may be larger than
+                # the biggest we ask for (256 KiB of port-forward data).
+                ("grpc.max_receive_message_length", MAX_REPLY),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_metadata_size", 16 * 1024),
                 ("grpc.min_reconnect_backoff_ms", int(connect_timeout * 1000)),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
@@ -91,9 +96,11 @@ class AgentClient:
         raise AgentUnreachable("the VM exited before its agent answered")
 
     async def follow_output(self, container_id: str, exec_id: str, stream: pb.Stream,
-                            offset: int = 0) -> AsyncIterator[pb.OutputChunk]:
+                            offset: int = 0, trim_sent: bool = False
+                            ) -> AsyncIterator[pb.OutputChunk]:
         request = pb.ReadOutputRequest(container_id=container_id, exec_id=exec_id,
-                                       stream=stream, offset=offset, follow=True)
+                                       stream=stream, offset=offset, follow=True,
+                                       trim_sent=trim_sent)
         call = self.stub.ReadOutput(request)
         try:
             async for chunk in call:

@@ -8,6 +8,7 @@ With no file, every default applies.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 
 from vmrt.errors import VmrtError
 from vmrt.hypervisor.spec import vm_settings_problem
+
+_KERNEL_WORD = re.compile(r"[A-Za-z0-9_.,=:/+-]{1,256}")
 
 
 class ConfigError(VmrtError):
@@ -51,6 +54,9 @@ class HypervisorConfig:
     tb_size_mib: int = 128
     boot_timeout: float = 120.0
     debug: bool = False
+    # More words for the guest kernel's command line (the agent reads
+    # vmrt.* ones, Kata style).
+    kernel_params: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -63,6 +69,10 @@ class HypervisorConfig:
             raise ConfigError(f"{where}.tb_size_mib: {self.tb_size_mib} is below 16")
         if self.boot_timeout <= 0:
             raise ConfigError(f"{where}.boot_timeout: must be positive")
+        for word in self.kernel_params:
+            if not _KERNEL_WORD.fullmatch(word):
+                raise ConfigError(f"{where}.kernel_params: {word!r} is not one kernel "
+                                  "parameter (no spaces or quotes)")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from vmrt.hypervisor.spec import (
     kernel_cmdline,
 )
 
-ENDPOINTS = VMEndpoints(console_log=Path("/s/console.log"), qmp_fd=7, agent_fd=8)
+ENDPOINTS = VMEndpoints(console_fd=6, qmp_fd=7, agent_fd=8)
 
 
 def spec(**overrides: object) -> VMSpec:
@@ -39,7 +39,7 @@ def test_microvm_tcg_serial_argv() -> None:
     assert option(argv, "-initrd") == ["/img/initrd.img"]
     assert "socket,id=qmp,fd=7,server=on,wait=off" in option(argv, "-chardev")
     assert "socket,id=agent,fd=8,server=on,wait=off" in option(argv, "-chardev")
-    assert "file,id=console,path=/s/console.log" in option(argv, "-chardev")
+    assert "socket,id=console,fd=6,server=on,wait=on" in option(argv, "-chardev")
     devices = option(argv, "-device")
     assert "virtio-serial-device,id=vser0" in devices
     assert "virtserialport,bus=vser0.0,chardev=agent,name=vmrt.agent" in devices
@@ -66,7 +66,7 @@ def test_kvm_uses_host_cpu_and_no_translation_cache() -> None:
 
 def test_vsock_transport_has_no_serial_port() -> None:
     argv = build_argv(spec(agent_transport="vsock", vsock_cid=42),
-                      VMEndpoints(Path("/c"), 7, None), "n")
+                      VMEndpoints(6, 7, None), "n")
     devices = option(argv, "-device")
     assert "vhost-vsock-device,guest-cid=42" in devices
     assert not any(d.startswith("virtio-serial") for d in devices)
@@ -121,7 +121,7 @@ def test_tap_and_user_networking() -> None:
     user = build_argv(spec(net=NetSpec("user", "02:00:00:00:00:02", forwards=(
         PortForward("tcp", "127.0.0.1", 8080, 80),))), ENDPOINTS, "n")
     assert option(user, "-netdev") == ["user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:8080-:80"]
-    with pytest.raises(SpecError, match="fd"):
+    with pytest.raises(SpecError, match=r"fd"):
         build_argv(spec(net=NetSpec("tap", "02:00:00:00:00:01")), ENDPOINTS, "n")
 
 
@@ -131,7 +131,7 @@ def test_tap_and_user_networking() -> None:
 def test_no_cri_string_reaches_qemu_options(host_ip: str) -> None:
     from vmrt.hypervisor.spec import NetSpec, PortForward
 
-    with pytest.raises(SpecError, match="host address|IPv4"):
+    with pytest.raises(SpecError, match=r"host address|IPv4"):
         build_argv(spec(net=NetSpec("user", "02:00:00:00:00:02", forwards=(
             PortForward("tcp", host_ip, 8080, 80),))), ENDPOINTS, "n")
     for bad in (NetSpec("user", "02:00:00:00:00:02,x=y"),
@@ -146,10 +146,10 @@ def test_no_cri_string_reaches_qemu_options(host_ip: str) -> None:
 def test_paths_in_qemu_options_cannot_add_options() -> None:
     from vmrt.hypervisor.spec import Share
 
-    argv = build_argv(spec(shares=(Share("vmrt-share", Path("/srv/a,security_model=passthrough")),)),
-                      ENDPOINTS, "n")
+    evil = Path("/srv/a,security_model=passthrough")
+    argv = build_argv(spec(shares=(Share("vmrt-share", evil),)), ENDPOINTS, "n")
     assert option(argv, "-fsdev") == [
         "local,id=fs0,path=/srv/a,,security_model=passthrough,security_model=none,"
         "multidevs=remap"]
-    with pytest.raises(SpecError, match="tag"):
+    with pytest.raises(SpecError, match=r"tag"):
         build_argv(spec(shares=(Share("tag,x=y", Path("/srv")),)), ENDPOINTS, "n")

@@ -154,20 +154,20 @@ def test_bad_container_fields_are_named(fields: dict[str, Any], field: str) -> N
 
 
 def test_log_path_needs_a_log_directory() -> None:
-    with pytest.raises(InvalidArgumentError, match="config.log_path: .*log_directory"):
+    with pytest.raises(InvalidArgumentError, match=r"config.log_path: .*log_directory"):
         validate.container_config(container(), "")
     validate.container_config(container(log_path=""), "")
 
 
 def test_exec_timeouts_and_enums() -> None:
-    with pytest.raises(InvalidArgumentError, match="^cmd: is required"):
+    with pytest.raises(InvalidArgumentError, match=r"^cmd: is required"):
         validate.command([])
-    with pytest.raises(InvalidArgumentError, match="^timeout: -1 is negative"):
+    with pytest.raises(InvalidArgumentError, match=r"^timeout: -1 is negative"):
         validate.timeout(-1, "timeout")
-    with pytest.raises(InvalidArgumentError, match="^timeout: "):
+    with pytest.raises(InvalidArgumentError, match=r"^timeout: "):
         validate.timeout(2**62, "timeout")
-    with pytest.raises(InvalidArgumentError, match="^filter.state.state: 99 is not a known"):
+    with pytest.raises(InvalidArgumentError, match=r"^filter.state.state: 99 is not a known"):
         validate.enum(99, (0, 1, 2, 3), "filter.state.state")
-    with pytest.raises(InvalidArgumentError, match="pod_cidr"):
+    with pytest.raises(InvalidArgumentError, match=r"pod_cidr"):
         validate.pod_cidrs("10.0.0.0/8,nonsense", "pod_cidr")
     validate.pod_cidrs("10.88.0.0/16,fd00::/64", "pod_cidr")

@@ -55,6 +55,10 @@ def main() -> None:
     guest = Guest(table)
     events = EventBus()
     containers = ContainerManager(table, Crun(table), events, guest.mount)
+    if config.test_forged_events:
+        from vmrt.agent.testhooks import start_event_forger
+
+        start_event_forger(events)
     ready_at = 0.0
     service = AgentService(containers, guest, events, config.transport, lambda: ready_at)
 

@@ -19,6 +19,8 @@ class AgentConfig:
     serial_name: str = DEFAULT_SERIAL_NAME
     debug: bool = False
     grpc_socket: str = "/run/vmrt/agent.sock"
+    # Test hooks (vmrt/agent/testhooks.py); never set in production.
+    test_forged_events: bool = False
 
 
 def parse_cmdline(cmdline: str) -> AgentConfig:
@@ -35,4 +37,5 @@ def parse_cmdline(cmdline: str) -> AgentConfig:
         vsock_port=int(values.get("vsock_port", DEFAULT_VSOCK_PORT)),
         serial_name=values.get("serial_name", DEFAULT_SERIAL_NAME),
         debug=values.get("debug", "0") in ("1", "true", "yes"),
+        test_forged_events=values.get("test_forged_events", "0") == "1",
     )

@@ -160,6 +160,7 @@ class ContainerManager:
         guest_overlay: bool,
         terminal: bool,
         open_stdin: bool,
+        acked_output: bool = True,
     ) -> int:
         _check_id("container id", container_id)
         spec = _parse_spec(spec_json)
@@ -175,7 +176,7 @@ class ContainerManager:
                 raise AlreadyExists(f"container {container_id!r} already exists")
             self._clear_stale_bundle(bundle)
             # Creates the bundle directory, with the io directory in it.
-            io = ProcessIO(os.path.join(bundle, "io"), terminal, open_stdin)
+            io = ProcessIO(os.path.join(bundle, "io"), terminal, open_stdin, acked_output)
             ctr = Container(id=container_id, bundle=bundle, cgroups_path=f"/vmrt/{container_id}",
                             init=Process(container_id, "", io))
             self._containers[container_id] = ctr
@@ -293,7 +294,7 @@ class ContainerManager:
 
     def exec(
         self, container_id: str, exec_id: str, process_json: bytes, terminal: bool,
-        open_stdin: bool,
+        open_stdin: bool, acked_output: bool = True,
     ) -> int:
         _check_id("exec id", exec_id)
         ctr = self._live(container_id)
@@ -313,7 +314,8 @@ class ContainerManager:
             if exec_id in ctr.execs:
                 raise AlreadyExists(f"exec {exec_id!r} already exists in {container_id}")
             directory = os.path.join(ctr.bundle, f"exec-{exec_id}")
-            proc = Process(container_id, exec_id, ProcessIO(directory, terminal, open_stdin))
+            proc = Process(container_id, exec_id,
+                           ProcessIO(directory, terminal, open_stdin, acked_output))
             ctr.execs[exec_id] = proc
             process_file = os.path.join(directory, "process.json")
             try:
@@ -470,10 +472,17 @@ class ContainerManager:
 
     def read_output(
         self, container_id: str, exec_id: str, stream: int, offset: int, follow: bool,
-        keep_going: Callable[[], bool],
+        keep_going: Callable[[], bool], trim_sent: bool = False,
     ) -> Iterator[tuple[int, bytes]]:
-        proc = self.get(container_id).process(exec_id)
-        return proc.io.spool(stream).read_from(offset, follow, keep_going)
+        spool = self.get(container_id).process(exec_id).io.spool(stream)
+        for chunk_offset, data in spool.read_from(offset, follow, keep_going):
+            yield chunk_offset, data
+            # The caller asked for the next chunk: it has this one.
+            if trim_sent:
+                spool.trim(chunk_offset + len(data))
+
+    def trim_output(self, container_id: str, exec_id: str, stream: int, offset: int) -> None:
+        self.get(container_id).process(exec_id).io.spool(stream).trim(offset)
 
     def write_stdin(self, container_id: str, exec_id: str, data: bytes, close: bool) -> None:
         proc = self._live(container_id).process(exec_id)

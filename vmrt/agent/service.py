@@ -153,6 +153,7 @@ class AgentService(pb_grpc.AgentServicer):
             request.rootfs.guest_overlay,
             request.stdio.terminal,
             request.stdio.open_stdin,
+            request.stdio.acked_output,
         )
         return pb.CreateContainerResponse(pid=pid)
 
@@ -171,6 +172,7 @@ class AgentService(pb_grpc.AgentServicer):
             request.process,
             request.stdio.terminal,
             request.stdio.open_stdin,
+            request.stdio.acked_output,
         )
         return pb.ExecProcessResponse(pid=pid)
 
@@ -237,10 +239,18 @@ class AgentService(pb_grpc.AgentServicer):
             raise InvalidArgument(f"negative offset {request.offset}")
         chunks = self._containers.read_output(
             request.container_id, request.exec_id, request.stream, request.offset,
-            request.follow, context.is_active,
+            request.follow, context.is_active, request.trim_sent,
         )
         for offset, data in chunks:
             yield pb.OutputChunk(offset=offset, data=data)
+
+    @rpc
+    def TrimOutput(self, request: pb.TrimOutputRequest, context: grpc.ServicerContext) -> Any:
+        if request.offset < 0:
+            raise InvalidArgument(f"negative offset {request.offset}")
+        self._containers.trim_output(request.container_id, request.exec_id, request.stream,
+                                     request.offset)
+        return pb.TrimOutputResponse()
 
     @rpc
     def WriteStdin(self, request: pb.WriteStdinRequest, context: grpc.ServicerContext) -> Any:

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+# Output the host has not taken yet, per stream: past this the process waits.
+SPOOL_LIMIT = 4 * 1024 * 1024
+SEGMENT = 1024 * 1024
 STDIN_WRITE_TIMEOUT = 30.0
 # crun's console sockets live here, not in the bundle: a unix socket path
 # has at most 107 bytes, and bundle paths with 64-character ids come close.
@@ -39,11 +42,23 @@ CONSOLE_DIR = "/run/vmrt-console"
 
 
 class OutputSpool:
-    """Append-only byte stream backed by a file, with blocking follow-reads."""
+    """An output stream kept in segment files, with blocking follow-reads.
 
-    def __init__(self, path: str) -> None:
+    Offsets count every byte the process ever wrote. Bytes before ``base``
+    are gone: the host took them (``trim``), or, for a stream nobody takes,
+    they fell out of the window. At most ``limit`` bytes past ``base`` are
+    kept; with ``acked`` the writer then waits for the host (back-pressure:
+    the drain stops reading, the process blocks on its full pipe), without
+    it the oldest bytes go. Memory is freed a whole segment at a time.
+    """
+
+    def __init__(self, path: str, limit: int = SPOOL_LIMIT, acked: bool = True) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.limit = limit
+        self.acked = acked
+        self._segments: list[int] = []  # fds; segment i starts at _first + i * SEGMENT
+        self._first = 0
+        self._base = 0
         self._size = 0
         self._closed = False
         self._destroyed = False
@@ -54,16 +69,65 @@ class OutputSpool:
         return self._size
 
     @property
+    def base(self) -> int:
+        return self._base
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
+    def _segment_path(self, start: int) -> str:
+        return f"{self.path}.{start}"
+
     def append(self, data: bytes) -> None:
+        view = memoryview(data)
         with self._cond:
-            if self._destroyed:
-                return
-            os.pwrite(self._fd, data, self._size)
-            self._size += len(data)
+            while view:
+                while (self.acked and self._size - self._base >= self.limit
+                       and not self._destroyed):
+                    self._cond.wait(timeout=1.0)
+                if self._destroyed:
+                    return
+                room = self.limit - (self._size - self._base) if self.acked else len(view)
+                piece = view[:max(1, min(room, len(view)))]
+                self._write_locked(piece)
+                view = view[len(piece):]
+                if not self.acked:
+                    self._trim_locked(self._size - self.limit)
+                self._cond.notify_all()
+
+    def _write_locked(self, data: memoryview) -> None:
+        while data:
+            end = self._first + len(self._segments) * SEGMENT
+            if self._size >= end:
+                if not self._segments:
+                    self._first = self._size - self._size % SEGMENT
+                self._segments.append(os.open(
+                    self._segment_path(self._first + len(self._segments) * SEGMENT),
+                    os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+                end += SEGMENT
+            within = self._size - (end - SEGMENT)
+            count = min(len(data), SEGMENT - within)
+            os.pwrite(self._segments[-1], data[:count], within)
+            self._size += count
+            data = data[count:]
+
+    def trim(self, offset: int) -> None:
+        """Everything before ``offset`` may go (the host has it)."""
+        with self._cond:
+            self._trim_locked(offset)
             self._cond.notify_all()
+
+    def _trim_locked(self, offset: int) -> None:
+        offset = min(offset, self._size)
+        if offset <= self._base:
+            return
+        self._base = offset
+        while self._segments and self._first + SEGMENT <= self._base:
+            os.close(self._segments.pop(0))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._segment_path(self._first))
+            self._first += SEGMENT
 
     def close(self) -> None:
         """Mark end of stream: the writer is gone."""
@@ -74,7 +138,9 @@ class OutputSpool:
     def read_from(
         self, offset: int, follow: bool, keep_going: Callable[[], bool] = lambda: True
     ) -> Iterator[tuple[int, bytes]]:
-        """Yield (offset, data) from ``offset`` on; with ``follow``, until closed and drained."""
+        """Yield (offset, data) from ``offset`` on; with ``follow``, until closed and
+        drained. Bytes already forgotten are skipped: the first chunk may start
+        later than asked."""
         while True:
             with self._cond:
                 while follow and offset >= self._size and not self._closed:
@@ -83,11 +149,15 @@ class OutputSpool:
                         return
                 if self._destroyed:
                     return
-                size = self._size
+                offset = max(offset, self._base)
                 done = self._closed or not follow
-                # Read under the lock: destroy() must not close the fd midway.
-                data = os.pread(self._fd, min(CHUNK, size - offset), offset) \
-                    if offset < size else b""
+                data = b""
+                if offset < self._size:
+                    index = (offset - self._first) // SEGMENT
+                    within = offset - self._first - index * SEGMENT
+                    count = min(CHUNK, SEGMENT - within, self._size - offset)
+                    # Under the lock: trim and destroy must not close the fd midway.
+                    data = os.pread(self._segments[index], count, within)
             if data:
                 yield offset, data
                 offset += len(data)
@@ -102,9 +172,11 @@ class OutputSpool:
             self._destroyed = True
             self._closed = True
             self._cond.notify_all()
-            os.close(self._fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            for index, fd in enumerate(self._segments):
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._segment_path(self._first + index * SEGMENT))
+            self._segments.clear()
 
 
 def _write_all(fd: int, data: bytes, timeout: float) -> None:
@@ -158,12 +230,13 @@ class ChildStdio:
 class ProcessIO:
     """Stdio of one container process: spools for output, a writer for stdin."""
 
-    def __init__(self, directory: str, terminal: bool, open_stdin: bool) -> None:
+    def __init__(self, directory: str, terminal: bool, open_stdin: bool,
+                 acked_output: bool = True) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.terminal = terminal
-        self.stdout = OutputSpool(os.path.join(directory, "stdout"))
-        self.stderr = OutputSpool(os.path.join(directory, "stderr"))
+        self.stdout = OutputSpool(os.path.join(directory, "stdout"), acked=acked_output)
+        self.stderr = OutputSpool(os.path.join(directory, "stderr"), acked=acked_output)
         self._stdin_w = -1
         self._pty_master = -1
         self._stdin_lock = threading.Lock()

@@ -141,7 +141,7 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
         container_id=CONTAINER_ID,
         oci_spec=json.dumps(spec).encode(),
         rootfs=pb.Rootfs(share_path=share_path, guest_overlay=True),
-        stdio=pb.StdioOptions(terminal=False, open_stdin=args.interactive),
+        stdio=pb.StdioOptions(terminal=False, open_stdin=args.interactive, acked_output=True),
     ))
     await agent.call("StartContainer", pb.StartContainerRequest(container_id=CONTAINER_ID))
     work = [
@@ -174,7 +174,7 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
 
 
 async def _copy_out(agent: AgentClient, stream: pb.Stream, out: BinaryIO) -> None:
-    async for chunk in agent.follow_output(CONTAINER_ID, "", stream):
+    async for chunk in agent.follow_output(CONTAINER_ID, "", stream, trim_sent=True):
         out.write(chunk.data)
         out.flush()
 

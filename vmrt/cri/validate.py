@@ -155,8 +155,6 @@ def id_number(value: int, field: str) -> None:
 
 def pod_config(config: api.PodSandboxConfig, field: str = "config") -> None:
     meta = config.metadata
-    if not config.HasField("metadata"):
-        raise fail(f"{field}.metadata", "is required")
     name(meta.name, f"{field}.metadata.name")
     name(meta.namespace, f"{field}.metadata.namespace")
     name(meta.uid, f"{field}.metadata.uid")
@@ -270,8 +268,6 @@ def resources(r: api.LinuxContainerResources, field: str) -> None:
 
 def container_config(config: api.ContainerConfig, log_directory: str,
                      field: str = "config") -> None:
-    if not config.HasField("metadata"):
-        raise fail(f"{field}.metadata", "is required")
     name(config.metadata.name, f"{field}.metadata.name")
     if not config.image.image:
         raise fail(f"{field}.image.image", "is required")

@@ -21,6 +21,9 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from vmrt.errors import VmrtError
+from vmrt.hypervisor.console import ConsoleLog, connect_early
+from vmrt.hypervisor.console import pump as console_pump
+from vmrt.hypervisor.console import reconnect as reconnect_console
 from vmrt.hypervisor.spec import VMEndpoints, VMSpec, build_argv
 
 log = logging.getLogger(__name__)
@@ -32,18 +35,6 @@ PR_SET_PDEATHSIG = 1
 
 class VMError(VmrtError):
     pass
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.replace("\r", "").rstrip().splitlines()[-lines:])
 
 
 class VMLaunchFailure(VMError):
@@ -112,6 +103,8 @@ class QemuVM:
         self.qmp_path = directory / "qmp.sock"
         self.agent_path = directory / "agent.sock"
         self.console_path = directory / "console.log"
+        self.console_socket_path = directory / "console.sock"
+        self.console = ConsoleLog(self.console_path)
         self.qemu_log_path = directory / "qemu.log"
         self.pid: int | None = None
         self.exitcode: int | None = None
@@ -123,6 +116,7 @@ class QemuVM:
         self._events_task: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
         self._exit_task: asyncio.Task[None] | None = None
+        self._console_task: asyncio.Task[None] | None = None
         self._pidfd = -1
 
     # -- launch ---------------------------------------------------------
@@ -130,12 +124,15 @@ class QemuVM:
     async def launch(self, die_with_parent: bool = False) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         qmp_sock = _listen(self.qmp_path)
+        console_sock = _listen(self.console_socket_path)
         agent_sock = None
+        console_client = None
         try:
             if self.spec.agent_transport == "serial":
                 agent_sock = _listen(self.agent_path)
+            console_client = connect_early(self.console_socket_path)
             endpoints = VMEndpoints(
-                console_log=self.console_path,
+                console_fd=console_sock.fileno(),
                 qmp_fd=qmp_sock.fileno(),
                 agent_fd=agent_sock.fileno() if agent_sock else None,
             )
@@ -146,7 +143,7 @@ class QemuVM:
                     self._proc = await asyncio.create_subprocess_exec(
                         *self.argv,
                         stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                        pass_fds=[s.fileno() for s in (qmp_sock, agent_sock) if s]
+                        pass_fds=[s.fileno() for s in (qmp_sock, console_sock, agent_sock) if s]
                         + ([self.spec.net.tap_fd] if self.spec.net and self.spec.net.tap_fd >= 0
                            else []),
                         start_new_session=True,
@@ -155,13 +152,18 @@ class QemuVM:
                 except OSError as exc:
                     raise VMLaunchFailure(f"cannot start {self.qemu_binary}: {exc.strerror}",
                                           self.argv, None, "", "") from exc
+        except BaseException:
+            if console_client is not None:
+                console_client.close()
+            raise
         finally:
             # QEMU has its own copies now; ours would keep the sockets alive
             # after QEMU dies and hide the death from clients.
-            qmp_sock.close()
-            if agent_sock:
-                agent_sock.close()
+            for sock in (qmp_sock, console_sock, agent_sock):
+                if sock is not None:
+                    sock.close()
         self.pid = self._proc.pid
+        self._console_task = asyncio.create_task(console_pump(console_client, self.console))
         self._exit_task = asyncio.create_task(self._watch_exit())
         try:
             await self._connect_qmp()
@@ -205,6 +207,9 @@ class QemuVM:
             loop.remove_reader(pidfd)
             os.close(pidfd)
             raise
+        client = await reconnect_console(vm.console_socket_path)
+        if client is not None:
+            vm._console_task = asyncio.create_task(console_pump(client, vm.console))
         return vm
 
     async def _connect_qmp(self) -> None:
@@ -225,6 +230,7 @@ class QemuVM:
         if not self._exited.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._exited.wait(), 2.0)
+        await self.console_drained()
         raise self.launch_failure("QEMU failed to start")
 
     def launch_failure(self, message: str) -> VMLaunchFailure:
@@ -268,7 +274,13 @@ class QemuVM:
             return ""
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
-        return _tail(self.console_path, lines)
+        return self.console.tail(lines)
+
+    async def console_drained(self, timeout: float = 2.0) -> None:
+        """Once QEMU is gone: wait (briefly) until its last console output is on disk."""
+        if self._console_task is not None and not self.alive:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._console_task), timeout)
 
     def death_message(self) -> str:
         """One line on how the VM ended, for errors."""
@@ -335,9 +347,18 @@ class QemuVM:
                 await self._events_task
             self._events_task = None
 
+    async def _stop_console(self) -> None:
+        if self._console_task is not None:
+            await self.console_drained()
+            self._console_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._console_task
+            self._console_task = None
+
     async def _cleanup(self) -> None:
         await self._drop_qmp()
-        for path in (self.qmp_path, self.agent_path):
+        await self._stop_console()
+        for path in (self.qmp_path, self.agent_path, self.console_socket_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         if self._pidfd >= 0 and not self.alive:
@@ -347,6 +368,7 @@ class QemuVM:
     async def detach(self) -> None:
         """Let go of a running VM without stopping it (vmrtd is shutting down)."""
         await self._drop_qmp()
+        await self._stop_console()
         if self._pidfd >= 0:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._pidfd)

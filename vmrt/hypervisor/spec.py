@@ -105,7 +105,7 @@ class VMSpec:
 class VMEndpoints:
     """Host-side files and pre-opened listening sockets handed to QEMU."""
 
-    console_log: Path
+    console_fd: int  # a listening unix socket; the serial console is written to it
     qmp_fd: int
     agent_fd: int | None  # virtio-serial chardev; None with vsock
 
@@ -227,7 +227,8 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-chardev", f"socket,id=qmp,fd={endpoints.qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
-        "-chardev", f"file,id=console,path={opt(endpoints.console_log)}",
+        # wait=on: the guest starts only once vmrtd's reader is connected.
+        "-chardev", f"socket,id=console,fd={endpoints.console_fd},server=on,wait=on",
         "-serial", "chardev:console",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),

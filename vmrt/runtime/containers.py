@@ -112,8 +112,11 @@ class ContainerService:
                 container_id=container_id,
                 oci_spec=json.dumps(spec).encode(),
                 rootfs=pb.Rootfs(share_path=rootfs),
+                # With a log the host takes the output; without one nobody
+                # does, and the guest keeps only the latest.
                 stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
-                                      stdin_once=config.stdin_once),
+                                      stdin_once=config.stdin_once,
+                                      acked_output=bool(record.log_path)),
             ))
             push_cleanup(undo, self._agent_remove, live, container_id)
             self.rt.store.add_container(record)

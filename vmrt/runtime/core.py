@@ -57,12 +57,20 @@ class LivePod:
     pumps: dict[str, LogPump] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
+    warnings: int = 0
 
     @property
     def agent(self) -> AgentClient:
         if self.vm.agent is None:
             raise FailedPreconditionError(f"pod {self.record.id} has no agent connection")
         return self.vm.agent
+
+    def warn_once(self, problem: str) -> None:
+        """Log what the guest did wrong, without letting a guest flood the log."""
+        self.warnings += 1
+        if self.warnings <= 10 or self.warnings % 1000 == 0:
+            log.warning("pod %s: %s (%d such warnings)", self.record.id[:12], problem,
+                        self.warnings)
 
     async def cancel_tasks(self) -> None:
         for task in self.tasks:
@@ -161,7 +169,7 @@ class Runtime:
             memory_mib=memory, vcpus=vcpus, machine=hv.machine,
             accel=choose_accel(hv.accel).name, transport=hv.transport,
             tb_size_mib=hv.tb_size_mib, debug=hv.debug, boot_timeout=hv.boot_timeout,
-            qemu_binary=hv.qemu_binary,
+            qemu_binary=hv.qemu_binary, extra_cmdline=tuple(hv.kernel_params),
         )
 
     def guest_image_for(self, handler: str) -> GuestImage:
@@ -204,9 +212,16 @@ class Runtime:
                     if event.exec_id or event.kind != pb.Event.EXIT:
                         continue
                     container = self.store.containers.get(event.container_id)
-                    if container is not None:
-                        self.container_exited(container, event.exit.exit_code,
-                                              event.exit.finished_at_ns, event.exit.oom_killed)
+                    # A guest speaks for its own pod only: an id of another
+                    # pod's container (or none at all) is a lie or a bug.
+                    if container is None or container.pod_id != live.record.id:
+                        live.warn_once(f"its agent reported an exit of container "
+                                       f"{event.container_id[:64]!r}, which is not in this "
+                                       "pod; ignored")
+                        continue
+                    self.container_exited(container, event.exit.exit_code,
+                                          _sane_time(event.exit.finished_at_ns),
+                                          event.exit.oom_killed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -235,11 +250,12 @@ class Runtime:
                 self.container_exited(container, 255, time.time_ns(),
                                       message="the container is gone from the VM")
             elif proc.state == pb.ProcessInfo.EXITED:
-                self.container_exited(container, proc.exit.exit_code, proc.exit.finished_at_ns,
-                                      proc.exit.oom_killed)
+                self.container_exited(container, proc.exit.exit_code,
+                                      _sane_time(proc.exit.finished_at_ns), proc.exit.oom_killed)
 
     async def _watch_vm(self, live: LivePod) -> None:
         await live.vm.qemu.wait_exit()
+        await live.vm.qemu.console_drained()
         async with live.lock:
             if live.stopping:
                 return
@@ -287,6 +303,12 @@ class Runtime:
                        offsets, save)
         live.pumps[container.id] = pump
         pump.start()
+
+
+def _sane_time(ns: int) -> int:
+    """A guest's timestamp, or now when it is not a plausible one."""
+    now = time.time_ns()
+    return ns if 0 < ns <= now + 86_400 * 10**9 else now
 
 
 def container_key(container: ContainerRecord, pod: PodRecord) -> str:

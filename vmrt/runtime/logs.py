@@ -114,7 +114,13 @@ class CRILogWriter:
 
 
 class LogPump:
-    """Follows a container's two output streams into its CRI log."""
+    """Follows a container's two output streams into its CRI log.
+
+    Every OFFSET_SAVE_INTERVAL it records how far the log file has got and
+    then tells the agent it may forget what came before (TrimOutput): the
+    guest keeps only output the host does not have yet, and a process that
+    writes faster than the host takes it waits instead of filling the VM.
+    """
 
     def __init__(self, agent: AgentClient, container_id: str, writer: CRILogWriter,
                  offsets: dict[str, int], save: Callable[[dict[str, int]], None]) -> None:
@@ -123,18 +129,45 @@ class LogPump:
         self.writer = writer
         self.offsets = dict(offsets)
         self._save = save
-        self._last_save = 0.0
+        self._saved = dict(offsets)
+        self._trimmed = {"stdout": 0, "stderr": 0}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"logs-{self._id}")
 
     async def _run(self) -> None:
+        flusher = asyncio.create_task(self._flush_every(OFFSET_SAVE_INTERVAL))
         try:
             await asyncio.gather(self._follow("stdout", pb.STDOUT),
                                  self._follow("stderr", pb.STDERR))
         finally:
+            flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await flusher
             self._save(dict(self.offsets))
+
+    async def _flush_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except AgentError as exc:
+                if exc.code.name != "NOT_FOUND":
+                    log.warning("log of %s: cannot trim the guest's spool: %s",
+                                self._id[:12], exc)
+
+    async def flush(self) -> None:
+        """Record the offsets, then let the guest forget what is in the file."""
+        offsets = dict(self.offsets)
+        if offsets != self._saved:
+            self._save(offsets)
+            self._saved = offsets
+        for name, stream in (("stdout", pb.STDOUT), ("stderr", pb.STDERR)):
+            if offsets[name] > self._trimmed[name]:
+                await self._agent.call("TrimOutput", pb.TrimOutputRequest(
+                    container_id=self._id, stream=stream, offset=offsets[name]), timeout=30)
+                self._trimmed[name] = offsets[name]
 
     async def _follow(self, name: str, stream: pb.Stream) -> None:
         # ``offsets`` counts bytes on disk; what sits in the writer's partial
@@ -144,10 +177,14 @@ class LogPump:
         while True:
             try:
                 async for chunk in self._agent.follow_output(self._id, "", stream, read_from):
+                    if chunk.offset < read_from:
+                        continue  # the guest repeating itself; offsets only go forward
+                    if chunk.offset > read_from:
+                        log.warning("log of %s (%s): the guest no longer had bytes %d-%d",
+                                    self._id[:12], name, read_from, chunk.offset)
                     self.writer.write(name, chunk.data)
                     read_from = chunk.offset + len(chunk.data)
                     self.offsets[name] = read_from - self.writer.pending(name)
-                    self._maybe_save()
                 break
             except AgentError as exc:
                 if exc.code.name in ("NOT_FOUND", "CANCELLED"):
@@ -158,12 +195,6 @@ class LogPump:
                 backoff = min(backoff * 2, 10.0)
         self.writer.finish(name)
         self.offsets[name] = read_from
-
-    def _maybe_save(self) -> None:
-        now = time.monotonic()
-        if now - self._last_save >= OFFSET_SAVE_INTERVAL:
-            self._last_save = now
-            self._save(dict(self.offsets))
 
     async def wait(self) -> None:
         if self._task is not None:

@@ -62,8 +62,11 @@ class ProcessSession:
     async def output(self, stream: pb.Stream) -> AsyncIterator[bytes]:
         """Output from the session's start until the process has exited."""
         offset = self.stdout_offset if stream == pb.STDOUT else self.stderr_offset
+        # An exec's output is this session's alone: what it has sent, the
+        # guest may forget. The main process's belongs to its log.
         async for chunk in self.live.agent.follow_output(self.container_id, self.exec_id,
-                                                         stream, offset):
+                                                         stream, offset,
+                                                         trim_sent=self.is_exec):
             yield chunk.data
 
     async def write_stdin(self, data: bytes, close: bool = False) -> None:
@@ -182,7 +185,7 @@ class StreamService:
             await live.agent.call("ExecProcess", pb.ExecProcessRequest(
                 container_id=container.id, exec_id=exec_id,
                 process=json.dumps(process).encode(),
-                stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin)))
+                stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin, acked_output=True)))
         except BaseException:
             # Failed, or cancelled mid-call: the exec may exist in the guest.
             await session.close()

@@ -160,9 +160,11 @@ class SandboxVM:
             self.health = await self.agent.wait_ready(self.config.boot_timeout,
                                                       self.qemu.wait_exit())
         except AgentUnreachable:
+            await self.qemu.console_drained()
             raise self.died("the VM exited while booting") from None
         except Exception as exc:
             if not self.qemu.alive:
+                await self.qemu.console_drained()
                 raise self.died("the VM exited while booting") from None
             raise VMDied(f"the guest agent did not answer within "
                          f"{self.config.boot_timeout:.0f} s: {exc}",

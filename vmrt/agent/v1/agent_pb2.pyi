@@ -123,14 +123,16 @@ class Rootfs(_message.Message):
     def __init__(self, share_path: _Optional[str] = ..., guest_overlay: _Optional[bool] = ...) -> None: ...
 
 class StdioOptions(_message.Message):
-    __slots__ = ("terminal", "open_stdin", "stdin_once")
+    __slots__ = ("terminal", "open_stdin", "stdin_once", "acked_output")
     TERMINAL_FIELD_NUMBER: _ClassVar[int]
     OPEN_STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_ONCE_FIELD_NUMBER: _ClassVar[int]
+    ACKED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     terminal: bool
     open_stdin: bool
     stdin_once: bool
-    def __init__(self, terminal: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., stdin_once: _Optional[bool] = ...) -> None: ...
+    acked_output: bool
+    def __init__(self, terminal: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., stdin_once: _Optional[bool] = ..., acked_output: _Optional[bool] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
     __slots__ = ("container_id", "oci_spec", "rootfs", "stdio")
@@ -295,18 +297,36 @@ class ListProcessesResponse(_message.Message):
     def __init__(self, processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
 
 class ReadOutputRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "stream", "offset", "follow")
+    __slots__ = ("container_id", "exec_id", "stream", "offset", "follow", "trim_sent")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TRIM_SENT_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     exec_id: str
     stream: Stream
     offset: int
     follow: bool
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    trim_sent: bool
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ..., trim_sent: _Optional[bool] = ...) -> None: ...
+
+class TrimOutputRequest(_message.Message):
+    __slots__ = ("container_id", "exec_id", "stream", "offset")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    exec_id: str
+    stream: Stream
+    offset: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class TrimOutputResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class OutputChunk(_message.Message):
     __slots__ = ("offset", "data")

@@ -104,6 +104,11 @@ class AgentStub:
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ReadOutputRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.OutputChunk.FromString,
                 _registered_method=True)
+        self.TrimOutput = channel.unary_unary(
+                '/vmrt.agent.v1.Agent/TrimOutput',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputRequest.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputResponse.FromString,
+                _registered_method=True)
         self.WriteStdin = channel.unary_unary(
                 '/vmrt.agent.v1.Agent/WriteStdin',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.WriteStdinRequest.SerializeToString,
@@ -228,6 +233,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrimOutput(self, request, context):
+        """The host has kept everything before ``offset``: the agent may forget it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WriteStdin(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -337,6 +349,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReadOutput,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ReadOutputRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.OutputChunk.SerializeToString,
+            ),
+            'TrimOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrimOutput,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputRequest.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputResponse.SerializeToString,
             ),
             'WriteStdin': grpc.unary_unary_rpc_method_handler(
                     servicer.WriteStdin,
@@ -742,6 +759,33 @@ class Agent:
             '/vmrt.agent.v1.Agent/ReadOutput',
             vmrt_dot_agent_dot_v1_dot_agent__pb2.ReadOutputRequest.SerializeToString,
             vmrt_dot_agent_dot_v1_dot_agent__pb2.OutputChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrimOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmrt.agent.v1.Agent/TrimOutput',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputRequest.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.TrimOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

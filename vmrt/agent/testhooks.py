@@ -1,0 +1,41 @@
+"""Test-only behaviour, off unless the kernel command line turns it on.
+
+``vmrt.test_forged_events=1``: the agent reads lines ``CONTAINER_ID EXIT_CODE``
+from the FIFO ``FORGE_FIFO`` and publishes each as an exit event of that
+container, exactly as it would a real one. It lets a test play the hostile
+guest that sends the host lies over the real channel; a guest that owns its
+kernel can do the same without this hook, so it opens nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from vmrt.agent.containers import ExitEvent
+from vmrt.agent.events import EventBus
+from vmrt.agent.proctable import ExitInfo
+
+log = logging.getLogger(__name__)
+
+FORGE_FIFO = "/run/vmrt/test/forge-event"
+
+
+def start_event_forger(events: EventBus) -> None:
+    os.makedirs(os.path.dirname(FORGE_FIFO), exist_ok=True)
+    if not os.path.exists(FORGE_FIFO):
+        os.mkfifo(FORGE_FIFO, 0o600)
+    threading.Thread(target=_forge, args=(events,), daemon=True, name="forger").start()
+
+
+def _forge(events: EventBus) -> None:
+    while True:
+        with open(FORGE_FIFO) as fifo:
+            for line in fifo:
+                container_id, _, code = line.strip().partition(" ")
+                info = ExitInfo(exit_code=int(code or "0"), signal=0,
+                                finished_at_ns=time.time_ns())
+                log.warning("test hook: forging an exit of %s", container_id)
+                events.publish(ExitEvent(container_id, "", info, time.time_ns(), False))
