@@ -10,15 +10,27 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon
+from tests.cri.conftest import Daemon, _daemon, _short_dir, expect_error, wait_for
+from tests.helpers import leaks
 
 pytestmark = pytest.mark.vm
+
+FORGE_HANDLER = '[runtime_handlers.forge]\nkernel_params = ["vmrt.test_forged_events=1"]\n'
+
+
+@pytest.fixture(scope="module")
+def vmrtd(guest_image, request: pytest.FixtureRequest) -> Iterator[Daemon]:  # type: ignore[no-untyped-def]
+    """The module's daemon, with a handler whose agent can be made to lie."""
+    for base in _short_dir():
+        yield from _daemon(base, guest_image, request, extra_config=FORGE_HANDLER)
 
 
 def attacker(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> str:
@@ -99,3 +111,97 @@ def test_symlink_planted_in_the_share_never_steers_the_host(
     # was just that: the volume's symlink is in the volume, pointing nowhere
     # the host goes.
     assert (volume / "escape").is_symlink()
+
+
+def test_host_ip_cannot_inject_qemu_options(vmrtd: Daemon) -> None:
+    """A hostNetwork pod whose port's host_ip carries QEMU -netdev options
+    (tftp=/ would serve every host file to the guest)."""
+    config = vmrtd.pod_config(port_mappings=[api.PortMapping(
+        container_port=80, host_port=8080,
+        host_ip="127.0.0.1:1-:1,tftp=/,hostfwd=tcp:127.0.0.1")])
+    config.linux.security_context.namespace_options.network = api.NODE
+    before = vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=config), timeout=60)
+    assert details.startswith("config.port_mappings[0].host_ip:"), details
+    assert not leaks.qemu_processes("tftp=")
+    assert vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items == before
+
+
+def test_output_burst_reaches_the_log_and_the_container_lives(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    """300 MB to stdout in a 256 MiB VM: the guest keeps only what the host
+    has not taken yet, so it all reaches the CRI log and nothing runs out."""
+    pod_id, config = pod
+    line = "x" * 99
+    script = (f"yes {line} | head -c 300000000; echo; echo burst-done; exec sleep 600")
+    container = vmrtd.run_container(pod_id, config, ["sh", "-c", script], name="burst")
+    log_path = Path(vmrtd.status(container).log_path)
+    tail = b""
+
+    def finished() -> bool:
+        nonlocal tail
+        with log_path.open("rb") as f:
+            f.seek(max(0, log_path.stat().st_size - 4096))
+            tail = f.read()
+        return b" stdout F burst-done\n" in tail
+
+    assert wait_for(finished, timeout=600, interval=1.0), tail[-500:]
+    assert log_path.stat().st_size > 300_000_000
+    assert vmrtd.status(container).state == api.CONTAINER_RUNNING
+    reply = vmrtd.exec(container, ["sh", "-c", "echo alive"])
+    assert reply.stdout == b"alive\n"
+
+
+def test_serial_flood_stays_under_the_console_cap(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    """Guest root writes its serial port as fast as it can: the host keeps a
+    bounded file, and the most recent output is in it."""
+    from vmrt.hypervisor.console import CONSOLE_CAP
+
+    pod_id, _ = pod
+    evil = attacker(vmrtd, pod)
+    flood = in_agent(vmrtd, evil, "mknod /dev/ttyS0-flood c 4 64 && (yes flood-flood-flood "
+                                  "> /dev/ttyS0-flood 2>/dev/null </dev/null &) ; echo ok")
+    assert flood.stdout == b"ok\n", flood.stderr
+    directory = next(vmrtd.state.glob(f"sandboxes/{pod_id[:32]}"))
+    logs = [directory / "console.log", directory / "console.log.1"]
+
+    def total() -> int:
+        return sum(p.stat().st_size for p in logs if p.exists())
+
+    try:
+        # The flood outruns the cap several times over in this time.
+        assert wait_for(lambda: (directory / "console.log.1").exists(), timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert total() <= 2 * CONSOLE_CAP, total()
+            time.sleep(0.5)
+    finally:
+        in_agent(vmrtd, evil, "killall yes; sleep 1; echo flood-ended-marker > /dev/ttyS0-flood")
+    assert wait_for(lambda: b"flood-ended-marker" in logs[0].read_bytes(), timeout=30)
+    assert total() <= 2 * CONSOLE_CAP
+
+
+def test_forged_exit_event_for_another_pods_container_is_ignored(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    """A compromised guest that learned another pod's container id tells the
+    host, over the real agent channel, that it exited."""
+    pod_id, config = pod
+    victim = vmrtd.run_container(pod_id, config, ["sleep", "600"], name="victim")
+    hostile_config = vmrtd.pod_config()
+    hostile_pod = vmrtd.run_pod(hostile_config, handler="forge")
+    own = vmrtd.run_container(hostile_pod, hostile_config, ["sleep", "600"], name="own")
+    evil = attacker(vmrtd, (hostile_pod, hostile_config))
+    forge = in_agent(vmrtd, evil, f"echo '{victim} 0' > /run/vmrt/test/forge-event && "
+                                  f"echo '{own} 3' > /run/vmrt/test/forge-event && echo sent")
+    assert forge.stdout == b"sent\n", forge.stderr
+    # The lie about its own container is believed (the guest owns it): the
+    # channel works. The one about the other pod's is not.
+    assert wait_for(lambda: vmrtd.status(own).state == api.CONTAINER_EXITED, timeout=30)
+    assert vmrtd.status(own).exit_code == 3
+    assert vmrtd.status(victim).state == api.CONTAINER_RUNNING
+    assert f"reported an exit of container {victim!r}, which is not in this pod; ignored" \
+        in vmrtd.log_file.read_text()
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=hostile_pod),
+                                   timeout=60)
