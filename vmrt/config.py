@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vmrt.errors import VmrtError
+from vmrt.hypervisor.confine import DEFAULT_CAPABILITIES, capability_problem
 from vmrt.hypervisor.spec import vm_settings_problem
 
 _KERNEL_WORD = re.compile(r"[A-Za-z0-9_.,=:/+-]{1,256}")
@@ -57,6 +58,10 @@ class HypervisorConfig:
     # More words for the guest kernel's command line (the agent reads
     # vmrt.* ones, Kata style).
     kernel_params: list[str] = field(default_factory=list)
+    # The capabilities QEMU keeps in its jail (names without CAP_).
+    qemu_capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    # The largest VM a pod may ask for; 0: the host's memory.
+    max_memory_mib: int = 0
 
     def validate(self, where: str) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -69,10 +74,25 @@ class HypervisorConfig:
             raise ConfigError(f"{where}.tb_size_mib: {self.tb_size_mib} is below 16")
         if self.boot_timeout <= 0:
             raise ConfigError(f"{where}.boot_timeout: must be positive")
+        problem = capability_problem(self.qemu_capabilities)
+        if problem:
+            raise ConfigError(f"{where}.qemu_capabilities: {problem}")
+        if self.max_memory_mib < 0:
+            raise ConfigError(f"{where}.max_memory_mib: {self.max_memory_mib} is negative")
+        if self.max_memory_mib and self.max_memory_mib < self.memory_mib:
+            raise ConfigError(f"{where}.max_memory_mib: {self.max_memory_mib} is below "
+                              f"memory_mib ({self.memory_mib})")
         for word in self.kernel_params:
             if not _KERNEL_WORD.fullmatch(word):
                 raise ConfigError(f"{where}.kernel_params: {word!r} is not one kernel "
                                   "parameter (no spaces or quotes)")
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    # kubelet's --cgroup-driver: "cgroupfs" (paths) or "systemd" (slices).
+    driver: str = "cgroupfs"
+    root: str = "/sys/fs/cgroup"
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,7 @@ class Config:
     runtime_handlers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"vmrt": {}})
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cni: CNIConfig = field(default_factory=CNIConfig)
+    cgroups: CgroupConfig = field(default_factory=CgroupConfig)
 
     def handler(self, name: str) -> HypervisorConfig:
         """The hypervisor settings for a RuntimeClass handler ("" is the default)."""
@@ -179,6 +200,9 @@ def parse(text: str, source: str = "<config>") -> Config:
     config: Config = _build(Config, data, "")
     config.hypervisor.validate("hypervisor")
     _validate_handlers(config)
+    if config.cgroups.driver not in ("cgroupfs", "systemd"):
+        raise ConfigError(f"cgroups.driver: {config.cgroups.driver!r} is not cgroupfs or "
+                          "systemd")
     if not 0 <= config.cri.stream_port <= 65535:
         raise ConfigError(f"cri.stream_port: {config.cri.stream_port} is not a port number")
     if config.cri.stream_idle_timeout < 0:

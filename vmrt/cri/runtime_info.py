@@ -59,8 +59,9 @@ class RuntimeInfoRPCs(Base):
 
     async def RuntimeConfig(self, request: api.RuntimeConfigRequest,
                             context: Any) -> api.RuntimeConfigResponse:
+        driver = api.SYSTEMD if self.rt.config.cgroups.driver == "systemd" else api.CGROUPFS
         return api.RuntimeConfigResponse(
-            linux=api.LinuxRuntimeConfiguration(cgroup_driver=api.CGROUPFS))
+            linux=api.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(self, request: api.UpdateRuntimeConfigRequest,
                                   context: Any) -> api.UpdateRuntimeConfigResponse:

@@ -21,6 +21,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from vmrt.errors import VmrtError
+from vmrt.hypervisor.confine import Jail
 from vmrt.hypervisor.console import ConsoleLog, connect_early
 from vmrt.hypervisor.console import pump as console_pump
 from vmrt.hypervisor.console import reconnect as reconnect_console
@@ -95,8 +96,9 @@ class QemuVM:
     """One QEMU process, its QMP connection and its files in ``directory``."""
 
     def __init__(self, spec: VMSpec, directory: Path, name: str,
-                 qemu_binary: str = "qemu-system-x86_64") -> None:
+                 qemu_binary: str = "qemu-system-x86_64", jail: Jail | None = None) -> None:
         self.spec = spec
+        self.jail = jail
         self.directory = directory
         self.name = name
         self.qemu_binary = qemu_binary
@@ -140,8 +142,9 @@ class QemuVM:
             self.console_path.touch()
             with self.qemu_log_path.open("wb") as qemu_log:
                 try:
+                    argv = self.jail.wrap(self.argv) if self.jail else self.argv
                     self._proc = await asyncio.create_subprocess_exec(
-                        *self.argv,
+                        *argv,
                         stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
                         pass_fds=[s.fileno() for s in (qmp_sock, console_sock, agent_sock) if s]
                         + ([self.spec.net.tap_fd] if self.spec.net and self.spec.net.tap_fd >= 0

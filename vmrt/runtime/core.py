@@ -39,6 +39,7 @@ from vmrt.network.pod import PodNetworking
 from vmrt.runtime.events import EventBus
 from vmrt.runtime.logs import CRILogWriter, LogPump
 from vmrt.runtime.records import ContainerRecord, PodRecord, RecordStore
+from vmrt.sandbox import cgroups
 from vmrt.sandbox.vm import SandboxVM, VMConfig
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,10 @@ class Runtime:
 
     # -- VM sizing ----------------------------------------------------------
 
-    def vm_config(self, handler: str, pod_config: api.PodSandboxConfig) -> VMConfig:
-        """The handler's VM, grown by the pod's declared resources and overhead."""
+    def vm_config(self, handler: str, pod_config: api.PodSandboxConfig,
+                  pod_id: str = "") -> VMConfig:
+        """The handler's VM, grown by the pod's declared resources and overhead,
+        in the pod's cgroup (when ``pod_id`` is given)."""
         hv = self.config.handler(handler)
         linux = pod_config.linux
         memory = hv.memory_mib
@@ -164,13 +167,43 @@ class Runtime:
                 memory += math.ceil(resources.memory_limit_in_bytes / MIB)
             if resources.cpu_quota > 0 and resources.cpu_period > 0:
                 cpus += resources.cpu_quota / resources.cpu_period
+        limit = hv.max_memory_mib or host_memory_mib()
+        if memory > limit:
+            raise InvalidArgumentError(
+                f"config.linux.resources.memory_limit_in_bytes "
+                f"({linux.resources.memory_limit_in_bytes}) and "
+                f"config.linux.overhead.memory_limit_in_bytes "
+                f"({linux.overhead.memory_limit_in_bytes}): the pod needs a VM of {memory} MiB "
+                f"({hv.memory_mib} MiB for handler {handler or 'default'!r} plus the pod's), "
+                f"more than the maximum of {limit} MiB (hypervisor.max_memory_mib"
+                f"{'' if hv.max_memory_mib else ', by default the host memory'})")
         vcpus = max(1, min(math.ceil(cpus), os.cpu_count() or 1, 255))
+        cgroup = None
+        if pod_id:
+            cgroup = cgroups.for_pod(self.config.cgroups.driver, linux.cgroup_parent, pod_id,
+                                     self.config.cgroups.root)
         return VMConfig(
             memory_mib=memory, vcpus=vcpus, machine=hv.machine,
             accel=choose_accel(hv.accel).name, transport=hv.transport,
             tb_size_mib=hv.tb_size_mib, debug=hv.debug, boot_timeout=hv.boot_timeout,
             qemu_binary=hv.qemu_binary, extra_cmdline=tuple(hv.kernel_params),
+            cgroup=cgroup, qemu_capabilities=tuple(hv.qemu_capabilities),
         )
+
+    def pod_cgroup(self, pod: PodRecord) -> cgroups.PodCgroup | None:
+        relative = pod.vm.get("cgroup", "")
+        if not relative:
+            return None
+        return cgroups.PodCgroup(self.config.cgroups.driver, relative, self.config.cgroups.root)
+
+    def remove_pod_cgroup(self, pod: PodRecord) -> None:
+        """The sandbox's cgroup, once its QEMU is gone (after a crash, or twice)."""
+        cgroup = self.pod_cgroup(pod)
+        if cgroup is not None:
+            try:
+                cgroup.remove()
+            except OSError as exc:
+                log.warning("pod %s: cannot remove its cgroup: %s", pod.id[:12], exc)
 
     def guest_image_for(self, handler: str) -> GuestImage:
         image_dir = self.config.handler(handler).image
@@ -303,6 +336,14 @@ class Runtime:
                        offsets, save)
         live.pumps[container.id] = pump
         pump.start()
+
+
+def host_memory_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
 
 
 def _sane_time(ns: int) -> int:

@@ -49,16 +49,17 @@ class PodService:
             raise InvalidArgumentError("config.metadata.namespace is required")
         if not meta.uid:
             raise InvalidArgumentError("config.metadata.uid is required")
-        vm_config = self.rt.vm_config(handler, config)
-        image = self.rt.guest_image_for(handler)
         pod_id = secrets.token_hex(32)
+        vm_config = self.rt.vm_config(handler, config, pod_id)
+        image = self.rt.guest_image_for(handler)
         record = PodRecord.new(pod_id, config, handler, time.time_ns())
         self.rt.reserve_pod_name(record.key, pod_id)
         try:
             record.vm = {"memory_mib": vm_config.memory_mib, "vcpus": vm_config.vcpus,
                          "machine": vm_config.machine, "accel": vm_config.accel,
                          "transport": vm_config.transport, "tb_size_mib": vm_config.tb_size_mib,
-                         "image": str(image.directory)}
+                         "image": str(image.directory),
+                         "cgroup": vm_config.cgroup.relative if vm_config.cgroup else ""}
             vm = await self._start(record, config, vm_config, image)
         except BaseException:
             self.rt.release_pod_name(record.key, pod_id)
@@ -121,6 +122,7 @@ class PodService:
         if live is None:
             # Already stopped, or its VM died: make sure nothing is left.
             await remove_sandbox_dir(sandbox_dir(self.rt.state, pod.id))
+            self.rt.remove_pod_cgroup(pod)
             await self._teardown_network(pod)
             return
         async with live.lock:

@@ -67,6 +67,7 @@ async def _discard(rt: Runtime, pod: PodRecord) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
+    rt.remove_pod_cgroup(pod)
     try:
         await rt.networking.discard(pod.id, PodNetworkState.of(pod.network))
     except Exception as exc:
@@ -78,9 +79,11 @@ async def _discard(rt: Runtime, pod: PodRecord) -> None:
 
 async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     vm_info = pod.vm
+    cgroup = rt.pod_cgroup(pod)
     config = VMConfig(memory_mib=vm_info["memory_mib"], vcpus=vm_info["vcpus"],
                       machine=vm_info["machine"], accel=vm_info["accel"],
-                      transport=vm_info["transport"], tb_size_mib=vm_info["tb_size_mib"])
+                      transport=vm_info["transport"], tb_size_mib=vm_info["tb_size_mib"],
+                      cgroup=cgroup)
     try:
         image = rt.guest_image_for(pod.runtime_handler)
         if str(image.directory) != vm_info.get("image"):
@@ -91,6 +94,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
         log.warning("pod %s: its VM is gone (%s)", pod.id[:12], exc)
         await rt.vm_gone(pod, "the pod's VM exited while vmrtd was not running")
         await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
+        rt.remove_pod_cgroup(pod)
         return
     live = LivePod(pod, vm)
     rt.live[pod.id] = live

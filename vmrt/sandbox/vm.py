@@ -23,9 +23,11 @@ from vmrt.errors import InvalidArgumentError
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import host_tsc_khz
+from vmrt.hypervisor.confine import DEFAULT_CAPABILITIES, Jail
 from vmrt.hypervisor.qemu import QemuVM, VMDied
 from vmrt.hypervisor.spec import NetSpec, Share, VMSpec
 from vmrt.sandbox import mounts
+from vmrt.sandbox.cgroups import PodCgroup
 from vmrt.sandbox.share import SandboxShare
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class VMConfig:
     extra_cmdline: tuple[str, ...] = ()
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     qemu_binary: str = "qemu-system-x86_64"
+    # The pod's cgroup, which QEMU joins; None: QEMU stays in vmrtd's.
+    cgroup: PodCgroup | None = None
+    qemu_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -97,10 +102,25 @@ class SandboxVM:
             extra_cmdline=config.extra_cmdline,
         )
         self.qemu = QemuVM(self.spec, self.directory, f"vmrt-{sandbox_id}",
-                           config.qemu_binary)
+                           config.qemu_binary, self._jail())
         self.agent: AgentClient | None = None
         self.health: pb.HealthResponse | None = None
         self.timings: dict[str, float] = {}
+
+    def _jail(self) -> Jail:
+        """QEMU sees the guest image, this sandbox's share and nothing else of the host."""
+        devices = []
+        if self.config.accel == "kvm":
+            devices.append("/dev/kvm")
+        if self.config.transport == "vsock":
+            devices.append("/dev/vhost-vsock")
+        return Jail(root=self.directory / "root",
+                    readonly=(self.image.kernel, self.image.initrd),
+                    writable=(self.shared,),
+                    cgroup_procs=tuple(self.config.cgroup.procs_files())
+                    if self.config.cgroup else (),
+                    capabilities=self.config.qemu_capabilities,
+                    devices=tuple(devices))
 
     # -- start ----------------------------------------------------------
 
@@ -112,7 +132,11 @@ class SandboxVM:
             private_dir(self.directory.parent)
             self.directory.mkdir(exist_ok=False)
             push_cleanup(undo, remove_sandbox_dir, self.directory)
+            (self.directory / "root").mkdir(mode=0o700)
             self.share.create()
+            if self.config.cgroup is not None:
+                self.config.cgroup.create()
+                undo.callback(self.config.cgroup.remove)
             await self.qemu.launch(die_with_parent=die_with_parent)
             push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
@@ -205,6 +229,8 @@ class SandboxVM:
             await self.qemu.shutdown()
         finally:
             await remove_sandbox_dir(self.directory)
+            if self.config.cgroup is not None and not self.qemu.alive:
+                self.config.cgroup.remove()
 
 
 async def remove_sandbox_dir(directory: Path) -> None:
