@@ -32,11 +32,11 @@ def guest_image(root: str) -> GuestImage:
 
 
 @contextlib.contextmanager
-def vmrtd(image: GuestImage) -> Iterator[Daemon]:
+def vmrtd(image: GuestImage, extra_config: str = "") -> Iterator[Daemon]:
     """A vmrtd of the benchmark's own, in a scratch directory; every pod it
     made is removed afterwards, also when the run fails."""
     base = Path(tempfile.mkdtemp(prefix="vb-", dir="/tmp"))
-    daemon = Daemon(base, image.directory)
+    daemon = Daemon(base, image.directory, extra_config=extra_config)
     try:
         daemon.start()
         yield daemon
