@@ -82,7 +82,7 @@ def main() -> int:
     failures: dict[str, dict[str, str]] = {}
     started = time.monotonic()
     with common.vmrtd(image, extra_config=handlers) as daemon:
-        for index, (name, caps) in enumerate(sets.items()):
+        for index, name in enumerate(sets):
             config = daemon.pod_config()
             pod_id = daemon.run_pod(config, handler=f"v{index}")
             container = daemon.run_container(
