@@ -8,6 +8,7 @@ With no file, every default applies.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import typing
@@ -102,15 +103,22 @@ class RegistryMirror:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    mirrors: dict[str, RegistryMirror] = field(default_factory=lambda: {
-        "registry.k8s.io": RegistryMirror(endpoints=["http://127.0.0.1:5000"]),
-    })
+    # None by default, as in containerd: a mirror is a place the node trusts
+    # to serve any image under the registry's names, so the operator names it.
+    mirrors: dict[str, RegistryMirror] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class CNIConfig:
     conf_dir: str = "/etc/cni/net.d"
     bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    # vmrt's own network for hostNetwork pods (ptp + portmap): pick a range
+    # the node does not use.
+    host_network_subnet: str = "10.90.0.0/16"
+    # Drop packets to 127.0.0.0/8 that arrive on any interface but lo (as
+    # kube-proxy does, CVE-2020-8558): portmap's localhost hairpin turns on
+    # route_localnet, which would let a pod reach the node's loopback.
+    protect_node_loopback: bool = True
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,11 @@ def parse(text: str, source: str = "<config>") -> Config:
     config: Config = _build(Config, data, "")
     config.hypervisor.validate("hypervisor")
     _validate_handlers(config)
+    try:
+        ipaddress.ip_network(config.cni.host_network_subnet)
+    except ValueError:
+        raise ConfigError(f"cni.host_network_subnet: {config.cni.host_network_subnet!r} is "
+                          "not a network (CIDR)") from None
     if config.cgroups.driver not in ("cgroupfs", "systemd"):
         raise ConfigError(f"cgroups.driver: {config.cgroups.driver!r} is not cgroupfs or "
                           "systemd")

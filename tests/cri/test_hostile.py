@@ -8,8 +8,11 @@ Each test states the attack, then checks that the host is untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, _daemon, _short_dir, expect_error, wait_for
 from tests.helpers import leaks
+from tests.helpers.registry import free_port
 
 pytestmark = pytest.mark.vm
 
@@ -205,3 +209,97 @@ def test_forged_exit_event_for_another_pods_container_is_ignored(
         in vmrtd.log_file.read_text()
     vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=hostile_pod),
                                    timeout=60)
+
+
+def node_address() -> str:
+    """An IPv4 address of this node that is not loopback (the tests' own
+    network namespaces and bridges aside)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            name = links.get(addr["index"], "")
+            if name != "lo" and not name.startswith(("vmrt", "veth", "cni", "podbr", "vt")):
+                return str(addr.get_attr("IFA_ADDRESS"))
+    pytest.skip("this node has no non-loopback IPv4 address")
+
+
+@pytest.fixture
+def node_server() -> Iterator[tuple[str, int]]:
+    """A TCP server on one of the node's own non-loopback addresses."""
+    server = socket.create_server((node_address(), 0))
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"node-hello\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[:2]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_host_network_pod_cannot_reach_the_nodes_loopback(
+        vmrtd: Daemon, node_server: tuple[str, int]) -> None:
+    """A hostNetwork pod (on QEMU's user-mode network, the node's loopback
+    was at 10.0.2.2) goes for vmrtd's streaming port on the node's
+    loopback, every way a guest root can: 10.0.2.2, its gateway, and
+    127.0.0.0/8 routed out of the VM to the gateway by hand."""
+    port = free_port()
+    config = vmrtd.pod_config(port_mappings=[api.PortMapping(container_port=8080,
+                                                             host_port=port)])
+    config.linux.security_context.namespace_options.network = api.NODE
+    pod_id = vmrtd.run_pod(config)
+    evil = attacker(vmrtd, (pod_id, config))
+    status = vmrtd.runtime.Status(api.StatusRequest(verbose=True))
+    stream_port = int(json.loads(status.info["streaming"])["url"].rsplit(":", 1)[1])
+    # Egress still works: a server on one of the node's own addresses.
+    host, server_port = node_server
+    reached = vmrtd.exec(evil, ["sh", "-c", f"nc -w 5 {host} {server_port} </dev/null"])
+    assert reached.stdout == b"node-hello\n", reached.stderr
+    gateway = vmrtd.exec(evil, ["sh", "-c", "ip route | awk '/default/ {print $3}'"]
+                         ).stdout.decode().strip()
+    assert gateway, "the pod has no default route"
+
+    def connects(address: str) -> bool:
+        probe = vmrtd.exec(evil, ["sh", "-c", f"echo | nc -w 3 {address} {stream_port} "
+                                              f">/dev/null 2>&1 && echo open || echo closed"])
+        return probe.stdout.strip() == b"open"
+
+    assert not connects("10.0.2.2")
+    assert not connects(gateway)
+    # Route the whole of 127.0.0.0/8 out of the VM, to the gateway.
+    routed = vmrtd.exec(evil, ["sh", "-c", f"""
+        sysctl -w net.ipv4.conf.eth0.route_localnet=1 >/dev/null &&
+        ip route del local 127.0.0.1 dev lo table local &&
+        ip route del local 127.0.0.0/8 dev lo table local &&
+        ip route add 127.0.0.0/8 via {gateway} dev eth0 && ip route get 127.0.0.1"""])
+    assert routed.exit_code == 0 and b"via " + gateway.encode() in routed.stdout, routed.stderr
+    assert not connects("127.0.0.1")
+    # TCP could not answer back from 127.0.0.1 anyway; a datagram needs no
+    # answer. The node's loopback must not even hear it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(3)
+        udp_port = listener.getsockname()[1]
+        # busybox nc has no UDP here; the guest's own python3 has.
+        sent = in_agent(vmrtd, evil, "python3 -c \"import socket; s = socket.socket("
+                                     "socket.AF_INET, socket.SOCK_DGRAM); "
+                                     f"[s.sendto(b'datagram', ('127.0.0.1', {udp_port})) "
+                                     "for _ in range(3)]; print('sent')\"")
+        assert sent.stdout == b"sent\n", sent.stderr
+        with pytest.raises(TimeoutError):
+            listener.recv(100)
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

@@ -16,7 +16,8 @@ def test_defaults_without_a_file() -> None:
     assert (config.storage.root, config.storage.state) == ("/var/lib/vmrt", "/run/vmrt")
     assert (config.hypervisor.accel, config.hypervisor.memory_mib,
             config.hypervisor.vcpus) == ("auto", 256, 1)
-    assert config.registry.mirrors["registry.k8s.io"].endpoints == ["http://127.0.0.1:5000"]
+    # Mirrors are opt-in: no plain-HTTP stand-in for registry.k8s.io by default.
+    assert config.registry.mirrors == {}
     assert config.cni.conf_dir == "/etc/cni/net.d"
     assert config.cni.bin_dirs == ["/opt/cni/bin", "/usr/lib/cni"]
     assert config.handler("vmrt") == config.hypervisor

@@ -18,6 +18,7 @@ from vmrt.errors import VmrtError
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.images.archive import ensure_builtin_busybox
+from vmrt.network.firewall import protect_node_loopback
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.recovery import detach_all, recover
 from vmrt.runtime.streams import StreamService
@@ -41,6 +42,8 @@ async def run(config: Config, image: GuestImage) -> None:
     ensure_builtin_busybox(runtime.images, image.busybox_rootfs)
     # One warning about TCG, at start-up rather than at the first pod.
     choose_accel(config.hypervisor.accel)
+    if config.cni.protect_node_loopback:
+        await protect_node_loopback()
     await recover(runtime)
     streaming = StreamServer(StreamService(runtime), config.cri.stream_address,
                              config.cri.stream_port, config.cri.stream_idle_timeout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,23 +50,12 @@ class Share:
 
 
 @dataclass(frozen=True)
-class PortForward:
-    """User-mode networking: a host port forwarded to a guest port."""
-
-    protocol: str  # tcp | udp
-    host_ip: str
-    host_port: int
-    guest_port: int
-
-
-@dataclass(frozen=True)
 class NetSpec:
-    """The VM's one NIC: a tap (by fd) in the pod's netns, or QEMU's user-mode stack."""
+    """The VM's one NIC: a tap, by fd, in the pod's netns."""
 
-    mode: str  # tap | user
+    mode: str  # tap
     mac: str
     tap_fd: int = -1
-    forwards: tuple[PortForward, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,33 +157,14 @@ def opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def _forward(f: PortForward) -> str:
-    # Nothing from a CRI request reaches QEMU's options unchecked, even if a
-    # check upstream was missed: these are the only shapes allowed.
-    if f.protocol not in ("tcp", "udp"):
-        raise SpecError(f"port forward protocol {f.protocol!r} is not tcp or udp")
-    try:
-        address = ipaddress.ip_address(f.host_ip)
-    except ValueError:
-        raise SpecError(f"port forward host address {f.host_ip!r} is not an IP address") from None
-    if not isinstance(address, ipaddress.IPv4Address):
-        raise SpecError(f"user-mode networking forwards IPv4 only, not {f.host_ip}")
-    for port in (f.host_port, f.guest_port):
-        if not (isinstance(port, int) and 0 < port < 65536):
-            raise SpecError(f"port forward port {port!r} is not a port number")
-    return f"hostfwd={f.protocol}:{address}:{f.host_port}-:{f.guest_port}"
-
-
 def _netdev(net: NetSpec) -> str:
     if not _MAC.fullmatch(net.mac):
         raise SpecError(f"NIC MAC address {net.mac!r} is not of the form xx:xx:xx:xx:xx:xx")
-    if net.mode == "tap":
-        if not isinstance(net.tap_fd, int) or net.tap_fd < 0:
-            raise SpecError("a tap NIC needs the tap's fd")
-        return f"tap,id=net0,fd={net.tap_fd},vhost=off"
-    if net.mode != "user":
-        raise SpecError(f"network mode {net.mode!r} is not tap or user")
-    return ",".join(["user,id=net0,ipv6=off", *(_forward(f) for f in net.forwards)])
+    if net.mode != "tap":
+        raise SpecError(f"network mode {net.mode!r} is not tap")
+    if not isinstance(net.tap_fd, int) or net.tap_fd < 0:
+        raise SpecError("a tap NIC needs the tap's fd")
+    return f"tap,id=net0,fd={net.tap_fd},vhost=off"
 
 
 def machine_args(spec: VMSpec) -> list[str]:

@@ -6,11 +6,14 @@ Two modes:
   pinned under /var/run/netns; CNI ADD puts a veth there; a tap joined to it
   by tc mirred becomes the VM's NIC, with the veth's MAC; the agent gives
   the guest the veth's addresses, routes and MTU.
-* ``user`` (hostNetwork pods): a VM cannot share the node's network
-  namespace, so the pod gets QEMU's user-mode network (NAT outbound, guest
-  10.0.2.15) with each declared port forwarded from the host. Documented in
-  README: the pod's ports are reachable on the node; the pod itself does not
-  see the node's interfaces.
+* hostNetwork pods: a VM cannot share the node's network namespace. They
+  get the same set-up on vmrt's own network instead of the node's CNI one:
+  ``ptp`` (a veth with NAT out through the node) and ``portmap``, with each
+  declared port's host port defaulting to its container port, so the pod's
+  ports are the node's ports, as kubelet expects. Its netns is its own, so
+  the node's loopback is not its loopback (QEMU's user-mode network, used
+  before, made the node's 127.0.0.1 reachable at 10.0.2.2). Documented in
+  README.
 
 Everything ``setup`` does registers its undo on the caller's exit stack;
 ``teardown`` works from the pod record alone (after a restart, or twice).
@@ -30,24 +33,34 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
-from vmrt.hypervisor.spec import NetSpec, PortForward
+from vmrt.hypervisor.spec import NetSpec
 from vmrt.network import link
 from vmrt.network.cni import CNI, NetworkConfig, PodNetworkArgs
 
 log = logging.getLogger(__name__)
 
 IFNAME = "eth0"
-USER_MODE_MAC = "52:54:00:12:34:56"
-USER_MODE_GUEST = link.GuestInterface(USER_MODE_MAC, IFNAME, 1500, ["10.0.2.15/24"])
-USER_MODE_ROUTES = [link.GuestRoute("0.0.0.0/0", "10.0.2.2", IFNAME)]
+HOST_NETWORK_NAME = "vmrt-hostnet"
 _PROTOCOLS = {api.TCP: "tcp", api.UDP: "udp", api.SCTP: "sctp"}
+
+
+def host_network_config(subnet: str) -> NetworkConfig:
+    """vmrt's own network for hostNetwork pods (not a file: nobody edits it)."""
+    return NetworkConfig(
+        name=HOST_NETWORK_NAME, cni_version="1.0.0", source=Path("<vmrt built-in>"),
+        plugins=[
+            {"type": "ptp", "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ])
 
 
 @dataclass
 class PodNetworkState:
     """What the pod record keeps about its network (JSON-able)."""
 
-    mode: str = "none"  # cni | user | none
+    mode: str = "none"  # cni | none
     netns: str = ""
     network_name: str = ""
     # The conflist as it was at ADD: DEL must run the same plugins even if
@@ -83,8 +96,15 @@ def tap_name(pod_id: str) -> str:
 
 
 def _port_mappings(config: api.PodSandboxConfig) -> list[dict[str, Any]]:
+    """portmap's mappings; a hostNetwork pod's ports are the node's, so its
+    host port defaults to the container port."""
+    host_network = is_host_network(config)
     mappings = []
-    for port in config.port_mappings:
+    for declared in config.port_mappings:
+        port = api.PortMapping()
+        port.CopyFrom(declared)
+        if host_network and port.host_port <= 0:
+            port.host_port = port.container_port
         if port.host_port <= 0:
             continue
         if not 0 < port.container_port < 65536 or port.host_port > 65535:
@@ -99,8 +119,9 @@ def _port_mappings(config: api.PodSandboxConfig) -> list[dict[str, Any]]:
 
 
 class PodNetworking:
-    def __init__(self, cni: CNI) -> None:
+    def __init__(self, cni: CNI, host_network_subnet: str) -> None:
         self.cni = cni
+        self.host_network = host_network_config(host_network_subnet)
 
     async def setup(self, pod_id: str, config: api.PodSandboxConfig,
                     undo: contextlib.AsyncExitStack,
@@ -108,9 +129,7 @@ class PodNetworking:
         """``remember`` is given the state before CNI ADD runs, so that a
         vmrtd killed part-way can still undo it after a restart (DEL with
         no result is fine by the CNI spec)."""
-        if is_host_network(config):
-            return self._user_mode(config)
-        net = self.cni.config()
+        net = self.host_network if is_host_network(config) else self.cni.config()
         name = netns_name(pod_id)
         path = await link.create_netns(name)
         push_cleanup(undo, link.remove_netns, name)
@@ -139,19 +158,6 @@ class PodNetworking:
             raise link.LinkError(f"CNI network {net.name} gave the pod no IP address")
         return PreparedNetwork(state, NetSpec("tap", interface.mac, tap_fd=fd), interface,
                                routes)
-
-    def _user_mode(self, config: api.PodSandboxConfig) -> PreparedNetwork:
-        forwards = []
-        for port in config.port_mappings:
-            protocol = _PROTOCOLS.get(port.protocol, "tcp")
-            if protocol == "sctp":
-                raise InvalidArgumentError("hostNetwork pods cannot forward SCTP ports")
-            host_port = port.host_port or port.container_port
-            forwards.append(PortForward(protocol, port.host_ip or "0.0.0.0", host_port,
-                                        port.container_port))
-        return PreparedNetwork(PodNetworkState(mode="user"),
-                               NetSpec("user", USER_MODE_MAC, forwards=tuple(forwards)),
-                               USER_MODE_GUEST, USER_MODE_ROUTES)
 
     @staticmethod
     def _config_of(state: PodNetworkState) -> NetworkConfig:

@@ -95,7 +95,7 @@ class Runtime:
         mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
         self.images = ImageStore(self.root, RegistryClient(mirrors))
         self.cni = CNI(config.cni.conf_dir, list(config.cni.bin_dirs))
-        self.networking = PodNetworking(self.cni)
+        self.networking = PodNetworking(self.cni, config.cni.host_network_subnet)
         self.events = EventBus()
         self.live: dict[str, LivePod] = {}
         self.pod_cidr = ""
