@@ -1,5 +1,9 @@
 """The root of vmrt's own exceptions, so callers can tell them from bugs."""
 
+import contextlib
+import re
+from collections.abc import Iterator
+
 
 class VmrtError(Exception):
     """An error with a message meant for the user."""
@@ -39,3 +43,24 @@ class UnavailableError(VmrtError):
 
 class ResourceExhaustedError(VmrtError):
     """A bounded resource is full; retrying later may work. (gRPC RESOURCE_EXHAUSTED)"""
+
+
+_FIELD_FIRST = re.compile(r"^[a-z_][a-z0-9_]*(\[[^\]]*\])?([.+][a-z_][a-z0-9_]*(\[[^\]]*\])?)*"
+                          r"( \([^)]*\))?( and [a-z_.\[\]0-9]+ \([^)]*\))?:")
+
+
+def names_a_field(message: str) -> bool:
+    """Whether ``message`` starts with a field path: ``config.mounts[0].host_path: ...``."""
+    return bool(_FIELD_FIRST.match(message))
+
+
+@contextlib.contextmanager
+def about(field: str) -> Iterator[None]:
+    """Put ``field`` in front of the InvalidArgumentErrors raised inside:
+    ``field.sub: ...`` when they name a field of it, ``field: ...`` when not."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        message = str(exc)
+        raise InvalidArgumentError(f"{field}.{message}" if names_a_field(message)
+                                   else f"{field}: {message}") from None

@@ -136,10 +136,10 @@ def test_failed_create_container_leaves_nothing(vmrtd: Daemon,
                                                 pod: tuple[str, api.PodSandboxConfig]) -> None:
     pod_id, config = pod
     before = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
-    details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.create, pod_id, config,
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.create, pod_id, config,
                            ["/no/such/binary"], name="broken",
                            mounts=[api.Mount(container_path="/data", host_path="/tmp")])
-    assert "/no/such/binary" in details
+    assert details.startswith("config.command: ") and "/no/such/binary" in details
     after = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
     assert after == before
     shared = next(vmrtd.state.glob("sandboxes/*/shared"))

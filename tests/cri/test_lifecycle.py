@@ -135,9 +135,11 @@ def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
                            api.ExecSyncRequest(container_id=container, cmd=["true"],
                                                timeout=-1))
     assert "negative" in details
-    # As with containerd, a program that cannot start is an error, not an exit code.
-    details = expect_error(grpc.StatusCode.INTERNAL, vmrtd.exec, container, ["/no/such/program"])
-    assert "/no/such/program" in details
+    # As with containerd, a program that cannot start is an error, not an
+    # exit code: the caller named a program the container does not have.
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.exec, container,
+                           ["/no/such/program"])
+    assert details.startswith("cmd: ") and "/no/such/program" in details
 
 
 def test_log_file_format_partial_lines_and_reopen(vmrtd: Daemon,

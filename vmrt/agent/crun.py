@@ -12,15 +12,20 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 
-from vmrt.agent.errors import CommandFailed, NotFound
+from vmrt.agent.errors import CommandFailed, InvalidArgument, NotFound
 from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.stdio import ChildStdio
 
 log = logging.getLogger(__name__)
 
 CRUN = "/usr/bin/crun"
+# crun's words when the process to run is not there or cannot be run.
+_NO_EXECUTABLE = re.compile(r"executable file .* not found|not found in \$PATH|"
+                            r"exec(ve)? .*(No such file or directory|Permission denied|"
+                            r"Exec format error)")
 STATE_ROOT = "/run/crun"
 TIMEOUT = 60.0
 
@@ -108,6 +113,9 @@ class Crun:
         self._table.release(pid)
         if info.exit_code != 0:
             message = _last_log_message(log_path, log_start) or "no message in crun's log"
+            if _NO_EXECUTABLE.search(message):
+                # The caller named a program the container does not have.
+                raise InvalidArgument(f"command: {message}")
             raise CommandFailed(f"crun {what} failed (exit {info.exit_code}): {message}")
 
     def start(self, container_id: str, log_path: str) -> None:

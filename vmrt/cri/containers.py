@@ -9,31 +9,32 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt.cri import convert, validate
 from vmrt.cri.base import Base
-from vmrt.errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from vmrt.errors import InvalidArgumentError, NotFoundError, UnimplementedError, about
 from vmrt.runtime.containers import ContainerFilter
 from vmrt.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
 
 
 def _check_stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> None:
     if tty and stderr:
-        raise InvalidArgumentError("tty and stderr cannot both be true: a terminal has "
+        raise InvalidArgumentError("stderr: cannot be true with tty: a terminal has "
                                    "one output stream")
     if not (stdin or stdout or stderr):
-        raise InvalidArgumentError("one of stdin, stdout or stderr is required")
+        raise InvalidArgumentError("stdout: one of stdin, stdout or stderr is required")
 
 
 class ContainerRPCs(Base):
     async def CreateContainer(self, request: api.CreateContainerRequest,
                               context: Any) -> api.CreateContainerResponse:
         if not request.pod_sandbox_id:
-            raise InvalidArgumentError("pod_sandbox_id is required")
+            raise InvalidArgumentError("pod_sandbox_id: is required")
         if not request.HasField("config"):
-            raise InvalidArgumentError("config is required")
+            raise InvalidArgumentError("config: is required")
         pod = self.rt.pod(request.pod_sandbox_id)
         validate.container_config(request.config, pod.config().log_directory)
         # The pod's own config, as RunPodSandbox checked and stored it: the
         # copy in the request is the caller's word for it, nothing more.
-        container_id = await self.containers.create(pod.id, request.config)
+        with about("config"):
+            container_id = await self.containers.create(pod.id, request.config)
         return api.CreateContainerResponse(container_id=container_id)
 
     async def StartContainer(self, request: api.StartContainerRequest,
@@ -113,7 +114,7 @@ class ContainerRPCs(Base):
                           context: Any) -> api.PortForwardResponse:
         for port in request.port:
             if not 0 < port < 65536:
-                raise InvalidArgumentError(f"port {port} is not a TCP port number")
+                raise InvalidArgumentError(f"port: {port} is not a TCP port number")
         pod = self.rt.pod(request.pod_sandbox_id)
         self.rt.live_pod(pod)
         return api.PortForwardResponse(url=self.stream_server.url(PortForwardRequest(

@@ -11,7 +11,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.cri.base import Base
-from vmrt.errors import InvalidArgumentError
+from vmrt.errors import InvalidArgumentError, about
 from vmrt.images.registry import Credentials
 from vmrt.images.store import ImageRecord
 
@@ -33,15 +33,17 @@ class ImageRPCs(Base):
                          context: Any) -> api.ListImagesResponse:
         images = self.rt.images.images()
         if request.filter.image.image:
-            wanted = self.rt.images.find(request.filter.image.image)
+            with about("filter.image.image"):
+                wanted = self.rt.images.find(request.filter.image.image)
             images = [wanted] if wanted else []
         return api.ListImagesResponse(images=[image_message(i) for i in images])
 
     async def ImageStatus(self, request: api.ImageStatusRequest,
                           context: Any) -> api.ImageStatusResponse:
         if not request.image.image:
-            raise InvalidArgumentError("image.image is required")
-        image = self.rt.images.find(request.image.image)
+            raise InvalidArgumentError("image.image: is required")
+        with about("image.image"):
+            image = self.rt.images.find(request.image.image)
         if image is None:
             # CRI: an image that is not present is an empty reply, not an error.
             return api.ImageStatusResponse()
@@ -56,20 +58,22 @@ class ImageRPCs(Base):
     async def PullImage(self, request: api.PullImageRequest,
                         context: Any) -> api.PullImageResponse:
         if not request.image.image:
-            raise InvalidArgumentError("image.image is required")
+            raise InvalidArgumentError("image.image: is required")
         auth = request.auth
         creds = Credentials.from_auth(auth.username, auth.password, auth.auth,
                                       auth.registry_token)
-        image = await self.rt.images.pull(request.image.image, creds)
+        with about("image.image"):
+            image = await self.rt.images.pull(request.image.image, creds)
         return api.PullImageResponse(image_ref=image.id)
 
     async def RemoveImage(self, request: api.RemoveImageRequest,
                           context: Any) -> api.RemoveImageResponse:
         if not request.image.image:
-            raise InvalidArgumentError("image.image is required")
+            raise InvalidArgumentError("image.image: is required")
         # Removal deletes layer trees: off the event loop.
-        await asyncio.to_thread(self.rt.images.remove, request.image.image,
-                                self.rt.layers_in_use())
+        with about("image.image"):
+            await asyncio.to_thread(self.rt.images.remove, request.image.image,
+                                    self.rt.layers_in_use())
         return api.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: api.ImageFsInfoRequest,

@@ -19,7 +19,7 @@ class PodRPCs(Base):
     async def RunPodSandbox(self, request: api.RunPodSandboxRequest,
                             context: Any) -> api.RunPodSandboxResponse:
         if not request.HasField("config"):
-            raise InvalidArgumentError("config is required")
+            raise InvalidArgumentError("config: is required")
         validate.pod_config(request.config)
         pod_id = await self.pods.run(request.config, request.runtime_handler)
         return api.RunPodSandboxResponse(pod_sandbox_id=pod_id)
@@ -27,7 +27,7 @@ class PodRPCs(Base):
     async def StopPodSandbox(self, request: api.StopPodSandboxRequest,
                              context: Any) -> api.StopPodSandboxResponse:
         if not request.pod_sandbox_id:
-            raise InvalidArgumentError("pod_sandbox_id is required")
+            raise InvalidArgumentError("pod_sandbox_id: is required")
         # CRI: stopping a pod that is not there succeeds (kubelet retries).
         with contextlib.suppress(NotFoundError):
             await self.pods.stop(request.pod_sandbox_id)

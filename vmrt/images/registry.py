@@ -22,7 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from vmrt.errors import NotFoundError, UnauthenticatedError, UnavailableError, VmrtError
+from vmrt.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+    VmrtError,
+)
 from vmrt.images.manifest import ACCEPT
 from vmrt.images.reference import Reference
 
@@ -52,7 +58,7 @@ class Credentials:
             try:
                 username, _, password = base64.b64decode(auth).decode().partition(":")
             except ValueError:
-                raise UnauthenticatedError("auth is not base64 of user:password") from None
+                raise InvalidArgumentError("auth.auth: is not base64 of user:password") from None
         return cls(username, password, registry_token)
 
     @property

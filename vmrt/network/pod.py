@@ -108,7 +108,7 @@ def _port_mappings(config: api.PodSandboxConfig) -> list[dict[str, Any]]:
         if port.host_port <= 0:
             continue
         if not 0 < port.container_port < 65536 or port.host_port > 65535:
-            raise InvalidArgumentError(f"port_mappings: {port.host_port}->"
+            raise InvalidArgumentError(f"config.port_mappings: {port.host_port}->"
                                        f"{port.container_port} is out of range")
         mapping = {"hostPort": port.host_port, "containerPort": port.container_port,
                    "protocol": _PROTOCOLS.get(port.protocol, "tcp")}

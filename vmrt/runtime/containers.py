@@ -21,7 +21,9 @@ from vmrt.agentclient import AgentError
 from vmrt.aio import push_cleanup
 from vmrt.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
+    about,
 )
 from vmrt.images.store import ImageRecord
 from vmrt.runtime import ocispec
@@ -58,6 +60,17 @@ def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -
     return int(signals.SIGTERM)
 
 
+async def _agent_create(live: LivePod, request: pb.CreateContainerRequest) -> None:
+    try:
+        await live.agent.call("CreateContainer", request)
+    except AgentError as exc:
+        if exc.code.name == "INVALID_ARGUMENT":
+            # The agent names the part at fault ("command: ..."); the CRI
+            # layer puts "config." in front.
+            raise InvalidArgumentError(exc.details) from None
+        raise
+
+
 class ContainerService:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -69,7 +82,8 @@ class ContainerService:
         pod = self.rt.pod(pod_id)
         live = self.rt.live_pod(pod)
         pod_config = pod.config()
-        image = self.rt.images.resolve(config.image.image)
+        with about("image.image"):
+            image = self.rt.images.resolve(config.image.image)
         container_id = secrets.token_hex(32)
         log_path = ""
         if config.log_path:
@@ -108,7 +122,7 @@ class ContainerService:
                 config=config, pod_config=pod_config, image_config=image.config,
                 image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
             record.process_json = json.dumps(spec["process"])
-            await live.agent.call("CreateContainer", pb.CreateContainerRequest(
+            await _agent_create(live, pb.CreateContainerRequest(
                 container_id=container_id,
                 oci_spec=json.dumps(spec).encode(),
                 rootfs=pb.Rootfs(share_path=rootfs),

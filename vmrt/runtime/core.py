@@ -105,10 +105,10 @@ class Runtime:
     # -- lookups ------------------------------------------------------------
 
     def pod(self, pod_id: str) -> PodRecord:
-        return _lookup(self.store.pods, pod_id, "pod sandbox")
+        return _lookup(self.store.pods, pod_id, "pod sandbox", "pod_sandbox_id")
 
     def container(self, container_id: str) -> ContainerRecord:
-        return _lookup(self.store.containers, container_id, "container")
+        return _lookup(self.store.containers, container_id, "container", "container_id")
 
     def live_pod(self, pod: PodRecord) -> LivePod:
         live = self.live.get(pod.id)
@@ -356,9 +356,9 @@ def container_key(container: ContainerRecord, pod: PodRecord) -> str:
     return f"{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_{container.attempt}"
 
 
-def _lookup(table: Mapping[str, T], object_id: str, kind: str) -> T:
+def _lookup(table: Mapping[str, T], object_id: str, kind: str, field: str) -> T:
     if not object_id:
-        raise InvalidArgumentError(f"{kind} id is empty")
+        raise InvalidArgumentError(f"{field}: is required")
     if object_id in table:
         return table[object_id]
     # A unique prefix, as crictl and containerd accept.
@@ -366,5 +366,5 @@ def _lookup(table: Mapping[str, T], object_id: str, kind: str) -> T:
     if len(matches) == 1:
         return table[matches[0]]
     if len(matches) > 1:
-        raise InvalidArgumentError(f"{kind} id prefix {object_id!r} is ambiguous")
+        raise InvalidArgumentError(f"{field}: prefix {object_id!r} is ambiguous")
     raise NotFoundError(f"{kind} {object_id!r} not found")

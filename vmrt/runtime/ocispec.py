@@ -87,7 +87,8 @@ def capabilities(sc: api.LinuxContainerSecurityContext) -> list[str]:
     drop = [_cap_name(c) for c in sc.capabilities.drop_capabilities]
     for cap in add + drop:
         if cap != "ALL" and cap not in ALL_CAPABILITIES:
-            raise InvalidArgumentError(f"security_context.capabilities: unknown capability {cap}")
+            raise InvalidArgumentError(
+                f"linux.security_context.capabilities: unknown capability {cap}")
     caps = list(oci.DEFAULT_CAPABILITIES)
     if "ALL" in drop:
         caps = []
@@ -110,36 +111,39 @@ def default_seccomp(caps: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _bad_profile(path: str, problem: str | None) -> InvalidArgumentError:
+    return InvalidArgumentError(f"linux.security_context.seccomp.localhost_ref: profile "
+                                f"{path!r} {problem}")
+
+
 def _localhost_seccomp(path: str) -> dict[str, Any]:
     if not os.path.isabs(path):
-        raise InvalidArgumentError(f"seccomp localhost profile {path!r} must be an absolute path")
+        raise _bad_profile(path, "must be an absolute path")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise InvalidArgumentError(f"seccomp localhost profile {path} does not exist") from None
+        raise _bad_profile(path, "does not exist") from None
     except OSError as exc:
-        raise InvalidArgumentError(f"seccomp localhost profile {path}: {exc.strerror}") from None
+        raise _bad_profile(path, exc.strerror) from None
     try:
         # Not a FIFO that never answers, not /dev/zero that never ends.
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidArgumentError(f"seccomp localhost profile {path} is not a regular file")
+            raise _bad_profile(path, "is not a regular file")
         data = os.read(fd, MAX_SECCOMP_PROFILE + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_SECCOMP_PROFILE:
-        raise InvalidArgumentError(f"seccomp localhost profile {path} is larger than "
-                                   f"{MAX_SECCOMP_PROFILE} bytes")
+        raise _bad_profile(path, f"is larger than {MAX_SECCOMP_PROFILE} bytes")
     try:
         profile = json.loads(data)
     except ValueError as exc:
-        raise InvalidArgumentError(f"seccomp localhost profile {path} is not JSON: {exc}") from None
+        raise _bad_profile(path, f"is not JSON: {exc}") from None
     if not isinstance(profile, dict) or "defaultAction" not in profile:
-        raise InvalidArgumentError(f"seccomp profile {path} has no defaultAction")
+        raise _bad_profile(path, "has no defaultAction")
     try:
         return _oci_seccomp(profile)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise InvalidArgumentError(f"seccomp profile {path} is malformed: "
-                                   f"{type(exc).__name__} {exc}") from None
+        raise _bad_profile(path, f"is malformed: {type(exc).__name__} {exc}") from None
 
 
 def _oci_seccomp(profile: dict[str, Any]) -> dict[str, Any]:
@@ -195,8 +199,8 @@ def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
             and not sc.run_as_username:
         # As containerd and CRI-O: a group alone would run as the image's
         # user, which the pod spec did not ask for.
-        raise InvalidArgumentError("run_as_group is set without run_as_user or "
-                                   "run_as_username")
+        raise InvalidArgumentError("linux.security_context.run_as_group: is set without "
+                                   "run_as_user or run_as_username")
     passwd = _read_db(image_file, "passwd")
     groups = _read_db(image_file, "group")
     user_part, _, group_part = image_user.partition(":")
@@ -215,7 +219,8 @@ def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
         else:
             entry = next((r for r in passwd if r[0] == name), None)
             if entry is None:
-                raise InvalidArgumentError(f"user {name!r} is not in the image's /etc/passwd")
+                raise InvalidArgumentError(f"linux.security_context.run_as_username: user "
+                                           f"{name!r} is not in the image's /etc/passwd")
             uid = int(entry[2])
     if sc.HasField("run_as_group"):
         gid = sc.run_as_group.value
@@ -225,7 +230,8 @@ def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
         else:
             row = next((g for g in groups if g[0] == group_part), None)
             if row is None:
-                raise InvalidArgumentError(f"group {group_part!r} is not in the image's /etc/group")
+                raise InvalidArgumentError(f"image.image: the image's group {group_part!r} is "
+                                           "not in its /etc/group")
             gid = int(row[2])
     else:
         gid = int(entry[3]) if entry and entry[3].isdigit() else 0
@@ -249,7 +255,7 @@ def process_args(config: api.ContainerConfig, image_config: dict[str, Any]) -> l
             args = list(image_config.get("Cmd") or [])
     argv = command + args
     if not argv:
-        raise InvalidArgumentError("no command: neither the container config nor the image "
+        raise InvalidArgumentError("command: neither the container config nor the image "
                                    "gives one")
     return argv
 
@@ -317,7 +323,8 @@ def _namespaces(options: api.NamespaceOption) -> list[dict[str, str]]:
         spaces.append({"type": "pid", "path": "vmrt:pod"})
     elif options.pid == api.TARGET:
         if not options.target_id:
-            raise InvalidArgumentError("namespace_options.target_id is required for pid TARGET")
+            raise InvalidArgumentError("linux.security_context.namespace_options.target_id: is "
+                                   "required for pid TARGET")
         spaces.append({"type": "pid", "path": f"vmrt:container:{options.target_id}"})
     if options.ipc == api.POD:
         spaces.append({"type": "ipc", "path": "vmrt:pod"})
@@ -342,7 +349,7 @@ def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
     caps = capabilities(sc)
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
-        raise InvalidArgumentError(f"working_dir {cwd!r} must be an absolute path")
+        raise InvalidArgumentError(f"working_dir: {cwd!r} must be an absolute path")
     process = oci.process(process_args(config, image_config),
                           environment(config, image_config, hostname, user.home),
                           cwd, terminal=config.tty, uid=user.uid, gid=user.gid)
@@ -380,7 +387,7 @@ def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
     devices = []
     for device in config.devices:
         if not device.container_path.startswith("/") or not device.host_path.startswith("/"):
-            raise InvalidArgumentError(f"device {device.host_path!r} -> "
+            raise InvalidArgumentError(f"devices: {device.host_path!r} -> "
                                        f"{device.container_path!r}: paths must be absolute")
         devices.append({"path": device.container_path, "vmrtGuestPath": device.host_path,
                         "vmrtAccess": device.permissions or "rwm"})

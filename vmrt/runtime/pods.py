@@ -13,7 +13,7 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.aio import push_cleanup
-from vmrt.errors import InvalidArgumentError, NotFoundError
+from vmrt.errors import NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState
 from vmrt.runtime import ocispec
@@ -42,13 +42,8 @@ class PodService:
     # -- run ----------------------------------------------------------------
 
     async def run(self, config: api.PodSandboxConfig, handler: str) -> str:
+        """``config`` has passed ``vmrt.cri.validate.pod_config``."""
         meta = config.metadata
-        if not config.HasField("metadata") or not meta.name:
-            raise InvalidArgumentError("config.metadata.name is required")
-        if not meta.namespace:
-            raise InvalidArgumentError("config.metadata.namespace is required")
-        if not meta.uid:
-            raise InvalidArgumentError("config.metadata.uid is required")
         pod_id = secrets.token_hex(32)
         vm_config = self.rt.vm_config(handler, config, pod_id)
         image = self.rt.guest_image_for(handler)

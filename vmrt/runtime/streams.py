@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentclient import AgentError
 from vmrt.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -174,7 +175,7 @@ class StreamService:
     async def start_exec(self, container_id: str, cmd: Sequence[str], tty: bool,
                          stdin: bool) -> ProcessSession:
         if not cmd:
-            raise InvalidArgumentError("cmd is empty")
+            raise InvalidArgumentError("cmd: is required")
         container, live = self.running_container(container_id)
         process = json.loads(container.process_json) if container.process_json else {}
         process["args"] = list(cmd)
@@ -186,6 +187,12 @@ class StreamService:
                 container_id=container.id, exec_id=exec_id,
                 process=json.dumps(process).encode(),
                 stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin, acked_output=True)))
+        except AgentError as exc:
+            await session.close()
+            if exc.code.name == "INVALID_ARGUMENT":
+                raise InvalidArgumentError(
+                    f"cmd: {exc.details.removeprefix('command: ')}") from None
+            raise
         except BaseException:
             # Failed, or cancelled mid-call: the exec may exist in the guest.
             await session.close()
@@ -195,7 +202,7 @@ class StreamService:
     async def exec_sync(self, container_id: str, cmd: Sequence[str],
                         timeout: int) -> ExecResult:
         if timeout < 0:
-            raise InvalidArgumentError(f"timeout {timeout} is negative")
+            raise InvalidArgumentError(f"timeout: {timeout} is negative")
         session = await self.start_exec(container_id, cmd, tty=False, stdin=False)
 
         async def collect(stream: pb.Stream) -> bytes:
@@ -204,7 +211,7 @@ class StreamService:
                 data += chunk
                 if len(data) > EXEC_OUTPUT_LIMIT:
                     raise InvalidArgumentError(
-                        f"exec output exceeds {EXEC_OUTPUT_LIMIT >> 20} MiB")
+                        f"cmd: its output exceeds {EXEC_OUTPUT_LIMIT >> 20} MiB")
             return bytes(data)
 
         async def run() -> ExecResult:
@@ -244,7 +251,7 @@ class StreamService:
     async def connect_port(self, pod_id: str, port: int) -> PortConnection:
         """Connect to localhost:PORT in the pod; errors say why, as the agent saw it."""
         if not 0 < port < 65536:
-            raise InvalidArgumentError(f"invalid port {port}")
+            raise InvalidArgumentError(f"port: {port} is not a port number")
         pod = self.rt.pod(pod_id)
         live = self.rt.live_pod(pod)
         release = self.slots.take(pod.id)

@@ -50,11 +50,12 @@ def expand_slice(name: str) -> str:
     if name == "-.slice":
         return "/"
     if not name.endswith(".slice") or "/" in name:
-        raise InvalidArgumentError(f"cgroup_parent {name!r} is not a systemd slice "
+        raise InvalidArgumentError(f"config.linux.cgroup_parent: {name!r} is not a systemd slice "
                                    "(the systemd cgroup driver is in use)")
     parts = name[:-len(".slice")].split("-")
     if not all(_UNIT_PART.fullmatch(p) for p in parts):
-        raise InvalidArgumentError(f"cgroup_parent {name!r} is not a valid slice name")
+        raise InvalidArgumentError(f"config.linux.cgroup_parent: {name!r} is not a valid slice "
+                                   "name")
     return "".join("/" + "-".join(parts[:i + 1]) + ".slice" for i in range(len(parts)))
 
 
@@ -65,7 +66,8 @@ def relative_path(driver: str, parent: str, pod_id: str) -> str:
         return expand_slice(parent).rstrip("/") + f"/vmrt-{pod_id}.scope"
     if not parent.startswith("/") or not all(
             _PATH_PART.fullmatch(p) for p in parent.strip("/").split("/") if p):
-        raise InvalidArgumentError(f"cgroup_parent {parent!r} is not an absolute cgroup path "
+        raise InvalidArgumentError(f"config.linux.cgroup_parent: {parent!r} is not an absolute "
+                                   "cgroup path "
                                    "(the cgroupfs cgroup driver is in use)")
     return parent.rstrip("/") + f"/vmrt-{pod_id}"
 
