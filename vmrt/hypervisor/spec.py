@@ -124,9 +124,8 @@ def base_cmdline(spec: VMSpec) -> str:
     if spec.tsc_khz:
         words.append(f"tsc_early_khz={spec.tsc_khz}")
     if spec.accel == "tcg":
-        # Speculation mitigations (page-table isolation above all) guard
-        # against the host CPU's speculation; an emulated CPU does not
-        # speculate, and every CR3 switch flushes TCG's TLB.
+        # Under TCG only; why this is safe is argued in docs/design-notes.md
+        # ("Threat model: mitigations=off").
         words.append("mitigations=off")
     return " ".join(words)
 
