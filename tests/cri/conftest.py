@@ -187,6 +187,8 @@ def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest, *,
         daemon.cleanup()
         if check_leaks:
             found = {**leaks.find(daemon.state), **daemon.network_leaks()}
+            if leaks.cgroup_leaks():
+                found["cgroups"] = leaks.cgroup_leaks()
             assert not found, f"vmrtd left resources behind: {found}"
 
 

@@ -157,7 +157,7 @@ def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxCo
         vmrtd.create(pod_id, config, ["true"], linux=sc(run_as_username="ghost"))
     message = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.create, pod_id, config,
                            ["true"], linux=sc(run_as_group=api.Int64Value(value=100)))
-    assert "run_as_group is set without run_as_user" in message
+    assert "run_as_group: is set without run_as_user" in message
     grouped = run(vmrtd, pod, linux=sc(run_as_username="nobody",
                                        run_as_group=api.Int64Value(value=100)))
     assert sh(vmrtd, grouped, "id -u; id -g").stdout == b"65534\n100\n"

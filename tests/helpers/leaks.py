@@ -45,6 +45,19 @@ def find(state: Path) -> dict[str, object]:
     return found
 
 
+def cgroup_leaks(parent: str = "/vmrt") -> list[str]:
+    """Sandbox cgroups (``vmrt-<pod id>``) left under the default parent."""
+    from vmrt.sandbox import cgroups
+
+    found = []
+    for hierarchy in cgroups.hierarchies():
+        directory = hierarchy / parent.lstrip("/")
+        if directory.is_dir():
+            found += [str(p) for p in directory.iterdir()
+                      if p.is_dir() and p.name.startswith("vmrt-")]
+    return found
+
+
 def clean(state: Path) -> None:
     """Reclaim whatever a failed test leaked, so one failure does not cascade."""
     for pid in qemu_processes(str(state)):
