@@ -53,6 +53,7 @@ HOSTILE_STRINGS = [
     "sha256:" + "0" * 64, "busybox", "docker.io/library/busybox:latest", "localhost:1/x",
     "net.ipv4.ip_forward", "kernel/../../x", "ALL", "SYS_ADMIN", "CAP_NOPE",
 ]
+REF = "\x01ref:"
 INT_EDGES = [0, 1, -1, 2, 7, 42, 255, 256, 65535, 65536, 2**31 - 1, -(2**31), 2**32 - 1,
              2**62, 2**63 - 1, -(2**63)]
 
@@ -67,11 +68,22 @@ class Context:
     container_ids: list[str] = field(default_factory=list)
 
     def ids(self) -> st.SearchStrategy[str]:
-        real = self.pod_ids + self.container_ids
-        prefixes = [i[:8] for i in real] + [i[:1] for i in real]
-        return st.one_of(st.sampled_from(real or ["x"]), st.sampled_from(prefixes or ["x"]),
-                         st.text("0123456789abcdef", min_size=1, max_size=64),
+        # Real ids are drawn as placeholders and filled in when the request is
+        # sent: the objects come and go, and hypothesis must draw the same
+        # way each time it replays an example.
+        real = st.builds(lambda kind, n, cut: f"{REF}{kind}:{n}:{cut}",
+                         st.sampled_from(["pod", "container"]), st.integers(0, 7),
+                         st.sampled_from([64, 8, 1]))
+        return st.one_of(real, real, st.text("0123456789abcdef", min_size=1, max_size=64),
                          st.sampled_from(HOSTILE_STRINGS))
+
+    def fill_in(self, value: str) -> str:
+        """A placeholder from ``ids`` -> a real id (or a prefix of one)."""
+        if not value.startswith(REF):
+            return value
+        kind, n, cut = value[len(REF):].split(":")
+        pool = self.pod_ids if kind == "pod" else self.container_ids
+        return pool[int(n) % len(pool)][:int(cut)] if pool else "0" * int(cut)
 
     def host_paths(self) -> st.SearchStrategy[str]:
         inside = st.text("abcdefgh", min_size=1, max_size=8).map(
@@ -188,8 +200,8 @@ def valid(rpc: str, ctx: Context) -> st.SearchStrategy[Any]:
     """A request that would succeed, for the RPCs whose interesting code lies
     past the checks; ``requests`` mutates a few of its fields."""
     names = st.from_regex(r"[a-z][a-z0-9]{2,10}", fullmatch=True)
-    pod_id = st.sampled_from(ctx.pod_ids or ["x"])
-    container_id = st.sampled_from(ctx.container_ids or ["x"])
+    pod_id = st.integers(0, 7).map(lambda n: f"{REF}pod:{n}:64")
+    container_id = st.integers(0, 7).map(lambda n: f"{REF}container:{n}:64")
 
     def pod_config(name: str) -> api.PodSandboxConfig:
         return api.PodSandboxConfig(
@@ -301,6 +313,7 @@ class Fuzzer:
         return getattr(service, rpc.name)
 
     def send(self, rpc: Rpc, request: Any) -> None:
+        _fill_in(request, self.ctx.fill_in)
         if rpc.name in DESTRUCTIVE:
             # Leave the fuzzer's own pod and container be.
             for name in ("pod_sandbox_id", "container_id"):
@@ -367,6 +380,19 @@ class Fuzzer:
 
         one()
         return self.outcome
+
+
+def _fill_in(msg: Any, fill: Callable[[str], str]) -> None:
+    """Replace id placeholders in every string field of ``msg``, recursively."""
+    for fd, value in msg.ListFields():
+        if fd.type == pbd.FieldDescriptor.TYPE_STRING:
+            if fd.is_repeated:
+                getattr(msg, fd.name)[:] = [fill(v) for v in value]
+            else:
+                setattr(msg, fd.name, fill(value))
+        elif fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+            for item in (value if fd.is_repeated else [value]):
+                _fill_in(item, fill)
 
 
 def _local_only(reference: str) -> str:

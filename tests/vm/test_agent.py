@@ -218,8 +218,9 @@ def test_bad_requests_are_named(pod: Pod) -> None:
 def test_crun_failure_is_reported_and_rolled_back(pod: Pod) -> None:
     with pytest.raises(AgentError) as info:
         pod.create(["/no/such/binary"], cid="broken")
-    assert info.value.code == grpc.StatusCode.INTERNAL
-    assert "/no/such/binary" in info.value.details
+    # The caller named a program the container does not have: its mistake.
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details.startswith("command: ") and "/no/such/binary" in info.value.details
     assert "broken" not in {p.container_id for p in pod.call("ListProcesses").processes}
     # Nothing of the failed attempt is left in the agent or in crun: the
     # same id can be created again.

@@ -196,12 +196,12 @@ class Runtime:
             return None
         return cgroups.PodCgroup(self.config.cgroups.driver, relative, self.config.cgroups.root)
 
-    def remove_pod_cgroup(self, pod: PodRecord) -> None:
+    async def remove_pod_cgroup(self, pod: PodRecord) -> None:
         """The sandbox's cgroup, once its QEMU is gone (after a crash, or twice)."""
         cgroup = self.pod_cgroup(pod)
         if cgroup is not None:
             try:
-                cgroup.remove()
+                await cgroup.remove()
             except OSError as exc:
                 log.warning("pod %s: cannot remove its cgroup: %s", pod.id[:12], exc)
 

@@ -117,7 +117,7 @@ class PodService:
         if live is None:
             # Already stopped, or its VM died: make sure nothing is left.
             await remove_sandbox_dir(sandbox_dir(self.rt.state, pod.id))
-            self.rt.remove_pod_cgroup(pod)
+            await self.rt.remove_pod_cgroup(pod)
             await self._teardown_network(pod)
             return
         async with live.lock:

@@ -20,6 +20,7 @@ from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState
 from vmrt.runtime.core import LivePod, Runtime
 from vmrt.runtime.records import PodRecord
+from vmrt.sandbox import cgroups
 from vmrt.sandbox.vm import SandboxVM, VMConfig, remove_sandbox_dir, sandbox_dir
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ async def recover(rt: Runtime) -> None:
             await _reattach(rt, pod)
         else:
             await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
-    _kill_leaked_vms(rt)
+    await _kill_leaked_vms(rt)
 
 
 async def _discard(rt: Runtime, pod: PodRecord) -> None:
@@ -67,7 +68,7 @@ async def _discard(rt: Runtime, pod: PodRecord) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
-    rt.remove_pod_cgroup(pod)
+    await rt.remove_pod_cgroup(pod)
     try:
         await rt.networking.discard(pod.id, PodNetworkState.of(pod.network))
     except Exception as exc:
@@ -94,7 +95,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
         log.warning("pod %s: its VM is gone (%s)", pod.id[:12], exc)
         await rt.vm_gone(pod, "the pod's VM exited while vmrtd was not running")
         await remove_sandbox_dir(sandbox_dir(rt.state, pod.id))
-        rt.remove_pod_cgroup(pod)
+        await rt.remove_pod_cgroup(pod)
         return
     live = LivePod(pod, vm)
     rt.live[pod.id] = live
@@ -110,14 +111,17 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     log.info("pod %s reattached to its VM (pid %s)", pod.id[:12], vm_info["pid"])
 
 
-def _kill_leaked_vms(rt: Runtime) -> None:
+async def _kill_leaked_vms(rt: Runtime) -> None:
     for pid, dir_name in qemu_processes_under(rt.state / "sandboxes").items():
         if any(pod_id.startswith(dir_name) for pod_id in rt.live):
             continue
         log.warning("killing leaked QEMU %d of sandbox %s, which no pod record claims",
                     pid, dir_name[:12])
+        cgroup = cgroups.of_process(pid, rt.config.cgroups.root)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        if cgroup is not None:
+            await cgroup.remove()
 
 
 async def detach_all(rt: Runtime) -> None:

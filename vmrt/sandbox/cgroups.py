@@ -22,10 +22,11 @@ following symlinks.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import errno
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class PodCgroup:
                 safefs.make_dirs(hierarchy, self.relative.lstrip("/"))
                 made.append(hierarchy / self.relative.lstrip("/"))
         except OSError as exc:
-            self.remove()
+            self.try_remove()
             raise CgroupError(f"cannot create cgroup {self.relative}: {exc}") from None
         if not made:
             raise CgroupError(f"no cgroup hierarchy is mounted under {self.root}")
@@ -115,16 +116,46 @@ class PodCgroup:
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.directories()]
 
-    def remove(self) -> None:
-        """rmdir in every hierarchy; a cgroup that still has processes stays (logged)."""
+    def try_remove(self) -> list[Path]:
+        """rmdir in every hierarchy; returns the ones that still hold processes."""
+        busy = []
         for directory in self.directories():
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    directory.rmdir()
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY:
-                        raise
-                    log.warning("cgroup %s still has processes; left in place", directory)
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                busy.append(directory)
+        return busy
+
+    async def remove(self, timeout: float = 5.0) -> None:
+        """Remove the cgroup once its last process is gone: a QEMU that was
+        just killed leaves it a moment later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.try_remove()
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                log.warning("cgroup %s still has processes; left in place", busy[0])
+                return
+            await asyncio.sleep(0.05)
+
+
+def of_process(pid: int, root: str = "/sys/fs/cgroup") -> PodCgroup | None:
+    """The sandbox cgroup a process is in (a leaked QEMU's), if it is in one."""
+    try:
+        paths = set(os_pid_cgroups(pid).values())
+    except OSError:
+        return None
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        if re.fullmatch(r"vmrt-[0-9a-f]{64}(\.scope)?", name):
+            driver = "systemd" if name.endswith(".scope") else "cgroupfs"
+            return PodCgroup(driver, path, root)
+    return None
 
 
 def for_pod(driver: str, parent: str, pod_id: str, root: str = "/sys/fs/cgroup") -> PodCgroup:

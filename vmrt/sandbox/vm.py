@@ -136,7 +136,7 @@ class SandboxVM:
             self.share.create()
             if self.config.cgroup is not None:
                 self.config.cgroup.create()
-                undo.callback(self.config.cgroup.remove)
+                push_cleanup(undo, self.config.cgroup.remove)
             await self.qemu.launch(die_with_parent=die_with_parent)
             push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
@@ -230,7 +230,7 @@ class SandboxVM:
         finally:
             await remove_sandbox_dir(self.directory)
             if self.config.cgroup is not None and not self.qemu.alive:
-                self.config.cgroup.remove()
+                await self.config.cgroup.remove()
 
 
 async def remove_sandbox_dir(directory: Path) -> None:
