@@ -189,6 +189,9 @@ def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest, *,
             found = {**leaks.find(daemon.state), **daemon.network_leaks()}
             if leaks.cgroup_leaks():
                 found["cgroups"] = leaks.cgroup_leaks()
+            if found:
+                daemon.dump(f"{name or request.node.name}.leak")
+                leaks.clean_cgroups()
             assert not found, f"vmrtd left resources behind: {found}"
 
 

@@ -165,4 +165,8 @@ def test_deadline_cancels_run_pod_sandbox_and_rolls_back(vmrtd: Daemon) -> None:
         (before, leaks.find(vmrtd.state))
     after = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
     assert after == pods_before
-    assert "RunPodSandbox cancelled by the caller" in vmrtd.log_file.read_text()
+    # Whichever came first, the caller's cancellation or the daemon's own
+    # deadline (the same one), the call was unwound.
+    log = vmrtd.log_file.read_text()
+    assert ("RunPodSandbox cancelled by the caller" in log
+            or "RunPodSandbox -> DEADLINE_EXCEEDED" in log)

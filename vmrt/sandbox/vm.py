@@ -228,9 +228,11 @@ class SandboxVM:
             await self._close_agent()
             await self.qemu.shutdown()
         finally:
-            await remove_sandbox_dir(self.directory)
-            if self.config.cgroup is not None and not self.qemu.alive:
-                await self.config.cgroup.remove()
+            try:
+                await remove_sandbox_dir(self.directory)
+            finally:
+                if self.config.cgroup is not None and not self.qemu.alive:
+                    await self.config.cgroup.remove()
 
 
 async def remove_sandbox_dir(directory: Path) -> None:
