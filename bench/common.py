@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.cri.conftest import Daemon
+from tests.helpers import leaks
 from vmrt.guest.image import GuestImage, default_image_dir
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,4 +43,5 @@ def vmrtd(image: GuestImage, extra_config: str = "") -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.cleanup()
+        leaks.remove_cgroup_parent(daemon.cgroup_parent)
         shutil.rmtree(base, ignore_errors=True)

@@ -94,6 +94,9 @@ class CgroupConfig:
     # kubelet's --cgroup-driver: "cgroupfs" (paths) or "systemd" (slices).
     driver: str = "cgroupfs"
     root: str = "/sys/fs/cgroup"
+    # Where a pod without a cgroup_parent goes; "": /vmrt (cgroupfs) or
+    # vmrt.slice (systemd).
+    default_parent: str = ""
 
 
 @dataclass(frozen=True)

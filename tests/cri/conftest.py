@@ -40,6 +40,12 @@ class Daemon:
         self.network = TestNetwork(base)
         self.network.write(self.cni_dir)
         self.pod_ids: list[str] = []
+        # Its pods' cgroups go under a parent of its own: a leak is its leak.
+        self.cgroup_parent = f"/vmrt-test-{base.name}"
+        if "[cgroups]" not in extra_config:
+            extra_config += f'[cgroups]\ndefault_parent = "{self.cgroup_parent}"\n'
+        else:
+            self.cgroup_parent = "/vmrt.slice"
         self.config.write_text(
             f'[cri]\nsocket = "{self.socket}"\n{cri_config}'
             f'[storage]\nroot = "{self.root}"\nstate = "{self.state}"\n'
@@ -187,11 +193,12 @@ def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest, *,
         daemon.cleanup()
         if check_leaks:
             found = {**leaks.find(daemon.state), **daemon.network_leaks()}
-            if leaks.cgroup_leaks():
-                found["cgroups"] = leaks.cgroup_leaks()
+            left = leaks.cgroup_leaks(daemon.cgroup_parent)
+            if left:
+                found["cgroups"] = left
             if found:
                 daemon.dump(f"{name or request.node.name}.leak")
-                leaks.clean_cgroups()
+            leaks.remove_cgroup_parent(daemon.cgroup_parent)
             assert not found, f"vmrtd left resources behind: {found}"
 
 

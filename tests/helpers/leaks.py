@@ -45,8 +45,9 @@ def find(state: Path) -> dict[str, object]:
     return found
 
 
-def cgroup_leaks(parent: str = "/vmrt") -> list[str]:
-    """Sandbox cgroups (``vmrt-<pod id>``) left under the default parent."""
+def cgroup_leaks(parent: str) -> list[str]:
+    """Sandbox cgroups (``vmrt-<pod id>``) left under ``parent`` (a path
+    relative to each hierarchy's root)."""
     from vmrt.sandbox import cgroups
 
     found = []
@@ -58,11 +59,18 @@ def cgroup_leaks(parent: str = "/vmrt") -> list[str]:
     return found
 
 
-def clean_cgroups() -> None:
-    """So that one leak does not fail every test after it."""
-    for path in cgroup_leaks():
+def remove_cgroup_parent(parent: str) -> None:
+    """Reclaim what is left under ``parent`` and ``parent`` itself."""
+    from vmrt.sandbox import cgroups
+
+    for path in cgroup_leaks(parent):
         with contextlib.suppress(OSError):
             Path(path).rmdir()
+    for hierarchy in cgroups.hierarchies():
+        parts = Path(parent.lstrip("/")).parts
+        for depth in range(len(parts), 0, -1):
+            with contextlib.suppress(OSError):
+                hierarchy.joinpath(*parts[:depth]).rmdir()
 
 
 def clean(state: Path) -> None:

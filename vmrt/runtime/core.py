@@ -181,7 +181,8 @@ class Runtime:
         cgroup = None
         if pod_id:
             cgroup = cgroups.for_pod(self.config.cgroups.driver, linux.cgroup_parent, pod_id,
-                                     self.config.cgroups.root)
+                                     self.config.cgroups.root,
+                                     self.config.cgroups.default_parent)
         return VMConfig(
             memory_mib=memory, vcpus=vcpus, machine=hv.machine,
             accel=choose_accel(hv.accel).name, transport=hv.transport,

@@ -60,9 +60,9 @@ def expand_slice(name: str) -> str:
     return "".join("/" + "-".join(parts[:i + 1]) + ".slice" for i in range(len(parts)))
 
 
-def relative_path(driver: str, parent: str, pod_id: str) -> str:
+def relative_path(driver: str, parent: str, pod_id: str, default_parent: str = "") -> str:
     """Where the sandbox's cgroup is, relative to each hierarchy's root."""
-    parent = parent or DEFAULT_PARENT[driver]
+    parent = parent or default_parent or DEFAULT_PARENT[driver]
     if driver == "systemd":
         return expand_slice(parent).rstrip("/") + f"/vmrt-{pod_id}.scope"
     if not parent.startswith("/") or not all(
@@ -158,10 +158,11 @@ def of_process(pid: int, root: str = "/sys/fs/cgroup") -> PodCgroup | None:
     return None
 
 
-def for_pod(driver: str, parent: str, pod_id: str, root: str = "/sys/fs/cgroup") -> PodCgroup:
+def for_pod(driver: str, parent: str, pod_id: str, root: str = "/sys/fs/cgroup",
+            default_parent: str = "") -> PodCgroup:
     if driver not in DRIVERS:
         raise CgroupError(f"unknown cgroup driver {driver!r}")
-    return PodCgroup(driver, relative_path(driver, parent, pod_id), root)
+    return PodCgroup(driver, relative_path(driver, parent, pod_id, default_parent), root)
 
 
 def os_pid_cgroups(pid: int) -> dict[str, str]:
