@@ -60,7 +60,7 @@ def test_unknown_runtime_handler(vmrtd: Daemon) -> None:
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
                            api.RunPodSandboxRequest(config=vmrtd.pod_config(),
                                                     runtime_handler="gvisor"))
-    assert "gvisor" in details
+    assert details.startswith("runtime_handler: ") and "gvisor" in details
 
 
 def test_duplicate_pod_name_and_bad_container_requests(vmrtd: Daemon) -> None:

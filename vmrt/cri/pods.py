@@ -21,7 +21,12 @@ class PodRPCs(Base):
         if not request.HasField("config"):
             raise InvalidArgumentError("config: is required")
         validate.pod_config(request.config)
-        pod_id = await self.pods.run(request.config, request.runtime_handler)
+        handler = request.runtime_handler
+        if handler and handler not in self.rt.config.runtime_handlers:
+            known = ", ".join(sorted(self.rt.config.runtime_handlers)) or "none"
+            raise InvalidArgumentError(f"runtime_handler: {handler[:80]!r} is not a configured "
+                                       f"runtime handler (configured: {known})")
+        pod_id = await self.pods.run(request.config, handler)
         return api.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
     async def StopPodSandbox(self, request: api.StopPodSandboxRequest,
