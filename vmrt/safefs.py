@@ -156,6 +156,12 @@ def remove_tree(path: Path) -> None:
         os.close(parent_fd)
 
 
+def remove_entry(dir_fd: int, name: str) -> None:
+    """Delete ``name`` in the directory ``dir_fd``, a whole tree if it is a
+    directory, the way ``remove_tree`` does."""
+    _remove_in(dir_fd, name, name)
+
+
 def _remove_in(parent_fd: int, name: str, shown: str) -> None:
     try:
         info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)

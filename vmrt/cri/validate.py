@@ -133,6 +133,18 @@ def strings(values: Iterable[str], field: str, limit_bytes: int = MAX_ARGV_BYTES
         raise fail(field, f"total {total} bytes, more than {limit_bytes}")
 
 
+def settings(items: Mapping[str, str], field: str, key_form: re.Pattern[str], limit: int,
+             what: str) -> None:
+    """Kernel settings by name (sysctls, cgroup files): names of one form,
+    values of one line."""
+    count(items, field, limit)
+    for key, value in items.items():
+        if len(key) > 256 or not key_form.fullmatch(key):
+            raise fail(field, f"{_show(key)} is not {what}")
+        if len(value) > 4096 or _CONTROL.search(value):
+            raise fail(f"{field}[{key}]", f"{_show(value)} is not a valid value")
+
+
 def enum(value: int, allowed: Iterable[int], field: str) -> None:
     if value not in tuple(allowed):
         raise fail(field, f"{value} is not a known value")
@@ -188,12 +200,7 @@ def pod_config(config: api.PodSandboxConfig, field: str = "config") -> None:
     key_values(config.annotations, f"{field}.annotations")
     linux = config.linux
     cgroup_parent(linux.cgroup_parent, f"{field}.linux.cgroup_parent")
-    count(linux.sysctls, f"{field}.linux.sysctls", 256)
-    for key, value in linux.sysctls.items():
-        if len(key) > 256 or not _SYSCTL.fullmatch(key):
-            raise fail(f"{field}.linux.sysctls", f"{_show(key)} is not a sysctl name")
-        if len(value) > 4096 or _CONTROL.search(value):
-            raise fail(f"{field}.linux.sysctls[{key}]", f"{_show(value)} is not a valid value")
+    settings(linux.sysctls, f"{field}.linux.sysctls", _SYSCTL, 256, "a sysctl name")
     pod_security(linux.security_context, f"{field}.linux.security_context")
     resources(linux.resources, f"{field}.linux.resources")
     resources(linux.overhead, f"{field}.linux.overhead")
@@ -255,12 +262,7 @@ def resources(r: api.LinuxContainerResources, field: str) -> None:
         if not re.fullmatch(r"[0-9]{1,4}[KMG]B", page.page_size):
             raise fail(f"{field}.hugepage_limits[{index}].page_size",
                        f"{_show(page.page_size)} is not a page size")
-    count(r.unified, f"{field}.unified", 64)
-    for key, value in r.unified.items():
-        if len(key) > 128 or not _UNIFIED_KEY.fullmatch(key):
-            raise fail(f"{field}.unified", f"{_show(key)} is not a cgroup file name")
-        if len(value) > 4096 or _CONTROL.search(value):
-            raise fail(f"{field}.unified[{key}]", f"{_show(value)} is not a valid value")
+    settings(r.unified, f"{field}.unified", _UNIFIED_KEY, 64, "a cgroup file name")
 
 
 # -- containers ------------------------------------------------------------------

@@ -24,6 +24,7 @@ import stat
 import tarfile
 from typing import IO
 
+from vmrt import safefs
 from vmrt.errors import InvalidArgumentError
 
 WHITEOUT_PREFIX = ".wh."
@@ -107,40 +108,6 @@ class _Tree:
         return fd
 
 
-def _remove(dir_fd: int, name: str) -> None:
-    """Delete ``name`` under ``dir_fd``, directories included, without recursion
-    (a layer may nest thousands of levels deep) and without following links."""
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    # Each frame: (parent fd, name of the directory, its fd, its remaining entries).
-    root_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      dir_fd=dir_fd)
-    stack = [(dir_fd, name, root_fd, os.listdir(root_fd))]
-    try:
-        while stack:
-            parent, dirname, fd, entries = stack[-1]
-            if not entries:
-                stack.pop()
-                os.close(fd)
-                os.rmdir(dirname, dir_fd=parent)
-                continue
-            child = entries.pop()
-            if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
-                child_fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC, dir_fd=fd)
-                stack.append((fd, child, child_fd, os.listdir(child_fd)))
-            else:
-                os.unlink(child, dir_fd=fd)
-    finally:
-        for _parent, _name, fd, _entries in stack:
-            os.close(fd)
-
-
 def _apply_metadata(dir_fd: int, name: str, member: tarfile.TarInfo) -> None:
     os.chown(name, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
     if not member.issym():
@@ -212,7 +179,7 @@ def _extract(tree: _Tree, archive: tarfile.TarFile, member: tarfile.TarInfo,
             target = name[len(WHITEOUT_PREFIX):]
             if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
                 raise HostileLayer(f"whiteout {member.name!r} names no file")
-            _remove(dir_fd, target)
+            safefs.remove_entry(dir_fd, target)
             os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
             return
         if member.isdir():
@@ -222,12 +189,12 @@ def _extract(tree: _Tree, archive: tarfile.TarFile, member: tarfile.TarInfo,
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             else:
                 if not stat.S_ISDIR(info.st_mode):
-                    _remove(dir_fd, name)
+                    safefs.remove_entry(dir_fd, name)
                     os.mkdir(name, 0o700, dir_fd=dir_fd)
             _apply_metadata(dir_fd, name, member)
             directories.append((parts, member))
             return
-        _remove(dir_fd, name)
+        safefs.remove_entry(dir_fd, name)
         if member.isreg():
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dir_fd)
