@@ -85,6 +85,11 @@ def test_a_kubelet_pod_passes() -> None:
      "config.linux.security_context.run_as_user"),
     ({"linux__resources__memory_limit_in_bytes": -5},
      "config.linux.resources.memory_limit_in_bytes"),
+    ({"linux__resources__memory_swap_limit_in_bytes": 1 << 30},
+     "config.linux.resources.memory_swap_limit_in_bytes"),
+    ({"linux__resources__memory_limit_in_bytes": 2 << 30,
+      "linux__resources__memory_swap_limit_in_bytes": 1 << 30},
+     "config.linux.resources.memory_swap_limit_in_bytes"),
     ({"linux__overhead__cpu_period": 10**12}, "config.linux.overhead.cpu_period"),
     ({"annotations": {"k": "v" * (300 * 1024)}}, "config.annotations"),
 ])

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CRUN = "/usr/bin/crun"
 # crun's words when the process to run is not there or cannot be run.
 _NO_EXECUTABLE = re.compile(r"executable file .* not found|not found in \$PATH|"
+                            r"open executable: |"
                             r"exec(ve)? .*(No such file or directory|Permission denied|"
                             r"Exec format error)")
 STATE_ROOT = "/run/crun"
@@ -122,8 +123,12 @@ class Crun:
         self._check("start", [*self._global_args(log_path), "start", container_id], log_path)
 
     def update(self, container_id: str, resources_file: str, log_path: str) -> None:
-        self._check("update", [*self._global_args(log_path), "update",
-                               f"--resources={resources_file}", container_id], log_path)
+        try:
+            self._check("update", [*self._global_args(log_path), "update",
+                                   f"--resources={resources_file}", container_id], log_path)
+        except CommandFailed as exc:
+            # The container is there (NotFound otherwise): crun refused the values.
+            raise InvalidArgument(f"linux: the resources were refused: {exc}") from None
 
     def kill(self, container_id: str, signal: int, all_processes: bool, log_path: str) -> None:
         argv = [*self._global_args(log_path), "kill"]

@@ -245,6 +245,11 @@ def resources(r: api.LinuxContainerResources, field: str) -> None:
     if r.memory_swap_limit_in_bytes < -1:
         raise fail(f"{field}.memory_swap_limit_in_bytes",
                    f"{r.memory_swap_limit_in_bytes} is below -1 (unlimited)")
+    if r.memory_swap_limit_in_bytes > 0 and not (
+            0 < r.memory_limit_in_bytes <= r.memory_swap_limit_in_bytes):
+        raise fail(f"{field}.memory_swap_limit_in_bytes",
+                   f"{r.memory_swap_limit_in_bytes} needs a memory_limit_in_bytes that is set "
+                   "and not larger (memory plus swap)")
     if r.cpu_quota < -1:
         raise fail(f"{field}.cpu_quota", f"{r.cpu_quota} is below -1 (unlimited)")
     if not 0 <= r.cpu_period <= 1_000_000:

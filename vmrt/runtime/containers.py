@@ -252,9 +252,14 @@ class ContainerService:
         if container.state not in ("created", "running"):
             raise FailedPreconditionError(f"container {container.id} is {container.state}")
         live = self.rt.live_pod(self.rt.pod(container.pod_id))
-        await live.agent.call("UpdateContainer", pb.UpdateContainerRequest(
-            container_id=container.id,
-            resources=json.dumps(ocispec.resources(resources)).encode()))
+        try:
+            await live.agent.call("UpdateContainer", pb.UpdateContainerRequest(
+                container_id=container.id,
+                resources=json.dumps(ocispec.resources(resources)).encode()))
+        except AgentError as exc:
+            if exc.code.name == "INVALID_ARGUMENT":
+                raise InvalidArgumentError(exc.details) from None  # "linux: ..."
+            raise
 
     def reopen_log(self, container_id: str) -> None:
         container = self.rt.container(container_id)
