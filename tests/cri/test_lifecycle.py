@@ -140,6 +140,10 @@ def test_exec_sync_output_exit_codes_and_timeout(vmrtd: Daemon,
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.exec, container,
                            ["/no/such/program"])
     assert details.startswith("cmd: ") and "/no/such/program" in details
+    # A file that exists but cannot be opened as a program is the same.
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.exec, container,
+                           ["/proc/self/mem"])
+    assert details.startswith("cmd: "), details
 
 
 def test_log_file_format_partial_lines_and_reopen(vmrtd: Daemon,
@@ -261,6 +265,22 @@ def test_update_resources_and_oom_killed(vmrtd: Daemon,
     vmrtd.runtime.UpdateContainerResources(api.UpdateContainerResourcesRequest(
         container_id=container,
         linux=api.LinuxContainerResources(memory_limit_in_bytes=48 * 1024 * 1024)))
+    reply = vmrtd.exec(container, ["cat", "/sys/fs/cgroup/memory.max"])
+    assert reply.stdout.strip() == str(48 * 1024 * 1024).encode()
+    # Values the guest's kernel refuses are the caller's error, and change nothing.
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT,
+                           vmrtd.runtime.UpdateContainerResources,
+                           api.UpdateContainerResourcesRequest(
+                               container_id=container,
+                               linux=api.LinuxContainerResources(cpuset_cpus="63")))
+    assert details.startswith("linux: "), details
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT,
+                           vmrtd.runtime.UpdateContainerResources,
+                           api.UpdateContainerResourcesRequest(
+                               container_id=container,
+                               linux=api.LinuxContainerResources(
+                                   memory_swap_limit_in_bytes=1 << 30)))
+    assert "memory_swap_limit_in_bytes" in details, details
     reply = vmrtd.exec(container, ["cat", "/sys/fs/cgroup/memory.max"])
     assert reply.stdout.strip() == str(48 * 1024 * 1024).encode()
 
