@@ -79,15 +79,15 @@ async def sandbox_boot(image: GuestImage, config: VMConfig, state: Path,
             assert agent is not None
             share = await sandbox.bind_rootfs("echo", image.busybox_rootfs, readonly=True)
             spec = oci.container_spec(["echo", "hello"])
-            await agent.call("CreateContainer", pb.CreateContainerRequest(
-                container_id="echo", oci_spec=json.dumps(spec).encode(),
-                rootfs=pb.Rootfs(share_path=share, guest_overlay=True)))
-            await agent.call("StartContainer", pb.StartContainerRequest(container_id="echo"))
+            await agent.create_container("echo", json.dumps(spec).encode(),
+                                         pb.Rootfs(share_path=share, guest_overlay=True),
+                                         pb.StdioOptions())
+            await agent.start_container("echo")
             output = b""
             async for chunk in agent.follow_output("echo", "", pb.STDOUT):
                 output += chunk.data
-            status = await agent.call("WaitProcess", pb.WaitProcessRequest(container_id="echo"))
-            assert output == b"hello\n" and status.status.exit_code == 0  # type: ignore[attr-defined]
+            status = await agent.wait_process("echo")
+            assert output == b"hello\n" and status.exit_code == 0
             elapsed = time.monotonic() - start
         return elapsed, rss
     finally:

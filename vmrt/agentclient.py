@@ -1,40 +1,72 @@
-"""The host's side of the agent protocol: a gRPC channel to one sandbox's agent."""
+"""The host's side of the agent protocol: a gRPC channel to one sandbox's agent.
+
+``AgentClient`` implements ``vmrt.agentapi.Agent``: each method is one RPC,
+and every failure of the call is an ``AgentError`` with the status code.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc
-from vmrt.errors import VmrtError
+from vmrt.agentapi import DEFAULT_TIMEOUT, AgentError, AgentUnreachable
 
 log = logging.getLogger(__name__)
 
 MAX_REPLY = 4 * 1024 * 1024
-
-
-class AgentError(VmrtError):
-    """The agent answered with an error; ``code`` is its gRPC status."""
-
-    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
-        self.code = code
-        self.details = details
-        super().__init__(f"agent {method}: {details}")
-
-
-class AgentUnreachable(VmrtError):
-    pass
+R = TypeVar("R")
 
 
 def _target(transport: str, agent_socket: str, vsock_cid: int, vsock_port: int) -> str:
     if transport == "vsock":
         return f"vsock:{vsock_cid}:{vsock_port}"
     return f"unix:{agent_socket}"
+
+
+def _failed(method: str, exc: grpc.aio.AioRpcError) -> AgentError:
+    return AgentError(method, exc.code(), exc.details() or str(exc.code()))
+
+
+class GrpcPortStream:
+    """A PortForward call: the first message names the port, then data both ways."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self._call = call
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._call.write(pb.PortForwardData(data=data))
+        except grpc.aio.AioRpcError as exc:
+            raise _failed("PortForward", exc) from None
+        except asyncio.InvalidStateError:
+            raise AgentError("PortForward", grpc.StatusCode.CANCELLED,
+                             "the connection to the pod's agent ended") from None
+
+    async def close_write(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.done_writing()
+
+    async def received(self) -> AsyncIterator[bytes]:
+        # read(), not iteration: the first reply was taken with read().
+        try:
+            while (message := await self._call.read()) is not grpc.aio.EOF:
+                assert isinstance(message, pb.PortForwardData)
+                yield message.data
+        except grpc.aio.AioRpcError as exc:
+            raise _failed("PortForward", exc) from None
+        except asyncio.InvalidStateError:
+            raise AgentError("PortForward", grpc.StatusCode.CANCELLED,
+                             "the connection to the pod's agent ended") from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 class AgentClient:
@@ -68,18 +100,25 @@ class AgentClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def call(self, method: str, request: object, timeout: float | None = 60.0,
-                   wait_for_ready: bool = False) -> object:
+    async def _unary(self, method: str, request: object, reply_type: type[R],
+                     timeout: float | None = DEFAULT_TIMEOUT,
+                     wait_for_ready: bool = False) -> R:
+        rpc: Any = getattr(self.stub, method)
         try:
-            return await getattr(self.stub, method)(request, timeout=timeout,
-                                                    wait_for_ready=wait_for_ready)
+            reply = await rpc(request, timeout=timeout, wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as exc:
-            raise AgentError(method, exc.code(), exc.details() or str(exc.code())) from None
+            raise _failed(method, exc) from None
+        if not isinstance(reply, reply_type):
+            raise AgentError(method, grpc.StatusCode.INTERNAL, "a reply of the wrong type")
+        return reply
+
+    # -- the sandbox ------------------------------------------------------
 
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         """Health with wait-for-ready, abandoned as soon as the VM exits."""
-        health = asyncio.ensure_future(
-            self.call("Health", pb.HealthRequest(), timeout=timeout, wait_for_ready=True))
+        health = asyncio.ensure_future(self._unary(
+            "Health", pb.HealthRequest(), pb.HealthResponse, timeout=timeout,
+            wait_for_ready=True))
         died = asyncio.ensure_future(vm_exited)
         try:
             done, _ = await asyncio.wait({health, died}, return_when=asyncio.FIRST_COMPLETED)
@@ -90,10 +129,73 @@ class AgentClient:
                     with contextlib.suppress(BaseException):
                         await task
         if health in done:
-            reply = health.result()
-            assert isinstance(reply, pb.HealthResponse)
-            return reply
+            return health.result()
         raise AgentUnreachable("the VM exited before its agent answered")
+
+    async def setup_sandbox(self, request: pb.SetupSandboxRequest) -> None:
+        await self._unary("SetupSandbox", request, pb.SetupSandboxResponse)
+
+    async def set_clock(self, host_time_ns: int) -> None:
+        await self._unary("SetClock", pb.SetClockRequest(host_time_ns=host_time_ns),
+                          pb.SetClockResponse)
+
+    async def configure_network(self, request: pb.ConfigureNetworkRequest) -> None:
+        await self._unary("ConfigureNetwork", request, pb.ConfigureNetworkResponse)
+
+    # -- containers and processes -----------------------------------------
+
+    async def create_container(self, container_id: str, oci_spec: bytes, rootfs: pb.Rootfs,
+                               stdio: pb.StdioOptions) -> None:
+        await self._unary("CreateContainer", pb.CreateContainerRequest(
+            container_id=container_id, oci_spec=oci_spec, rootfs=rootfs, stdio=stdio),
+            pb.CreateContainerResponse)
+
+    async def start_container(self, container_id: str) -> None:
+        await self._unary("StartContainer", pb.StartContainerRequest(container_id=container_id),
+                          pb.StartContainerResponse)
+
+    async def exec_process(self, container_id: str, exec_id: str, process: bytes,
+                           stdio: pb.StdioOptions) -> None:
+        await self._unary("ExecProcess", pb.ExecProcessRequest(
+            container_id=container_id, exec_id=exec_id, process=process, stdio=stdio),
+            pb.ExecProcessResponse)
+
+    async def signal_process(self, container_id: str, signal: int, *, exec_id: str = "",
+                             all_processes: bool = False,
+                             timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        await self._unary("SignalProcess", pb.SignalProcessRequest(
+            container_id=container_id, exec_id=exec_id, signal=signal, all=all_processes),
+            pb.SignalProcessResponse, timeout=timeout)
+
+    async def wait_process(self, container_id: str, exec_id: str = "",
+                           timeout: float | None = None) -> pb.ExitStatus:
+        reply = await self._unary("WaitProcess", pb.WaitProcessRequest(
+            container_id=container_id, exec_id=exec_id), pb.WaitProcessResponse, timeout=timeout)
+        return reply.status
+
+    async def remove_container(self, container_id: str, force: bool = False) -> None:
+        await self._unary("RemoveContainer", pb.RemoveContainerRequest(
+            container_id=container_id, force=force), pb.RemoveContainerResponse)
+
+    async def remove_exec(self, container_id: str, exec_id: str) -> None:
+        await self._unary("RemoveExec", pb.RemoveExecRequest(
+            container_id=container_id, exec_id=exec_id), pb.RemoveExecResponse)
+
+    async def update_container(self, container_id: str, resources: bytes) -> None:
+        await self._unary("UpdateContainer", pb.UpdateContainerRequest(
+            container_id=container_id, resources=resources), pb.UpdateContainerResponse)
+
+    async def list_processes(self) -> Sequence[pb.ProcessInfo]:
+        reply = await self._unary("ListProcesses", pb.ListProcessesRequest(),
+                                  pb.ListProcessesResponse)
+        return list(reply.processes)
+
+    async def container_stats(self, container_id: str) -> pb.ContainerStatsResponse:
+        return await self._unary("ContainerStats",
+                                 pb.ContainerStatsRequest(container_id=container_id),
+                                 pb.ContainerStatsResponse)
+
+    # -- stdio ------------------------------------------------------------
 
     async def follow_output(self, container_id: str, exec_id: str, stream: pb.Stream,
                             offset: int = 0, trim_sent: bool = False
@@ -106,4 +208,51 @@ class AgentClient:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
-            raise AgentError("ReadOutput", exc.code(), exc.details() or "") from None
+            raise _failed("ReadOutput", exc) from None
+
+    async def trim_output(self, container_id: str, stream: pb.Stream, offset: int,
+                          exec_id: str = "") -> None:
+        await self._unary("TrimOutput", pb.TrimOutputRequest(
+            container_id=container_id, exec_id=exec_id, stream=stream, offset=offset),
+            pb.TrimOutputResponse, timeout=30)
+
+    async def write_stdin(self, container_id: str, exec_id: str, data: bytes,
+                          close: bool = False) -> None:
+        await self._unary("WriteStdin", pb.WriteStdinRequest(
+            container_id=container_id, exec_id=exec_id, data=data, close=close),
+            pb.WriteStdinResponse)
+
+    async def resize_tty(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
+        await self._unary("ResizeTty", pb.ResizeTtyRequest(
+            container_id=container_id, exec_id=exec_id, rows=rows, cols=cols),
+            pb.ResizeTtyResponse)
+
+    # -- streams ----------------------------------------------------------
+
+    async def connect_port(self, port: int) -> GrpcPortStream:
+        """Connect to localhost:PORT in the guest; the agent's refusal says why."""
+        call = self.stub.PortForward()
+        try:
+            await call.write(pb.PortForwardData(port=port))
+            # The agent's first reply, empty, means connected; a refused
+            # connection ends the call instead, with the reason.
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            call.cancel()
+            raise _failed("PortForward", exc) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if first is grpc.aio.EOF:
+            call.cancel()
+            raise AgentError("PortForward", grpc.StatusCode.UNAVAILABLE,
+                             f"the pod's agent gave up on port {port}")
+        return GrpcPortStream(call)
+
+    async def events(self) -> AsyncIterator[pb.Event]:
+        call = self.stub.GetEvents(pb.GetEventsRequest())
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise _failed("GetEvents", exc) from None

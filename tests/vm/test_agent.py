@@ -17,7 +17,8 @@ from tests.conftest import dump_console
 from tests.helpers import leaks
 from vmrt import oci
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentClient, AgentError
+from vmrt.agentapi import AgentError
+from vmrt.agentclient import AgentClient
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.sandbox.vm import SandboxVM, VMConfig
 
@@ -40,8 +41,12 @@ class Pod:
         return self.loop.run_until_complete(coro)
 
     def call(self, method: str, **fields: Any) -> Any:
+        """One RPC by its protocol name: these tests are of the wire protocol itself."""
         request = getattr(pb, f"{method}Request")(**fields)
-        return self.run(self.agent.call(method, request))
+        try:
+            return self.run(getattr(self.agent.stub, method)(request, timeout=60))
+        except grpc.aio.AioRpcError as exc:
+            raise AgentError(method, exc.code(), exc.details() or "") from None
 
     def create(self, args: list[str], *, terminal: bool = False, open_stdin: bool = False,
                spec_changes: dict[str, Any] | None = None, cid: str = "") -> str:
@@ -71,7 +76,7 @@ class Pod:
 
     def remove(self, cid: str) -> None:
         self.call("RemoveContainer", container_id=cid, force=True)
-        self.run(self.sandbox.unbind_rootfs(cid))
+        self.sandbox.share.release(cid)
 
 
 @pytest.fixture(scope="module")

@@ -137,21 +137,18 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
     share_path = await sandbox.bind_rootfs(CONTAINER_ID, rootfs, readonly=True)
     spec = oci.container_spec(command, env=args.env, cwd=args.workdir,
                               hostname=args.hostname or f"vmrt-{sandbox.id}")
-    await agent.call("CreateContainer", pb.CreateContainerRequest(
-        container_id=CONTAINER_ID,
-        oci_spec=json.dumps(spec).encode(),
-        rootfs=pb.Rootfs(share_path=share_path, guest_overlay=True),
-        stdio=pb.StdioOptions(terminal=False, open_stdin=args.interactive, acked_output=True),
-    ))
-    await agent.call("StartContainer", pb.StartContainerRequest(container_id=CONTAINER_ID))
+    await agent.create_container(
+        CONTAINER_ID, json.dumps(spec).encode(),
+        pb.Rootfs(share_path=share_path, guest_overlay=True),
+        pb.StdioOptions(terminal=False, open_stdin=args.interactive, acked_output=True))
+    await agent.start_container(CONTAINER_ID)
     work = [
         asyncio.create_task(_copy_out(agent, pb.STDOUT, sys.stdout.buffer)),
         asyncio.create_task(_copy_out(agent, pb.STDERR, sys.stderr.buffer)),
     ]
     if args.interactive:
         work.append(asyncio.create_task(_copy_in(agent)))
-    wait = asyncio.create_task(agent.call(
-        "WaitProcess", pb.WaitProcessRequest(container_id=CONTAINER_ID), timeout=None))
+    wait = asyncio.create_task(agent.wait_process(CONTAINER_ID))
     died = asyncio.create_task(sandbox.qemu.wait_exit())
     try:
         done, _ = await asyncio.wait({wait, died}, return_when=asyncio.FIRST_COMPLETED)
@@ -164,9 +161,7 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
             wait.result()
         # Output streams end once the process exited and its output is drained.
         await asyncio.wait_for(asyncio.gather(*work[:2]), timeout=30)
-        reply = wait.result()
-        assert isinstance(reply, pb.WaitProcessResponse)
-        return reply.status.exit_code
+        return wait.result().exit_code
     finally:
         for task in (*work, wait, died):
             task.cancel()
@@ -199,7 +194,6 @@ async def _copy_in(agent: AgentClient) -> None:
     threading.Thread(target=reader, name="stdin", daemon=True).start()
     while True:
         data = await chunks.get()
-        await agent.call("WriteStdin", pb.WriteStdinRequest(
-            container_id=CONTAINER_ID, data=data, close=not data))
+        await agent.write_stdin(CONTAINER_ID, "", data, close=not data)
         if not data:
             return

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from vmrt.agentclient import AgentError
+from vmrt.agentapi import AgentError
 from vmrt.config import ConfigError
 from vmrt.errors import (
     AlreadyExistsError,

@@ -43,10 +43,7 @@ class StatsRPCs(Base):
         return max(0, (usage - previous[1]) * 1_000_000_000 // (timestamp - previous[0]))
 
     async def _agent_stats(self, live: LivePod, container_id: str) -> pb.ContainerStatsResponse:
-        reply = await live.agent.call("ContainerStats",
-                                      pb.ContainerStatsRequest(container_id=container_id))
-        assert isinstance(reply, pb.ContainerStatsResponse)
-        return reply
+        return await live.agent.container_stats(container_id)
 
     def _cpu(self, key: str, raw: pb.ContainerStatsResponse) -> api.CpuUsage:
         return api.CpuUsage(timestamp=raw.timestamp_ns,

@@ -17,7 +17,7 @@ from pathlib import Path
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentError
+from vmrt.agentapi import AgentError
 from vmrt.aio import push_cleanup
 from vmrt.errors import (
     FailedPreconditionError,
@@ -60,9 +60,10 @@ def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -
     return int(signals.SIGTERM)
 
 
-async def _agent_create(live: LivePod, request: pb.CreateContainerRequest) -> None:
+async def _agent_create(live: LivePod, container_id: str, oci_spec: bytes, rootfs: pb.Rootfs,
+                        stdio: pb.StdioOptions) -> None:
     try:
-        await live.agent.call("CreateContainer", request)
+        await live.agent.create_container(container_id, oci_spec, rootfs, stdio)
     except AgentError as exc:
         if exc.code.name == "INVALID_ARGUMENT":
             # The agent names the part at fault ("command: ..."); the CRI
@@ -122,16 +123,13 @@ class ContainerService:
                 config=config, pod_config=pod_config, image_config=image.config,
                 image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
             record.process_json = json.dumps(spec["process"])
-            await _agent_create(live, pb.CreateContainerRequest(
-                container_id=container_id,
-                oci_spec=json.dumps(spec).encode(),
-                rootfs=pb.Rootfs(share_path=rootfs),
+            await _agent_create(
+                live, container_id, json.dumps(spec).encode(), pb.Rootfs(share_path=rootfs),
                 # With a log the host takes the output; without one nobody
                 # does, and the guest keeps only the latest.
-                stdio=pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
-                                      stdin_once=config.stdin_once,
-                                      acked_output=bool(record.log_path)),
-            ))
+                pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
+                                stdin_once=config.stdin_once,
+                                acked_output=bool(record.log_path)))
             push_cleanup(undo, self._agent_remove, live, container_id)
             self.rt.store.add_container(record)
             undo.pop_all()
@@ -161,8 +159,7 @@ class ContainerService:
 
     async def _agent_remove(self, live: LivePod, container_id: str) -> None:
         with contextlib.suppress(AgentError):
-            await live.agent.call("RemoveContainer", pb.RemoveContainerRequest(
-                container_id=container_id, force=True))
+            await live.agent.remove_container(container_id, force=True)
 
     # -- start / stop / remove ---------------------------------------------
 
@@ -174,8 +171,7 @@ class ContainerService:
         live = self.rt.live_pod(self.rt.pod(container.pod_id))
         self.rt.start_log_pump(live, container)
         started_at = time.time_ns()
-        await live.agent.call("StartContainer",
-                              pb.StartContainerRequest(container_id=container.id))
+        await live.agent.start_container(container.id)
         if container.state == "created":
             self.rt.store.update_container(container, state="running", started_at=started_at)
         else:
@@ -194,12 +190,10 @@ class ContainerService:
         stop_signal = _stop_signal(container.config(), image.config if image else {})
         try:
             if timeout > 0:
-                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
-                    container_id=container.id, signal=stop_signal))
+                await live.agent.signal_process(container.id, stop_signal)
                 if await self._wait(live, container, timeout):
                     return
-            await live.agent.call("SignalProcess", pb.SignalProcessRequest(
-                container_id=container.id, signal=9, all=True))
+            await live.agent.signal_process(container.id, 9, all_processes=True)
             await self._wait(live, container, None)
         except AgentError as exc:
             if exc.code.name != "NOT_FOUND":
@@ -208,15 +202,13 @@ class ContainerService:
     async def _wait(self, live: LivePod, container: ContainerRecord,
                     timeout: float | None) -> bool:
         try:
-            reply = await live.agent.call("WaitProcess", pb.WaitProcessRequest(
-                container_id=container.id), timeout=timeout)
+            status = await live.agent.wait_process(container.id, timeout=timeout)
         except AgentError as exc:
             if exc.code.name == "DEADLINE_EXCEEDED":
                 return False
             raise
-        assert isinstance(reply, pb.WaitProcessResponse)
-        self.rt.container_exited(container, reply.status.exit_code, reply.status.finished_at_ns,
-                                 reply.status.oom_killed)
+        self.rt.container_exited(container, status.exit_code, status.finished_at_ns,
+                                 status.oom_killed)
         pump = live.pumps.get(container.id)
         if pump is not None:
             with contextlib.suppress(Exception):
@@ -253,9 +245,8 @@ class ContainerService:
             raise FailedPreconditionError(f"container {container.id} is {container.state}")
         live = self.rt.live_pod(self.rt.pod(container.pod_id))
         try:
-            await live.agent.call("UpdateContainer", pb.UpdateContainerRequest(
-                container_id=container.id,
-                resources=json.dumps(ocispec.resources(resources)).encode()))
+            await live.agent.update_container(
+                container.id, json.dumps(ocispec.resources(resources)).encode())
         except AgentError as exc:
             if exc.code.name == "INVALID_ARGUMENT":
                 raise InvalidArgumentError(exc.details) from None  # "linux: ..."

@@ -21,7 +21,7 @@ from typing import TypeVar
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentClient
+from vmrt.agentapi import Agent
 from vmrt.config import Config
 from vmrt.errors import (
     AlreadyExistsError,
@@ -61,7 +61,7 @@ class LivePod:
     warnings: int = 0
 
     @property
-    def agent(self) -> AgentClient:
+    def agent(self) -> Agent:
         if self.vm.agent is None:
             raise FailedPreconditionError(f"pod {self.record.id} has no agent connection")
         return self.vm.agent
@@ -240,8 +240,7 @@ class Runtime:
         backoff = 0.5
         while live.vm.qemu.alive:
             try:
-                call = live.agent.stub.GetEvents(pb.GetEventsRequest())
-                async for event in call:
+                async for event in live.agent.events():
                     backoff = 0.5
                     if event.exec_id or event.kind != pb.Event.EXIT:
                         continue
@@ -273,9 +272,8 @@ class Runtime:
 
     async def reconcile(self, live: LivePod) -> None:
         """Bring container records in line with what the agent knows."""
-        reply = await live.agent.call("ListProcesses", pb.ListProcessesRequest())
-        assert isinstance(reply, pb.ListProcessesResponse)
-        known = {p.container_id: p for p in reply.processes if not p.exec_id}
+        processes = await live.agent.list_processes()
+        known = {p.container_id: p for p in processes if not p.exec_id}
         for container in self.store.pod_containers(live.record.id):
             proc = known.get(container.id)
             if container.state == "exited":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentClient, AgentError
+from vmrt.agentapi import Agent, AgentError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class LogPump:
     writes faster than the host takes it waits instead of filling the VM.
     """
 
-    def __init__(self, agent: AgentClient, container_id: str, writer: CRILogWriter,
+    def __init__(self, agent: Agent, container_id: str, writer: CRILogWriter,
                  offsets: dict[str, int], save: Callable[[dict[str, int]], None]) -> None:
         self._agent = agent
         self._id = container_id
@@ -165,8 +165,7 @@ class LogPump:
             self._saved = offsets
         for name, stream in (("stdout", pb.STDOUT), ("stderr", pb.STDERR)):
             if offsets[name] > self._trimmed[name]:
-                await self._agent.call("TrimOutput", pb.TrimOutputRequest(
-                    container_id=self._id, stream=stream, offset=offsets[name]), timeout=30)
+                await self._agent.trim_output(self._id, stream, offsets[name])
                 self._trimmed[name] = offsets[name]
 
     async def _follow(self, name: str, stream: pb.Stream) -> None:

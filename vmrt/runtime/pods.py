@@ -88,7 +88,7 @@ class PodService:
             push_cleanup(undo, vm.destroy)
             iface = network.interface
             assert vm.agent is not None
-            await vm.agent.call("ConfigureNetwork", pb.ConfigureNetworkRequest(
+            await vm.agent.configure_network(pb.ConfigureNetworkRequest(
                 interfaces=[pb.Interface(mac=iface.mac, name=iface.name, mtu=iface.mtu,
                                          addresses=iface.addresses)],
                 routes=[pb.Route(destination=r.destination, gateway=r.gateway,
@@ -141,15 +141,13 @@ class PodService:
                    if c.state in ("created", "running")]
         for container in running:
             with contextlib.suppress(Exception):
-                await live.agent.call("SignalProcess", pb.SignalProcessRequest(
-                    container_id=container.id, signal=9, all=True), timeout=STOP_TIMEOUT)
+                await live.agent.signal_process(container.id, 9, all_processes=True,
+                                                timeout=STOP_TIMEOUT)
         for container in running:
             with contextlib.suppress(Exception):
-                reply = await live.agent.call("WaitProcess", pb.WaitProcessRequest(
-                    container_id=container.id), timeout=STOP_TIMEOUT)
-                assert isinstance(reply, pb.WaitProcessResponse)
-                self.rt.container_exited(container, reply.status.exit_code,
-                                         reply.status.finished_at_ns, reply.status.oom_killed)
+                status = await live.agent.wait_process(container.id, timeout=STOP_TIMEOUT)
+                self.rt.container_exited(container, status.exit_code, status.finished_at_ns,
+                                         status.oom_killed)
         for container in running:
             pump = live.pumps.get(container.id)
             if pump is not None:

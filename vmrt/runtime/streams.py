@@ -15,10 +15,8 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentError
+from vmrt.agentapi import AgentError, PortStream
 from vmrt.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -71,18 +69,14 @@ class ProcessSession:
             yield chunk.data
 
     async def write_stdin(self, data: bytes, close: bool = False) -> None:
-        await self.live.agent.call("WriteStdin", pb.WriteStdinRequest(
-            container_id=self.container_id, exec_id=self.exec_id, data=data, close=close))
+        await self.live.agent.write_stdin(self.container_id, self.exec_id, data, close)
 
     async def resize(self, rows: int, cols: int) -> None:
-        await self.live.agent.call("ResizeTty", pb.ResizeTtyRequest(
-            container_id=self.container_id, exec_id=self.exec_id, rows=rows, cols=cols))
+        await self.live.agent.resize_tty(self.container_id, self.exec_id, rows, cols)
 
     async def wait(self) -> int:
-        reply = await self.live.agent.call("WaitProcess", pb.WaitProcessRequest(
-            container_id=self.container_id, exec_id=self.exec_id), timeout=None)
-        assert isinstance(reply, pb.WaitProcessResponse)
-        return reply.status.exit_code
+        status = await self.live.agent.wait_process(self.container_id, self.exec_id)
+        return status.exit_code
 
     async def close(self) -> None:
         """An exec is killed if it still runs and forgotten; the main process is left be.
@@ -94,41 +88,36 @@ class ProcessSession:
         if not self.is_exec:
             return
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.live.agent.call("RemoveExec", pb.RemoveExecRequest(
-                container_id=self.container_id, exec_id=self.exec_id)))
+            await asyncio.shield(self.live.agent.remove_exec(self.container_id, self.exec_id))
 
 
 class PortConnection:
     """One TCP connection to a port in a pod, through the agent."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall, port: int,
-                 release: Callable[[], None]) -> None:
-        self._call = call
+    def __init__(self, stream: PortStream, port: int, release: Callable[[], None]) -> None:
+        self._stream = stream
         self.port = port
         self._release = release
 
     async def send(self, data: bytes) -> None:
         try:
-            await self._call.write(pb.PortForwardData(data=data))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            raise UnavailableError(_rpc_reason(exc)) from None
+            await self._stream.send(data)
+        except AgentError as exc:
+            raise UnavailableError(exc.details) from None
 
     async def close_write(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._call.done_writing()
+        await self._stream.close_write()
 
     async def received(self) -> AsyncIterator[bytes]:
-        # read(), not iteration: the first reply was taken with read().
         try:
-            while (message := await self._call.read()) is not grpc.aio.EOF:
-                assert isinstance(message, pb.PortForwardData)
-                yield message.data
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            raise UnavailableError(_rpc_reason(exc)) from None
+            async for data in self._stream.received():
+                yield data
+        except AgentError as exc:
+            raise UnavailableError(exc.details) from None
 
     def abort(self) -> None:
         """End the connection (if it has not ended) and give back its slot."""
-        self._call.cancel()
+        self._stream.cancel()
         self._release()
 
 
@@ -183,10 +172,9 @@ class StreamService:
         session = ProcessSession(live, container.id, exec_id, tty, stdin,
                                  release=self.slots.take(container.pod_id))
         try:
-            await live.agent.call("ExecProcess", pb.ExecProcessRequest(
-                container_id=container.id, exec_id=exec_id,
-                process=json.dumps(process).encode(),
-                stdio=pb.StdioOptions(terminal=tty, open_stdin=stdin, acked_output=True)))
+            await live.agent.exec_process(
+                container.id, exec_id, json.dumps(process).encode(),
+                pb.StdioOptions(terminal=tty, open_stdin=stdin, acked_output=True))
         except AgentError as exc:
             await session.close()
             if exc.code.name == "INVALID_ARGUMENT":
@@ -239,9 +227,7 @@ class StreamService:
         """The main process from now on: output already written is in the log, not here."""
         container, live = self.running_container(container_id)
         config = container.config()
-        reply = await live.agent.call("ListProcesses", pb.ListProcessesRequest())
-        assert isinstance(reply, pb.ListProcessesResponse)
-        for proc in reply.processes:
+        for proc in await live.agent.list_processes():
             if proc.container_id == container.id and not proc.exec_id:
                 return ProcessSession(live, container.id, "", config.tty, config.stdin,
                                       config.stdin_once, proc.stdout_size, proc.stderr_size,
@@ -255,27 +241,15 @@ class StreamService:
         pod = self.rt.pod(pod_id)
         live = self.rt.live_pod(pod)
         release = self.slots.take(pod.id)
-        call = None
         try:
-            call = live.agent.stub.PortForward()
-            await call.write(pb.PortForwardData(port=port))
-            # The agent's first reply, empty, means connected; a refused
-            # connection ends the call instead, with the reason.
-            first = await call.read()
-            if first is grpc.aio.EOF:
-                raise UnavailableError(f"the pod's agent gave up on port {port}")
-        except BaseException as exc:
-            if call is not None:
-                call.cancel()
+            stream = await live.agent.connect_port(port)
+        except AgentError as exc:
             release()
-            if isinstance(exc, (grpc.aio.AioRpcError, asyncio.InvalidStateError)):
-                raise UnavailableError(_rpc_reason(exc)) from None
+            raise UnavailableError(exc.details) from None
+        except asyncio.InvalidStateError:
+            release()
+            raise UnavailableError("the connection to the pod's agent ended") from None
+        except BaseException:
+            release()
             raise
-        assert call is not None
-        return PortConnection(call, port, release)
-
-
-def _rpc_reason(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.details() or str(exc.code())
-    return "the connection to the pod's agent ended"
+        return PortConnection(stream, port, release)

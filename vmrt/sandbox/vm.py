@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentClient, AgentUnreachable
+from vmrt.agentapi import AgentUnreachable
+from vmrt.agentclient import AgentClient
 from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
 from vmrt.fsutil import private_dir
@@ -144,7 +145,7 @@ class SandboxVM:
             push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
-            await self.agent.call("SetupSandbox", pb.SetupSandboxRequest(
+            await self.agent.setup_sandbox(pb.SetupSandboxRequest(
                 sandbox_id=self.id,
                 hostname=hostname,
                 dns=dns,

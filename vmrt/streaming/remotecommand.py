@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentclient import AgentError
+from vmrt.agentapi import AgentError
 from vmrt.runtime.streams import ProcessSession, StreamService
 from vmrt.streaming.tokens import AttachRequest, ExecRequest
 
