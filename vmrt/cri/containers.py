@@ -62,6 +62,8 @@ class ContainerRPCs(Base):
         if flt.HasField("state"):
             validate.enum(flt.state.state, convert.CONTAINER_STATE_NAMES, "filter.state.state")
             state = convert.CONTAINER_STATE_NAMES[flt.state.state]
+            if state is None:
+                return api.ListContainersResponse()  # no container is ever UNKNOWN
         found = self.containers.list(ContainerFilter(
             id=flt.id, pod_id=flt.pod_sandbox_id, state=state,
             labels=tuple(flt.label_selector.items())))
@@ -116,7 +118,7 @@ class ContainerRPCs(Base):
             if not 0 < port < 65536:
                 raise InvalidArgumentError(f"port: {port} is not a TCP port number")
         pod = self.rt.pod(request.pod_sandbox_id)
-        self.rt.live_pod(pod)
+        self.rt.ready_sandbox(pod)
         return api.PortForwardResponse(url=self.stream_server.url(PortForwardRequest(
             pod.id, tuple(request.port))))
 

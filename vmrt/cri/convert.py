@@ -6,19 +6,21 @@ import json
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.runtime.records import ContainerRecord, PodRecord
+from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord, PodState
 
-CONTAINER_STATES: dict[str, api.ContainerState.ValueType] = {
-    "created": api.CONTAINER_CREATED,
-    "running": api.CONTAINER_RUNNING,
-    "exited": api.CONTAINER_EXITED,
-    "unknown": api.CONTAINER_UNKNOWN,
+CONTAINER_STATES: dict[ContainerState, api.ContainerState.ValueType] = {
+    ContainerState.CREATED: api.CONTAINER_CREATED,
+    ContainerState.RUNNING: api.CONTAINER_RUNNING,
+    ContainerState.EXITED: api.CONTAINER_EXITED,
 }
-CONTAINER_STATE_NAMES = {v: k for k, v in CONTAINER_STATES.items()}
+# CRI's CONTAINER_UNKNOWN is a state vmrt never reports: a container whose VM
+# is gone is EXITED, with the reason.
+CONTAINER_STATE_NAMES: dict[api.ContainerState.ValueType, ContainerState | None] = {
+    **{v: k for k, v in CONTAINER_STATES.items()}, api.CONTAINER_UNKNOWN: None}
 
 
 def pod_state(pod: PodRecord) -> api.PodSandboxState.ValueType:
-    return api.SANDBOX_READY if pod.state == "ready" else api.SANDBOX_NOTREADY
+    return api.SANDBOX_READY if pod.state == PodState.READY else api.SANDBOX_NOTREADY
 
 
 def pod_item(pod: PodRecord) -> api.PodSandbox:
@@ -31,7 +33,7 @@ def pod_item(pod: PodRecord) -> api.PodSandbox:
 def pod_status(pod: PodRecord) -> api.PodSandboxStatus:
     config = pod.config()
     options = config.linux.security_context.namespace_options
-    ips = list(pod.network.get("ips", []))
+    ips = list(pod.network.ips)
     network = api.PodSandboxNetworkStatus(
         ip=ips[0] if ips else "", additional_ips=[api.PodIP(ip=ip) for ip in ips[1:]])
     return api.PodSandboxStatus(
@@ -43,12 +45,14 @@ def pod_status(pod: PodRecord) -> api.PodSandboxStatus:
 
 
 def pod_info(pod: PodRecord, sandbox_dir: str) -> dict[str, str]:
+    network = pod.network
     return {"info": json.dumps({
-        "id": pod.id, "state": pod.state, "reason": pod.reason, "vm": pod.vm,
+        "id": pod.id, "state": pod.state, "reason": pod.reason,
+        "vm": pod.vm.to_dict() if pod.vm else None,
         "runtimeHandler": pod.runtime_handler, "sandboxDir": sandbox_dir,
-        "network": {k: pod.network.get(k) for k in ("mode", "netns", "network_name", "ips")},
-        "netnsPath": f"/var/run/netns/{pod.network['netns']}" if pod.network.get("netns")
-        else "",
+        "network": {"mode": network.mode, "netns": network.netns,
+                    "network_name": network.network_name, "ips": network.ips},
+        "netnsPath": f"/var/run/netns/{network.netns}" if network.netns else "",
         "consoleLog": f"{sandbox_dir}/console.log",
     }, sort_keys=True)}
 
@@ -69,14 +73,15 @@ def container_item(container: ContainerRecord) -> api.Container:
 
 def container_status(container: ContainerRecord) -> api.ContainerStatus:
     config = container.config()
-    process = json.loads(container.process_json) if container.process_json else {}
+    meta, status = container.meta, container.status
+    process = json.loads(meta.process_json) if meta.process_json else {}
     user = process.get("user", {})
     return api.ContainerStatus(
-        id=container.id, metadata=config.metadata, state=CONTAINER_STATES[container.state],
-        created_at=container.created_at, started_at=container.started_at,
-        finished_at=container.finished_at, exit_code=container.exit_code,
-        image=image_spec(container), image_ref=container.image_ref,
-        image_id=container.image_ref, reason=container.reason, message=container.message,
+        id=container.id, metadata=config.metadata, state=CONTAINER_STATES[status.state],
+        created_at=meta.created_at, started_at=status.started_at,
+        finished_at=status.finished_at, exit_code=status.exit_code,
+        image=image_spec(container), image_ref=meta.image_ref,
+        image_id=meta.image_ref, reason=status.reason, message=status.message,
         labels=config.labels, annotations=config.annotations, mounts=config.mounts,
         log_path=container.log_path,
         resources=api.ContainerResources(linux=config.linux.resources),
@@ -89,6 +94,8 @@ def container_status(container: ContainerRecord) -> api.ContainerStatus:
 def container_info(container: ContainerRecord) -> dict[str, str]:
     return {"info": json.dumps({
         "id": container.id, "sandboxID": container.pod_id, "state": container.state,
-        "logOffsets": {"stdout": container.stdout_offset, "stderr": container.stderr_offset},
-        "process": json.loads(container.process_json) if container.process_json else None,
+        "logOffsets": {"stdout": container.status.stdout_offset,
+                       "stderr": container.status.stderr_offset},
+        "process": json.loads(container.meta.process_json) if container.meta.process_json
+        else None,
     }, sort_keys=True)}

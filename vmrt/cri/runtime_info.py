@@ -67,5 +67,6 @@ class RuntimeInfoRPCs(Base):
                                   context: Any) -> api.UpdateRuntimeConfigResponse:
         cidr = request.runtime_config.network_config.pod_cidr
         validate.pod_cidrs(cidr, "runtime_config.network_config.pod_cidr")
-        self.rt.pod_cidr = cidr
+        # Checked, and not kept: pods get their addresses from the CNI
+        # network's own ranges (kubelet sends this for kubenet).
         return api.UpdateRuntimeConfigResponse()

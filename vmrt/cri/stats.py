@@ -13,8 +13,8 @@ from cri_api.v1 import api_pb2 as api
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.cri.base import Base
 from vmrt.runtime.containers import ContainerFilter
-from vmrt.runtime.core import LivePod
-from vmrt.runtime.records import ContainerRecord, PodRecord
+from vmrt.runtime.pods import PodFilter
+from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
 
 
 def _usage(path: Path) -> tuple[int, int]:
@@ -42,9 +42,6 @@ class StatsRPCs(Base):
             return 0
         return max(0, (usage - previous[1]) * 1_000_000_000 // (timestamp - previous[0]))
 
-    async def _agent_stats(self, live: LivePod, container_id: str) -> pb.ContainerStatsResponse:
-        return await live.agent.container_stats(container_id)
-
     def _cpu(self, key: str, raw: pb.ContainerStatsResponse) -> api.CpuUsage:
         return api.CpuUsage(timestamp=raw.timestamp_ns,
                             usage_core_nano_seconds=_u64(raw.cpu_usage_ns),
@@ -70,9 +67,8 @@ class StatsRPCs(Base):
         stats.writable_layer.CopyFrom(api.FilesystemUsage(
             timestamp=time.time_ns(), fs_id=api.FilesystemIdentifier(mountpoint=str(upper)),
             used_bytes=_u64(used), inodes_used=_u64(inodes)))
-        live = self.rt.live.get(container.pod_id)
-        if live is not None and container.state == "running":
-            raw = await self._agent_stats(live, container.id)
+        raw = await self.containers.usage(container)
+        if raw is not None:
             stats.cpu.CopyFrom(self._cpu(container.id, raw))
             stats.memory.CopyFrom(self._memory(raw))
         return stats
@@ -87,7 +83,8 @@ class StatsRPCs(Base):
         flt = request.filter
         found = self.containers.list(ContainerFilter(
             id=flt.id, pod_id=flt.pod_sandbox_id, labels=tuple(flt.label_selector.items())))
-        stats = [await self._container_stats(c) for c in found if c.state == "running"]
+        stats = [await self._container_stats(c) for c in found
+                 if c.state == ContainerState.RUNNING]
         return api.ListContainerStatsResponse(stats=stats)
 
     async def _pod_stats(self, pod: PodRecord) -> api.PodSandboxStats:
@@ -95,18 +92,17 @@ class StatsRPCs(Base):
         stats = api.PodSandboxStats(attributes=api.PodSandboxAttributes(
             id=pod.id, metadata=config.metadata, labels=config.labels,
             annotations=config.annotations))
-        live = self.rt.live.get(pod.id)
-        if live is None:
+        raw = await self.pods.usage(pod)
+        if raw is None:
             return stats
-        raw = await self._agent_stats(live, "")
         linux = stats.linux
         linux.cpu.CopyFrom(self._cpu(pod.id, raw))
         linux.memory.CopyFrom(self._memory(raw))
         linux.process.CopyFrom(api.ProcessUsage(timestamp=raw.timestamp_ns,
                                                 process_count=_u64(raw.pids)))
-        for container in self.rt.store.pod_containers(pod.id):
-            if container.state == "running":
-                linux.containers.append(await self._container_stats(container))
+        for container in self.containers.list(ContainerFilter(pod_id=pod.id,
+                                                              state=ContainerState.RUNNING)):
+            linux.containers.append(await self._container_stats(container))
         return stats
 
     async def PodSandboxStats(self, request: api.PodSandboxStatsRequest,
@@ -117,12 +113,7 @@ class StatsRPCs(Base):
     async def ListPodSandboxStats(self, request: api.ListPodSandboxStatsRequest,
                                   context: Any) -> api.ListPodSandboxStatsResponse:
         flt = request.filter
-        stats = []
-        for pod in list(self.rt.store.pods.values()):
-            if pod.state != "ready" or (flt.id and not pod.id.startswith(flt.id)):
-                continue
-            labels = pod.config().labels
-            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-            stats.append(await self._pod_stats(pod))
+        pods = self.pods.list(PodFilter(id=flt.id, state="ready",
+                                        labels=tuple(flt.label_selector.items())))
+        stats = [await self._pod_stats(pod) for pod in pods]
         return api.ListPodSandboxStatsResponse(stats=stats)

@@ -55,7 +55,7 @@ async def run(config: Config, image: GuestImage) -> None:
                           f"{exc.strerror or exc}") from None
     server = await serve(runtime, config.cri.socket, streaming)
     log.info("serving CRI on %s, streaming on %s (%d pods recovered)", config.cri.socket,
-             streaming.base_url, len(runtime.live))
+             streaming.base_url, len(runtime.sandboxes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signo in (signal.SIGTERM, signal.SIGINT):

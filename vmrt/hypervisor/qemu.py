@@ -299,11 +299,6 @@ class QemuVM:
             how += "; the guest kernel panicked"
         return how
 
-    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
-        if self._qmp is None:
-            raise VMError(f"{self.name}: no QMP connection")
-        return await self._qmp.execute(command, arguments)
-
     # -- shutdown -------------------------------------------------------
 
     async def shutdown(self, timeout: float = 5.0) -> None:

@@ -82,6 +82,3 @@ def parse(text: str) -> Reference:
         tag = "latest"
     return Reference(domain=domain, path=remainder, tag=tag, digest=digest)
 
-
-def normalize(text: str) -> str:
-    return str(parse(text))

@@ -87,13 +87,6 @@ def load_config(conf_dir: str) -> NetworkConfig:
                          plugins=plugins, source=source)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in version.split("."))
-    except ValueError:
-        return (0,)
-
-
 class CNI:
     def __init__(self, conf_dir: str, bin_dirs: list[str]) -> None:
         self.conf_dir = conf_dir
@@ -210,13 +203,6 @@ class CNI:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
-
-    async def check(self, net: NetworkConfig, args: PodNetworkArgs,
-                    result: dict[str, Any]) -> None:
-        if _version_tuple(net.cni_version) < (0, 4, 0):
-            return  # CHECK came with CNI 0.4.0
-        for plugin in net.plugins:
-            await self._exec("CHECK", net, plugin, args, result)
 
 
 def _plugin_error(kind: object, command: str, out: bytes, err: bytes) -> str:

@@ -169,11 +169,6 @@ class PodNetworking:
         await self.cni.delete(self._config_of(state), PodNetworkArgs(**state.args),
                               state.cni_result)
 
-    async def check(self, state: PodNetworkState) -> None:
-        if state.mode == "cni":
-            await self.cni.check(self._config_of(state), PodNetworkArgs(**state.args),
-                                 state.cni_result)
-
     async def teardown(self, state: PodNetworkState) -> None:
         """CNI DEL and the netns; safe to repeat, and after a restart."""
         if state.mode != "cni":

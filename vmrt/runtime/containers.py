@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,10 +27,11 @@ from vmrt.errors import (
 )
 from vmrt.images.store import ImageRecord
 from vmrt.runtime import ocispec
-from vmrt.runtime.core import LivePod, Runtime, container_key
-from vmrt.runtime.records import ContainerRecord
+from vmrt.runtime.core import Runtime, container_key, name_key
+from vmrt.runtime.records import ContainerRecord, ContainerState, ContainerStatus
+from vmrt.runtime.sandbox import PodSandbox
 from vmrt.safefs import remove_tree_async as remove_tree
-from vmrt.sandbox.share import SandboxShare
+from vmrt.sandbox.driver import Share
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 class ContainerFilter:
     id: str = ""
     pod_id: str = ""
-    state: str | None = None  # created | running | exited | unknown
+    state: ContainerState | None = None
     labels: tuple[tuple[str, str], ...] = ()
 
 
@@ -60,7 +61,7 @@ def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -
     return int(signals.SIGTERM)
 
 
-async def _agent_create(live: LivePod, container_id: str, oci_spec: bytes, rootfs: pb.Rootfs,
+async def _agent_create(live: PodSandbox, container_id: str, oci_spec: bytes, rootfs: pb.Rootfs,
                         stdio: pb.StdioOptions) -> None:
     try:
         await live.agent.create_container(container_id, oci_spec, rootfs, stdio)
@@ -81,7 +82,7 @@ class ContainerService:
     async def create(self, pod_id: str, config: api.ContainerConfig) -> str:
         """``config`` has passed ``vmrt.cri.validate.container_config``."""
         pod = self.rt.pod(pod_id)
-        live = self.rt.live_pod(pod)
+        live = self.rt.ready_sandbox(pod)
         pod_config = pod.config()
         with about("image.image"):
             image = self.rt.images.resolve(config.image.image)
@@ -89,52 +90,51 @@ class ContainerService:
         log_path = ""
         if config.log_path:
             log_path = os.path.join(pod_config.log_directory, config.log_path)
-        record = ContainerRecord.new(container_id, pod.id, config, image.id, log_path,
-                                     time.time_ns())
-        key = container_key(record, pod)
-        self.rt.reserve_container_name(key, container_id)
+        key = name_key(config.metadata.name, config.metadata.attempt, pod)
+        self.rt.container_names.reserve(key, container_id)
         # Until the record lists them, nothing else keeps the layers in use.
         with self.rt.images.pinned(image.layers):
             try:
                 # The pod's lock: a StopPodSandbox cannot tear the VM and its
                 # share down while this adds mounts to it.
                 async with live.lock:
-                    self.rt.live_pod(pod)
-                    await self._create_in_vm(live, record, config, pod_config, image)
+                    self.rt.ready_sandbox(pod)
+                    await self._create_in_vm(live, container_id, log_path, config, pod_config,
+                                             image)
             except BaseException:
-                self.rt.release_container_name(key, container_id)
+                self.rt.container_names.release(key, container_id)
                 raise
         self.rt.events.publish(container_id, pod.id, "created")
         return container_id
 
-    async def _create_in_vm(self, live: LivePod, record: ContainerRecord,
+    async def _create_in_vm(self, live: PodSandbox, container_id: str, log_path: str,
                             config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
                             image: ImageRecord) -> None:
         """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
-        container_id = record.id
         async with contextlib.AsyncExitStack() as undo:
-            share = live.vm.share
+            share = live.share
             undo.callback(share.release, container_id)
             push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
-            record.layers = list(image.layers)
             rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
             shared = self._mounts(config.mounts, share, container_id)
             spec = ocispec.build(
                 config=config, pod_config=pod_config, image_config=image.config,
                 image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
-            record.process_json = json.dumps(spec["process"])
+            record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
+                                         time.time_ns(), process_json=json.dumps(spec["process"]),
+                                         layers=tuple(image.layers))
             await _agent_create(
                 live, container_id, json.dumps(spec).encode(), pb.Rootfs(share_path=rootfs),
                 # With a log the host takes the output; without one nobody
                 # does, and the guest keeps only the latest.
                 pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
                                 stdin_once=config.stdin_once,
-                                acked_output=bool(record.log_path)))
+                                acked_output=bool(log_path)))
             push_cleanup(undo, self._agent_remove, live, container_id)
             self.rt.store.add_container(record)
             undo.pop_all()
 
-    def _rootfs(self, container_id: str, layers: list[Path], share: SandboxShare) -> str:
+    def _rootfs(self, container_id: str, layers: list[Path], share: Share) -> str:
         """overlayfs on the host: the image's layers read-only below, a private upper dir."""
         base = self.rt.container_dir(container_id)
         upper, work = base / "upper", base / "work"
@@ -143,7 +143,7 @@ class ContainerService:
         return share.mount_overlay(f"{container_id}/rootfs", lower=layers, upper=upper,
                                    work=work)
 
-    def _mounts(self, cri_mounts: Sequence[api.Mount], share: SandboxShare,
+    def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share,
                 container_id: str) -> list[ocispec.SharedMount]:
         shared = []
         for index, mount in enumerate(cri_mounts):
@@ -157,7 +157,7 @@ class ContainerService:
                                               mount.propagation))
         return shared
 
-    async def _agent_remove(self, live: LivePod, container_id: str) -> None:
+    async def _agent_remove(self, live: PodSandbox, container_id: str) -> None:
         with contextlib.suppress(AgentError):
             await live.agent.remove_container(container_id, force=True)
 
@@ -165,25 +165,31 @@ class ContainerService:
 
     async def start(self, container_id: str) -> None:
         container = self.rt.container(container_id)
-        if container.state != "created":
+        if container.state != ContainerState.CREATED:
             raise FailedPreconditionError(
                 f"container {container.id} is {container.state}, not created")
-        live = self.rt.live_pod(self.rt.pod(container.pod_id))
-        self.rt.start_log_pump(live, container)
+        live = self.rt.ready_sandbox(self.rt.pod(container.pod_id))
+        live.start_log_pump(container)
         started_at = time.time_ns()
         await live.agent.start_container(container.id)
-        if container.state == "created":
-            self.rt.store.update_container(container, state="running", started_at=started_at)
-        else:
+
+        def started(status: ContainerStatus) -> ContainerStatus:
+            if status.state == ContainerState.CREATED:
+                return dataclasses.replace(status, state=ContainerState.RUNNING,
+                                           started_at=started_at)
             # It ran and exited while StartContainer was still on its way back.
-            self.rt.store.update_container(container, started_at=started_at)
+            return dataclasses.replace(status, started_at=started_at)
+
+        # Refused (NOT_FOUND) if a RemoveContainer came in meanwhile: the
+        # record stays removed.
+        self.rt.store.update_container(container, started)
         self.rt.events.publish(container.id, container.pod_id, "started")
 
     async def stop(self, container_id: str, timeout: int) -> None:
         container = self.rt.container(container_id)
-        if container.state in ("exited", "unknown"):
+        if container.state == ContainerState.EXITED:
             return
-        live = self.rt.live.get(container.pod_id)
+        live = self.rt.sandboxes.get(container.pod_id)
         if live is None:
             return
         image = self.rt.images.find(container.image_ref)
@@ -199,7 +205,7 @@ class ContainerService:
             if exc.code.name != "NOT_FOUND":
                 raise
 
-    async def _wait(self, live: LivePod, container: ContainerRecord,
+    async def _wait(self, live: PodSandbox, container: ContainerRecord,
                     timeout: float | None) -> bool:
         try:
             status = await live.agent.wait_process(container.id, timeout=timeout)
@@ -209,10 +215,7 @@ class ContainerService:
             raise
         self.rt.container_exited(container, status.exit_code, status.finished_at_ns,
                                  status.oom_killed)
-        pump = live.pumps.get(container.id)
-        if pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pump.wait(), 10)
+        await live.drain_log(container.id)
         return True
 
     async def remove(self, container_id: str) -> None:
@@ -220,19 +223,17 @@ class ContainerService:
             container = self.rt.container(container_id)
         except NotFoundError:
             return
-        live = self.rt.live.get(container.pod_id)
+        live = self.rt.sandboxes.get(container.pod_id)
         if live is not None:
-            if container.state in ("created", "running"):
+            if container.state != ContainerState.EXITED:
                 await self.stop(container.id, 0)
             await self._agent_remove(live, container.id)
-            pump = live.pumps.pop(container.id, None)
-            if pump is not None:
-                await pump.stop()
-            live.vm.share.release(container.id)
+            await live.drop_log(container.id)
+            live.share.release(container.id)
         await remove_tree(self.rt.container_dir(container.id))
         pod = self.rt.store.pods.get(container.pod_id)
         if pod is not None:
-            self.rt.release_container_name(container_key(container, pod), container.id)
+            self.rt.container_names.release(container_key(container, pod), container.id)
         self.rt.store.remove_container(container.id)
         self.rt.events.publish(container.id, container.pod_id, "deleted")
 
@@ -241,9 +242,9 @@ class ContainerService:
     async def update_resources(self, container_id: str,
                                resources: api.LinuxContainerResources) -> None:
         container = self.rt.container(container_id)
-        if container.state not in ("created", "running"):
+        if container.state == ContainerState.EXITED:
             raise FailedPreconditionError(f"container {container.id} is {container.state}")
-        live = self.rt.live_pod(self.rt.pod(container.pod_id))
+        live = self.rt.ready_sandbox(self.rt.pod(container.pod_id))
         try:
             await live.agent.update_container(
                 container.id, json.dumps(ocispec.resources(resources)).encode())
@@ -254,15 +255,18 @@ class ContainerService:
 
     def reopen_log(self, container_id: str) -> None:
         container = self.rt.container(container_id)
-        if container.state != "running":
+        if container.state != ContainerState.RUNNING:
             raise FailedPreconditionError(f"container {container.id} is not running")
-        live = self.rt.live_pod(self.rt.pod(container.pod_id))
-        pump = live.pumps.get(container.id)
-        if pump is None:
-            raise FailedPreconditionError(f"container {container.id} has no log file")
-        pump.writer.reopen()
+        self.rt.ready_sandbox(self.rt.pod(container.pod_id)).reopen_log(container.id)
 
     # -- queries ----------------------------------------------------------------
+
+    async def usage(self, container: ContainerRecord) -> pb.ContainerStatsResponse | None:
+        """CPU and memory as the guest accounts them; None unless the container runs."""
+        sandbox = self.rt.sandboxes.get(container.pod_id)
+        if sandbox is None or container.state != ContainerState.RUNNING:
+            return None
+        return await sandbox.agent.container_stats(container.id)
 
     def list(self, flt: ContainerFilter) -> list[ContainerRecord]:
         found = []

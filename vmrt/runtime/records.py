@@ -1,44 +1,61 @@
 """What vmrtd remembers about pods and containers, and the one way to change it.
 
-Each record splits what never changes after creation (ids, names, the CRI
-config) from its status. Status changes go through ``RecordStore.update``,
-which checks the move against the transition table and writes the record
-atomically, so a daemon killed at any moment restarts from a consistent
-picture.
+Each record splits what never changes after creation (``meta``: ids, names,
+the CRI config) from its ``status``. Both are frozen; a status changes only
+through ``RecordStore.update_pod`` / ``update_container``, which apply a
+function to the current status, check the move against the transition
+table, write the record atomically and only then swap the new status in.
+So memory never runs ahead of the disk, and a record that has been removed
+cannot be written back.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.errors import FailedPreconditionError
+from vmrt.errors import FailedPreconditionError, NotFoundError
+from vmrt.network.pod import PodNetworkState
 from vmrt.sandbox.persist import read_json, remove, write_json
+from vmrt.sandbox.settings import VMConfig
 
 log = logging.getLogger(__name__)
 
-# Pod states: "starting" only while RunPodSandbox runs; a failure there rolls
-# the record back entirely. CRI sees ready as SANDBOX_READY, the rest NOTREADY.
-POD_TRANSITIONS: dict[str, set[str]] = {
-    "starting": {"ready"},
-    "ready": {"notready"},
-    "notready": set(),
-}
+SCHEMA_VERSION = 1
 
-# Container states follow the OCI names; "unknown" is for a container whose
-# VM could not be reached after a restart.
-CONTAINER_TRANSITIONS: dict[str, set[str]] = {
-    "created": {"running", "exited", "unknown"},
-    "running": {"exited", "unknown"},
-    "unknown": {"exited"},
-    "exited": set(),
+
+class PodState(enum.StrEnum):
+    STARTING = "starting"  # only while RunPodSandbox runs; a failure removes the record
+    READY = "ready"
+    NOTREADY = "notready"
+
+
+class ContainerState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+# As Kata's validTransition: every move a status may make. Staying put is
+# always allowed (an update of other fields).
+POD_TRANSITIONS: dict[PodState, frozenset[PodState]] = {
+    PodState.STARTING: frozenset({PodState.READY}),
+    PodState.READY: frozenset({PodState.NOTREADY}),
+    PodState.NOTREADY: frozenset(),
+}
+CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
+    ContainerState.CREATED: frozenset({ContainerState.RUNNING, ContainerState.EXITED}),
+    ContainerState.RUNNING: frozenset({ContainerState.EXITED}),
+    ContainerState.EXITED: frozenset(),
 }
 
 
@@ -46,8 +63,10 @@ def _encode(message: Any) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
 
 
-@dataclass
-class PodRecord:
+# -- pods ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PodMeta:
     id: str
     name: str
     uid: str
@@ -56,12 +75,103 @@ class PodRecord:
     created_at: int
     runtime_handler: str
     config_b64: str
-    # The VM: settings it was started with, and where it runs.
-    vm: dict[str, Any] = field(default_factory=dict)
-    # vmrt.network.pod.PodNetworkState, as a dict.
-    network: dict[str, Any] = field(default_factory=dict)
-    state: str = "starting"
+
+
+@dataclass(frozen=True)
+class VMState:
+    """The pod's VM: the settings it was started with, and where it runs."""
+
+    settings: VMConfig
+    pid: int = 0
+    start_time: int = 0
+    boot_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings.to_dict(), "pid": self.pid,
+                "start_time": self.start_time, "boot_seconds": self.boot_seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VMState:
+        return cls(settings=VMConfig.from_dict(data["settings"]), pid=int(data["pid"]),
+                   start_time=int(data["start_time"]),
+                   boot_seconds=float(data["boot_seconds"]))
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    state: PodState = PodState.STARTING
     reason: str = ""
+    vm: VMState | None = None
+    network: PodNetworkState = field(default_factory=PodNetworkState)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": str(self.state), "reason": self.reason,
+                "vm": self.vm.to_dict() if self.vm else None,
+                "network": dataclasses.asdict(self.network)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PodStatus:
+        vm = data.get("vm")
+        return cls(state=PodState(data["state"]), reason=str(data["reason"]),
+                   vm=VMState.from_dict(vm) if vm else None,
+                   network=PodNetworkState.of(data["network"]))
+
+
+class PodRecord:
+    """One pod: its fixed ``meta`` and its current ``status`` (replaced by the store only)."""
+
+    def __init__(self, meta: PodMeta, status: PodStatus | None = None) -> None:
+        self.meta = meta
+        self._status = status or PodStatus()
+
+    @property
+    def status(self) -> PodStatus:
+        return self._status
+
+    # Shorthands for what callers read most.
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def namespace(self) -> str:
+        return self.meta.namespace
+
+    @property
+    def uid(self) -> str:
+        return self.meta.uid
+
+    @property
+    def attempt(self) -> int:
+        return self.meta.attempt
+
+    @property
+    def created_at(self) -> int:
+        return self.meta.created_at
+
+    @property
+    def runtime_handler(self) -> str:
+        return self.meta.runtime_handler
+
+    @property
+    def state(self) -> PodState:
+        return self._status.state
+
+    @property
+    def reason(self) -> str:
+        return self._status.reason
+
+    @property
+    def vm(self) -> VMState | None:
+        return self._status.vm
+
+    @property
+    def network(self) -> PodNetworkState:
+        return self._status.network
 
     @property
     def key(self) -> str:
@@ -70,20 +180,31 @@ class PodRecord:
 
     def config(self) -> api.PodSandboxConfig:
         config = api.PodSandboxConfig()
-        config.ParseFromString(base64.b64decode(self.config_b64))
+        config.ParseFromString(base64.b64decode(self.meta.config_b64))
         return config
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SCHEMA_VERSION, "meta": dataclasses.asdict(self.meta),
+                "status": self._status.to_dict()}
+
     @classmethod
-    def new(cls, pod_id: str, config: api.PodSandboxConfig, handler: str,
-            created_at: int) -> PodRecord:
+    def from_dict(cls, data: dict[str, Any]) -> PodRecord:
+        _check_version(data)
+        return cls(PodMeta(**data["meta"]), PodStatus.from_dict(data["status"]))
+
+    @classmethod
+    def new(cls, pod_id: str, config: api.PodSandboxConfig, handler: str, created_at: int,
+            vm: VMState | None = None) -> PodRecord:
         meta = config.metadata
-        return cls(id=pod_id, name=meta.name, uid=meta.uid, namespace=meta.namespace,
-                   attempt=meta.attempt, created_at=created_at, runtime_handler=handler,
-                   config_b64=_encode(config))
+        return cls(PodMeta(id=pod_id, name=meta.name, uid=meta.uid, namespace=meta.namespace,
+                           attempt=meta.attempt, created_at=created_at, runtime_handler=handler,
+                           config_b64=_encode(config)), PodStatus(vm=vm))
 
 
-@dataclass
-class ContainerRecord:
+# -- containers ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ContainerMeta:
     id: str
     pod_id: str
     name: str
@@ -96,8 +217,12 @@ class ContainerRecord:
     # The OCI "process" the container runs with: execs start from it.
     process_json: str = ""
     # The image layers (diff_ids) its root filesystem is built on.
-    layers: list[str] = field(default_factory=list)
-    state: str = "created"
+    layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: ContainerState = ContainerState.CREATED
     started_at: int = 0
     finished_at: int = 0
     exit_code: int = 0
@@ -107,24 +232,107 @@ class ContainerRecord:
     stdout_offset: int = 0
     stderr_offset: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerStatus:
+        return cls(**{**data, "state": ContainerState(data["state"])})
+
+
+class ContainerRecord:
+    """One container: its fixed ``meta`` and its current ``status``."""
+
+    def __init__(self, meta: ContainerMeta, status: ContainerStatus | None = None) -> None:
+        self.meta = meta
+        self._status = status or ContainerStatus()
+
+    @property
+    def status(self) -> ContainerStatus:
+        return self._status
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def pod_id(self) -> str:
+        return self.meta.pod_id
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def attempt(self) -> int:
+        return self.meta.attempt
+
+    @property
+    def created_at(self) -> int:
+        return self.meta.created_at
+
+    @property
+    def image(self) -> str:
+        return self.meta.image
+
+    @property
+    def image_ref(self) -> str:
+        return self.meta.image_ref
+
+    @property
+    def log_path(self) -> str:
+        return self.meta.log_path
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.meta.layers
+
+    @property
+    def state(self) -> ContainerState:
+        return self._status.state
+
     def config(self) -> api.ContainerConfig:
         config = api.ContainerConfig()
-        config.ParseFromString(base64.b64decode(self.config_b64))
+        config.ParseFromString(base64.b64decode(self.meta.config_b64))
         return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SCHEMA_VERSION, "meta": dataclasses.asdict(self.meta),
+                "status": self._status.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
+        _check_version(data)
+        meta = dict(data["meta"])
+        meta["layers"] = tuple(meta.get("layers", ()))
+        return cls(ContainerMeta(**meta), ContainerStatus.from_dict(data["status"]))
 
     @classmethod
     def new(cls, container_id: str, pod_id: str, config: api.ContainerConfig, image_ref: str,
-            log_path: str, created_at: int) -> ContainerRecord:
-        return cls(id=container_id, pod_id=pod_id, name=config.metadata.name,
-                   attempt=config.metadata.attempt, created_at=created_at,
-                   image=config.image.image, image_ref=image_ref, log_path=log_path,
-                   config_b64=_encode(config))
+            log_path: str, created_at: int, process_json: str = "",
+            layers: tuple[str, ...] = ()) -> ContainerRecord:
+        return cls(ContainerMeta(
+            id=container_id, pod_id=pod_id, name=config.metadata.name,
+            attempt=config.metadata.attempt, created_at=created_at, image=config.image.image,
+            image_ref=image_ref, log_path=log_path, config_b64=_encode(config),
+            process_json=process_json, layers=layers))
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def _check_version(data: dict[str, Any]) -> None:
+    version = data.get("version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"record version {version!r}; this vmrtd reads {SCHEMA_VERSION}")
 
+
+def check_transition(table: dict[Any, frozenset[Any]], kind: str, object_id: str,
+                     current: enum.StrEnum, new: enum.StrEnum) -> None:
+    if new != current and new not in table[current]:
+        raise FailedPreconditionError(f"{kind} {object_id} is {current}; it cannot become {new}")
+
+
+# -- the store ------------------------------------------------------------------
 
 class RecordStore:
     """All records in memory, each mirrored to ``<root>/pods/<pod>/...json``."""
@@ -137,23 +345,23 @@ class RecordStore:
     def _pod_file(self, pod_id: str) -> Path:
         return self.root / pod_id / "pod.json"
 
-    def _container_file(self, record: ContainerRecord) -> Path:
-        return self.root / record.pod_id / "containers" / f"{record.id}.json"
+    def _container_file(self, meta: ContainerMeta) -> Path:
+        return self.root / meta.pod_id / "containers" / f"{meta.id}.json"
 
     def load(self) -> None:
         if not self.root.exists():
             return
         for pod_file in sorted(self.root.glob("*/pod.json")):
             try:
-                pod = _from_dict(PodRecord, read_json(pod_file))
-            except (OSError, ValueError, TypeError) as exc:
+                pod = PodRecord.from_dict(read_json(pod_file))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
                 log.error("skipping unreadable pod record %s: %s", pod_file, exc)
                 continue
             self.pods[pod.id] = pod
             for container_file in sorted((pod_file.parent / "containers").glob("*.json")):
                 try:
-                    container = _from_dict(ContainerRecord, read_json(container_file))
-                except (OSError, ValueError, TypeError) as exc:
+                    container = ContainerRecord.from_dict(read_json(container_file))
+                except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.error("skipping unreadable container record %s: %s",
                               container_file, exc)
                     continue
@@ -162,12 +370,14 @@ class RecordStore:
     # -- creation and removal -------------------------------------------
 
     def add_pod(self, pod: PodRecord) -> None:
+        write_json(self._pod_file(pod.id), pod.to_dict())
         self.pods[pod.id] = pod
-        write_json(self._pod_file(pod.id), dataclasses.asdict(pod))
 
     def add_container(self, container: ContainerRecord) -> None:
+        if self.pods.get(container.pod_id) is None:
+            raise NotFoundError(f"pod sandbox {container.pod_id} was removed")
+        write_json(self._container_file(container.meta), container.to_dict())
         self.containers[container.id] = container
-        write_json(self._container_file(container), dataclasses.asdict(container))
 
     def remove_pod(self, pod_id: str) -> None:
         for container in self.pod_containers(pod_id):
@@ -178,33 +388,29 @@ class RecordStore:
     def remove_container(self, container_id: str) -> None:
         container = self.containers.pop(container_id, None)
         if container is not None:
-            remove(self._container_file(container))
+            remove(self._container_file(container.meta))
 
     def pod_containers(self, pod_id: str) -> list[ContainerRecord]:
         return [c for c in self.containers.values() if c.pod_id == pod_id]
 
     # -- the one way status changes --------------------------------------
 
-    def update_pod(self, pod: PodRecord, **changes: Any) -> None:
-        self._check(POD_TRANSITIONS, "pod", pod.id, pod.state, changes.get("state"))
-        for key, value in changes.items():
-            setattr(pod, key, value)
-        write_json(self._pod_file(pod.id), dataclasses.asdict(pod))
+    def update_pod(self, pod: PodRecord, change: Callable[[PodStatus], PodStatus]) -> None:
+        if self.pods.get(pod.id) is not pod:
+            raise NotFoundError(f"pod sandbox {pod.id} was removed")
+        new = change(pod.status)
+        check_transition(POD_TRANSITIONS, "pod", pod.id, pod.state, new.state)
+        write_json(self._pod_file(pod.id), {**pod.to_dict(), "status": new.to_dict()})
+        pod._status = new
 
-    def update_container(self, container: ContainerRecord, *, durable: bool = True,
-                         **changes: Any) -> None:
-        self._check(CONTAINER_TRANSITIONS, "container", container.id, container.state,
-                    changes.get("state"))
-        for key, value in changes.items():
-            setattr(container, key, value)
-        write_json(self._container_file(container), dataclasses.asdict(container),
-                   fsync=durable)
-
-    @staticmethod
-    def _check(table: dict[str, set[str]], kind: str, object_id: str, current: str,
-               new: str | None) -> None:
-        if new is None or new == current:
-            return
-        if new not in table.get(current, set()):
-            raise FailedPreconditionError(f"{kind} {object_id} is {current}; it cannot become "
-                                          f"{new}")
+    def update_container(self, container: ContainerRecord,
+                         change: Callable[[ContainerStatus], ContainerStatus], *,
+                         durable: bool = True) -> None:
+        if self.containers.get(container.id) is not container:
+            raise NotFoundError(f"container {container.id} was removed")
+        new = change(container.status)
+        check_transition(CONTAINER_TRANSITIONS, "container", container.id, container.state,
+                         new.state)
+        write_json(self._container_file(container.meta),
+                   {**container.to_dict(), "status": new.to_dict()}, fsync=durable)
+        container._status = new

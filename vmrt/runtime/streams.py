@@ -24,8 +24,9 @@ from vmrt.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from vmrt.runtime.core import LivePod, Runtime
-from vmrt.runtime.records import ContainerRecord
+from vmrt.runtime.core import Runtime
+from vmrt.runtime.records import ContainerRecord, ContainerState
+from vmrt.runtime.sandbox import PodSandbox
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ExecResult:
 class ProcessSession:
     """Stdio and exit of one process: an exec, or (attach) a container's main process."""
 
-    live: LivePod
+    live: PodSandbox
     container_id: str
     exec_id: str  # "" for the main process
     tty: bool
@@ -154,19 +155,20 @@ class StreamService:
         self.rt = runtime
         self.slots = Slots()
 
-    def running_container(self, container_id: str) -> tuple[ContainerRecord, LivePod]:
+    def running_container(self, container_id: str) -> tuple[ContainerRecord, PodSandbox]:
         container = self.rt.container(container_id)
-        if container.state != "running":
+        if container.state != ContainerState.RUNNING:
             raise FailedPreconditionError(
                 f"container {container.id} is {container.state}, not running")
-        return container, self.rt.live_pod(self.rt.pod(container.pod_id))
+        return container, self.rt.ready_sandbox(self.rt.pod(container.pod_id))
 
     async def start_exec(self, container_id: str, cmd: Sequence[str], tty: bool,
                          stdin: bool) -> ProcessSession:
         if not cmd:
             raise InvalidArgumentError("cmd: is required")
         container, live = self.running_container(container_id)
-        process = json.loads(container.process_json) if container.process_json else {}
+        meta = container.meta
+        process = json.loads(meta.process_json) if meta.process_json else {}
         process["args"] = list(cmd)
         exec_id = secrets.token_hex(8)
         session = ProcessSession(live, container.id, exec_id, tty, stdin,
@@ -239,7 +241,7 @@ class StreamService:
         if not 0 < port < 65536:
             raise InvalidArgumentError(f"port: {port} is not a port number")
         pod = self.rt.pod(pod_id)
-        live = self.rt.live_pod(pod)
+        live = self.rt.ready_sandbox(pod)
         release = self.slots.take(pod.id)
         try:
             stream = await live.agent.connect_port(port)

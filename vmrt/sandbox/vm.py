@@ -1,7 +1,9 @@
 """One pod sandbox VM: its directory, QEMU, the agent connection and the share.
 
-``start`` registers an undo step for everything it does, so a failure at
-any point leaves nothing behind: no QEMU, no socket, no mount, no directory.
+``SandboxVM`` is the QEMU implementation of ``vmrt.sandbox.driver.Sandbox``
+and ``QemuDrivers`` of ``Drivers``. ``start`` registers an undo step for
+everything it does, so a failure at any point leaves nothing behind: no
+QEMU, no socket, no mount, no directory.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmrt import safefs
@@ -24,38 +27,20 @@ from vmrt.errors import InvalidArgumentError
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import host_tsc_khz
-from vmrt.hypervisor.confine import DEFAULT_CAPABILITIES, Jail
+from vmrt.hypervisor.confine import Jail
 from vmrt.hypervisor.qemu import QemuVM, VMDied
 from vmrt.hypervisor.spec import NetSpec, Share, VMSpec
-from vmrt.sandbox import mounts
-from vmrt.sandbox.cgroups import PodCgroup
+from vmrt.sandbox import cgroups, mounts
+from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.share import SandboxShare
 
 log = logging.getLogger(__name__)
 
 SHARE_TAG = "vmrt-share"
-DEFAULT_BOOT_TIMEOUT = 120.0
 _MEMORY_TROUBLE = re.compile(
     r"Initramfs unpacking failed|Out of memory|out of memory|oom-kill|"
     r"System is deadlocked on memory|Cannot allocate memory"
 )
-
-
-@dataclass(frozen=True)
-class VMConfig:
-    memory_mib: int = 256
-    vcpus: int = 1
-    machine: str = "microvm"
-    accel: str = "tcg"
-    transport: str = "serial"
-    tb_size_mib: int = 128
-    debug: bool = False
-    extra_cmdline: tuple[str, ...] = ()
-    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
-    qemu_binary: str = "qemu-system-x86_64"
-    # The pod's cgroup, which QEMU joins; None: QEMU stays in vmrtd's.
-    cgroup: PodCgroup | None = None
-    qemu_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -107,6 +92,31 @@ class SandboxVM:
         self.agent: AgentClient | None = None
         self.health: pb.HealthResponse | None = None
         self.timings: dict[str, float] = {}
+
+    # -- what callers may know of QEMU -----------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.qemu.alive
+
+    @property
+    def pid(self) -> int:
+        return self.qemu.pid or 0
+
+    @property
+    def start_time(self) -> int:
+        return self.qemu.start_time
+
+    @property
+    def console_path(self) -> Path:
+        return self.qemu.console_path
+
+    async def wait_gone(self) -> None:
+        await self.qemu.wait_exit()
+        await self.qemu.console_drained()
+
+    def death_message(self) -> str:
+        return self.qemu.death_message()
 
     def _jail(self) -> Jail:
         """QEMU sees the guest image, this sandbox's share and nothing else of the host."""
@@ -218,9 +228,6 @@ class SandboxVM:
         """Expose a host directory to the guest; returns its path inside the share."""
         return self.share.bind(f"{_checked_id(container_id)}/rootfs", source, readonly)
 
-    async def unbind_rootfs(self, container_id: str) -> None:
-        self.share.release(_checked_id(container_id))
-
     # -- stop -----------------------------------------------------------
 
     async def destroy(self) -> None:
@@ -250,3 +257,55 @@ async def remove_sandbox_dir(directory: Path) -> None:
         raise mounts.MountError(f"refusing to delete {directory}: still mounted: "
                                 + ", ".join(map(str, left)))
     safefs.remove_tree(directory)
+
+
+class QemuDrivers:
+    """Sandboxes as QEMU VMs, in directories under ``<state>/sandboxes``."""
+
+    def __init__(self, state_root: Path, cgroup_root: str = "/sys/fs/cgroup") -> None:
+        self.state_root = state_root
+        self.cgroup_root = cgroup_root
+
+    def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
+               net: NetSpec | None) -> SandboxVM:
+        return SandboxVM(sandbox_id, self.state_root, image, config, net=net)
+
+    async def adopt(self, sandbox_id: str, image: GuestImage, config: VMConfig, pid: int,
+                    start_time: int) -> SandboxVM:
+        return await SandboxVM.adopt(sandbox_id, self.state_root, image, config, pid,
+                                     start_time)
+
+    async def clean(self, sandbox_id: str) -> None:
+        await remove_sandbox_dir(sandbox_dir(self.state_root, sandbox_id))
+
+    def running(self) -> dict[int, str]:
+        return qemu_processes_under(self.state_root / "sandboxes")
+
+    async def reclaim(self, pid: int) -> None:
+        cgroup = cgroups.of_process(pid, self.cgroup_root)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if cgroup is not None:
+            await cgroup.remove()
+
+
+def qemu_processes_under(directory: Path) -> dict[int, str]:
+    """pid -> sandbox id of every QEMU whose command line names a sandbox under ``directory``."""
+    marker = f"{directory}/"
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or b"qemu-system" not in argv[0]:
+            continue
+        for arg in argv:
+            text = arg.decode(errors="replace")
+            index = text.find(marker)
+            if index >= 0:
+                found[int(entry)] = text[index + len(marker):].split("/")[0]
+                break
+    return found

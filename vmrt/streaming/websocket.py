@@ -79,10 +79,6 @@ class ChannelSocket:
         else:
             await self._flush(self._ws.send(BytesMessage(data=bytes([channel]) + data)))
 
-    async def send_close_signal(self, channel: int) -> None:
-        """v5's half-close of one channel."""
-        await self.send(CLOSE_CHANNEL, bytes([channel]))
-
     async def receive(self) -> tuple[int, bytes] | None:
         """The next (channel, payload); None once the connection is closed."""
         while (message := await self.receive_message()) is not None:

@@ -1,0 +1,92 @@
+"""The seam between the runtime and whatever runs a pod's sandbox.
+
+``Sandbox`` is one sandbox as the runtime sees it: started or adopted, its
+agent, the share it puts containers' files in, its death. ``Drivers`` makes
+and finds them. ``vmrt.sandbox.vm`` implements both with QEMU; the unit
+tests' ``tests.fakes`` implements them in memory. A template-restore path is
+another way for the same driver to start a sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentapi import Agent
+from vmrt.guest.image import GuestImage
+from vmrt.hypervisor.spec import NetSpec
+from vmrt.sandbox.settings import VMConfig
+
+
+class Share(Protocol):
+    """Where a sandbox's containers' files appear to the guest."""
+
+    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path) -> str: ...
+
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str: ...
+
+    def release(self, name: str) -> None: ...
+
+
+class Sandbox(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def share(self) -> Share: ...
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds from the start to each step of it ("setup": ready for containers)."""
+        ...
+
+    @property
+    def agent(self) -> Agent | None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def start_time(self) -> int: ...
+
+    async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
+                    sysctls: Iterable[tuple[str, str]] = ()) -> None: ...
+
+    async def wait_gone(self) -> None:
+        """Until the sandbox has ended and the last it said is read."""
+        ...
+
+    def death_message(self) -> str: ...
+
+    async def destroy(self) -> None:
+        """Stop it and delete everything of it on the host; idempotent."""
+        ...
+
+    async def detach(self) -> None:
+        """Let go without stopping it: vmrtd is going away, the pod is not."""
+        ...
+
+
+class Drivers(Protocol):
+    def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
+               net: NetSpec | None) -> Sandbox: ...
+
+    async def adopt(self, sandbox_id: str, image: GuestImage, config: VMConfig, pid: int,
+                    start_time: int) -> Sandbox: ...
+
+    async def clean(self, sandbox_id: str) -> None:
+        """Delete what a sandbox that is not running left on the host."""
+        ...
+
+    def running(self) -> dict[int, str]:
+        """pid -> sandbox directory name of every sandbox process on the host."""
+        ...
+
+    async def reclaim(self, pid: int) -> None:
+        """Kill a sandbox process that no record claims, and free what it held."""
+        ...
