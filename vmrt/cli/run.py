@@ -22,7 +22,8 @@ from vmrt.agentclient import AgentClient
 from vmrt.errors import VmrtError
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import ACCEL_CHOICES, choose_accel
-from vmrt.sandbox.vm import SandboxVM, VMConfig
+from vmrt.sandbox.settings import VMConfig
+from vmrt.sandbox.vm import SandboxVM
 
 CONTAINER_ID = "main"
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)

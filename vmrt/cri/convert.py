@@ -48,7 +48,8 @@ def pod_info(pod: PodRecord, sandbox_dir: str) -> dict[str, str]:
     network = pod.network
     return {"info": json.dumps({
         "id": pod.id, "state": pod.state, "reason": pod.reason,
-        "vm": pod.vm.to_dict() if pod.vm else None,
+        "vm": {**pod.vm.settings.to_dict(), "pid": pod.vm.pid, "start_time": pod.vm.start_time,
+               "boot_seconds": pod.vm.boot_seconds} if pod.vm else None,
         "runtimeHandler": pod.runtime_handler, "sandboxDir": sandbox_dir,
         "network": {"mode": network.mode, "netns": network.netns,
                     "network_name": network.network_name, "ips": network.ips},

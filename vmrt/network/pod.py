@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cri_api.v1 import api_pb2 as api
 
@@ -81,6 +81,18 @@ class PreparedNetwork:
     nic: NetSpec
     interface: link.GuestInterface
     routes: list[link.GuestRoute]
+
+
+class Networking(Protocol):
+    """A pod's network, as the runtime uses it (``PodNetworking``; a fake in unit tests)."""
+
+    async def setup(self, pod_id: str, config: api.PodSandboxConfig,
+                    undo: contextlib.AsyncExitStack,
+                    remember: Callable[[PodNetworkState], None]) -> PreparedNetwork: ...
+
+    async def teardown(self, state: PodNetworkState) -> None: ...
+
+    async def discard(self, pod_id: str, state: PodNetworkState) -> None: ...
 
 
 def is_host_network(config: api.PodSandboxConfig) -> bool:

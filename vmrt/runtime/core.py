@@ -24,7 +24,7 @@ from vmrt.guest.image import GuestImage
 from vmrt.images.registry import RegistryClient
 from vmrt.images.store import ImageStore
 from vmrt.network.cni import CNI
-from vmrt.network.pod import PodNetworking
+from vmrt.network.pod import Networking, PodNetworking
 from vmrt.runtime import sizing
 from vmrt.runtime.events import EventBus
 from vmrt.runtime.names import NameIndex
@@ -48,7 +48,7 @@ T = TypeVar("T")
 class Runtime:
     def __init__(self, config: Config, guest_image: GuestImage,
                  drivers: Drivers | None = None,
-                 networking: PodNetworking | None = None) -> None:
+                 networking: Networking | None = None) -> None:
         self.config = config
         self.guest_image = guest_image
         self.root = Path(config.storage.root)
@@ -60,7 +60,8 @@ class Runtime:
         mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
         self.images = ImageStore(self.root, RegistryClient(mirrors))
         self.cni = CNI(config.cni.conf_dir, list(config.cni.bin_dirs))
-        self.networking = networking or PodNetworking(self.cni, config.cni.host_network_subnet)
+        self.networking: Networking = networking or PodNetworking(
+            self.cni, config.cni.host_network_subnet)
         self.drivers: Drivers = drivers or QemuDrivers(self.state, config.cgroups.root)
         self.events = EventBus()
         self.sandboxes: dict[str, PodSandbox] = {}

@@ -1,0 +1,413 @@
+"""The runtime's logic with fake sandboxes, agents and networks (tests/fakes.py).
+
+Rollback order in RunPodSandbox and CreateContainer, recovery decisions,
+state transitions, idempotent stop and remove, and records that stay
+removed. Each test runs in milliseconds; the same paths with real VMs are
+in tests/cri.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from tests.fakes import FakeDrivers, FakeNetworking, FakeSandbox, Journal, StepFailed
+from vmrt.config import CgroupConfig, Config, HypervisorConfig, StorageConfig
+from vmrt.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from vmrt.guest.image import GuestImage
+from vmrt.runtime import recovery
+from vmrt.runtime.containers import ContainerService
+from vmrt.runtime.core import Runtime
+from vmrt.runtime.names import NameIndex
+from vmrt.runtime.pods import PodService
+from vmrt.runtime.records import (
+    CONTAINER_TRANSITIONS,
+    POD_TRANSITIONS,
+    ContainerState,
+    PodState,
+    RecordStore,
+)
+
+
+@dataclasses.dataclass
+class World:
+    tmp: Path
+    journal: Journal
+    drivers: FakeDrivers
+    rt: Runtime
+    pods: PodService
+    containers: ContainerService
+
+    def restart(self, drivers: FakeDrivers | None = None) -> World:
+        """A new vmrtd on the same disk (records, image store)."""
+        return make_world(self.tmp, self.journal, drivers or FakeDrivers(self.journal))
+
+
+def make_world(tmp: Path, journal: Journal, drivers: FakeDrivers) -> World:
+    config = Config(storage=StorageConfig(root=str(tmp / "root"), state=str(tmp / "state")),
+                    hypervisor=HypervisorConfig(accel="tcg"),
+                    cgroups=CgroupConfig(root=str(tmp / "cgroup")))
+    (tmp / "cgroup").mkdir(exist_ok=True)
+    image = GuestImage(directory=tmp / "guest", kernel=tmp / "guest/vmlinuz",
+                       initrd=tmp / "guest/initrd", marker_initrd=tmp / "guest/marker",
+                       busybox_rootfs=tmp / "guest/rootfs", kernel_release="6.1",
+                       manifest={})
+    rt = Runtime(config, image, drivers=drivers, networking=FakeNetworking(journal))
+    if not rt.images.images():
+        rt.images.add_local(["busybox:latest"], {"rootfs": {"diff_ids": []},
+                                                 "config": {"Cmd": ["sh"]}}, [])
+    return World(tmp, journal, drivers, rt, PodService(rt), ContainerService(rt))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    journal = Journal()
+    yield make_world(tmp_path, journal, FakeDrivers(journal))
+
+
+def pod_config(world: World, name: str = "web", attempt: int = 0) -> api.PodSandboxConfig:
+    logs = world.tmp / "logs" / name
+    logs.mkdir(parents=True, exist_ok=True)
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default",
+                                        attempt=attempt),
+        log_directory=str(logs))
+
+
+def container_config(name: str = "app", mounts: int = 0) -> api.ContainerConfig:
+    return api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=name), image=api.ImageSpec(image="busybox"),
+        command=["sleep", "1000"], log_path=f"{name}.log",
+        mounts=[api.Mount(container_path=f"/m{i}", host_path=f"/tmp/vmrt-unit-mount-{i}")
+                for i in range(mounts)])
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.get_event_loop_policy().get_event_loop().run_until_complete(coro)
+
+
+@pytest.fixture(autouse=True)
+def loop() -> Iterator[None]:
+    new = asyncio.new_event_loop()
+    asyncio.set_event_loop(new)
+    yield
+    # Stop what sandboxes left running (their watchers), then close.
+    for task in asyncio.all_tasks(new):
+        task.cancel()
+    new.run_until_complete(asyncio.sleep(0))
+    new.close()
+
+
+# -- RunPodSandbox rollback -------------------------------------------------------
+
+RUN_STEPS = ["net.netns", "net.cni_add", "drivers.create", "vm.start",
+             "agent.configure_network"]
+
+
+@pytest.mark.parametrize(("failing", "undone"), [
+    ("net.netns", []),
+    ("net.cni_add", ["net.remove_netns"]),
+    ("drivers.create", ["net.cni_del", "net.remove_netns"]),
+    # A VM that fails to start cleans up after itself (SandboxVM.start).
+    ("vm.start", ["net.cni_del", "net.remove_netns"]),
+    ("agent.configure_network", ["vm.destroy", "net.cni_del", "net.remove_netns"]),
+])
+def test_run_pod_sandbox_undoes_every_step_done_in_reverse(world: World, failing: str,
+                                                           undone: list[str]) -> None:
+    world.journal.fail_at[failing] = StepFailed(failing)
+    with pytest.raises(StepFailed):
+        run(world.pods.run(pod_config(world), "vmrt"))
+    assert world.journal.steps == RUN_STEPS[:RUN_STEPS.index(failing) + 1] + undone
+    assert not world.rt.store.pods and not world.rt.sandboxes
+    assert not list((world.tmp / "root" / "pods").iterdir())
+    # The name is free again: kubelet's retry succeeds.
+    world.journal.steps.clear()
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    assert world.journal.steps == RUN_STEPS
+    assert world.rt.pod(pod_id).state == PodState.READY
+
+
+def test_a_second_pod_with_the_same_name_is_already_exists(world: World) -> None:
+    first = run(world.pods.run(pod_config(world), "vmrt"))
+    with pytest.raises(AlreadyExistsError, match=first):
+        run(world.pods.run(pod_config(world), "vmrt"))
+    assert list(world.rt.store.pods) == [first]
+    run(world.pods.run(pod_config(world, attempt=1), "vmrt"))
+
+
+def test_the_pod_record_keeps_the_vm_settings_whole(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    started = world.drivers.made[pod_id].config
+    reloaded = RecordStore(world.tmp / "root")
+    reloaded.load()
+    vm = reloaded.pods[pod_id].vm
+    assert vm is not None and vm.settings == started and vm.pid == 4242
+    assert vm.settings.boot_timeout == world.rt.config.hypervisor.boot_timeout
+    assert vm.settings.qemu_binary == world.rt.config.hypervisor.qemu_binary
+
+
+# -- CreateContainer rollback ------------------------------------------------------
+
+@pytest.mark.parametrize(("failing", "undone"), [
+    ("share.mount_overlay", ["share.release"]),
+    ("share.bind", ["share.release"]),
+    ("agent.create_container", ["share.release"]),
+    ("store.add_container", ["agent.remove_container", "share.release"]),
+])
+def test_create_container_undoes_every_step_done_in_reverse(
+        world: World, failing: str, undone: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    add = world.rt.store.add_container
+
+    def journaled_add(record):  # type: ignore[no-untyped-def]
+        world.journal("store.add_container")
+        add(record)
+
+    monkeypatch.setattr(world.rt.store, "add_container", journaled_add)
+    world.journal.steps.clear()
+    world.journal.fail_at[failing] = StepFailed(failing)
+    config = container_config(mounts=1)
+    config.mounts[0].host_path = str(tmp_path / "volume")
+    with pytest.raises(StepFailed):
+        run(world.containers.create(pod_id, config))
+    steps = ["share.mount_overlay", "share.bind", "agent.create_container",
+             "store.add_container"]
+    assert world.journal.steps == steps[:steps.index(failing) + 1] + undone
+    assert not world.rt.store.containers
+    assert not list((world.tmp / "root" / "containers").iterdir())
+    assert not world.drivers.made[pod_id].share.placed
+    # The name is free again.
+    run(world.containers.create(pod_id, config))
+
+
+# -- records ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("table", [POD_TRANSITIONS, CONTAINER_TRANSITIONS])
+def test_states_only_move_forward(table: dict) -> None:  # type: ignore[type-arg]
+    states = list(table)
+    for index, state in enumerate(states):
+        # Later states only, and nothing out of the last one.
+        assert set(table[state]) <= set(states[index + 1:])
+    assert not table[states[-1]]
+
+
+def test_the_store_refuses_a_move_the_table_does_not_allow(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    container = world.rt.container(container_id)
+    world.rt.container_exited(container, 0, 5)
+    with pytest.raises(FailedPreconditionError, match="exited; it cannot become running"):
+        world.rt.store.update_container(container, lambda s: dataclasses.replace(
+            s, state=ContainerState.RUNNING))
+    assert container.state == ContainerState.EXITED
+    with pytest.raises(FailedPreconditionError):
+        run(world.containers.start(container_id))
+
+
+def test_a_failed_write_changes_nothing_in_memory(world: World,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    pod = world.rt.pod(pod_id)
+
+    def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vmrt.runtime.records.write_json", full_disk)
+    with pytest.raises(OSError):
+        world.rt.store.update_pod(pod, lambda s: dataclasses.replace(
+            s, state=PodState.NOTREADY, reason="x"))
+    assert pod.state == PodState.READY and pod.reason == ""
+
+
+def test_a_start_that_finishes_after_a_remove_does_not_bring_the_record_back(
+        world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    agent = world.drivers.made[pod_id].agent
+    assert agent is not None
+    release = asyncio.Event()
+    original = agent.start_container
+
+    async def slow_start(cid: str) -> None:
+        await original(cid)
+        await release.wait()
+
+    agent.start_container = slow_start  # type: ignore[method-assign]
+
+    async def race() -> None:
+        start = asyncio.ensure_future(world.containers.start(container_id))
+        await asyncio.sleep(0.01)
+        await world.containers.remove(container_id)
+        release.set()
+        with pytest.raises(NotFoundError, match="was removed"):
+            await start
+
+    run(race())
+    assert container_id not in world.rt.store.containers
+    reloaded = RecordStore(world.tmp / "root")
+    reloaded.load()
+    assert container_id not in reloaded.containers
+
+
+# -- stop, remove, and the VM's death --------------------------------------------------
+
+def test_stop_and_remove_are_idempotent(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    run(world.containers.start(container_id))
+    world.journal.steps.clear()
+    run(world.pods.stop(pod_id))
+    assert world.journal.steps == ["agent.signal_process 9", "agent.wait_process",
+                                   "vm.destroy", "net.teardown"]
+    container = world.rt.container(container_id)
+    assert container.state == ContainerState.EXITED and container.status.exit_code == 137
+    assert world.rt.pod(pod_id).state == PodState.NOTREADY
+    world.journal.steps.clear()
+    run(world.pods.stop(pod_id))
+    # Only the sweep of leftovers (none): no second destroy, no CNI DEL.
+    assert world.journal.steps == ["drivers.clean"]
+    run(world.pods.remove(pod_id))
+    run(world.pods.remove(pod_id))
+    run(world.containers.remove(container_id))
+    assert not world.rt.store.pods and not world.rt.store.containers
+    assert not list((world.tmp / "root" / "pods").iterdir())
+    # Both names are free.
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    run(world.containers.create(pod_id, container_config()))
+
+
+def test_a_vm_that_dies_makes_the_pod_notready_and_its_containers_exited(
+        world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    run(world.containers.start(container_id))
+    world.drivers.made[pod_id].die()
+    run(asyncio.sleep(0.05))
+    pod = world.rt.pod(pod_id)
+    assert pod.state == PodState.NOTREADY and "killed by signal 9" in pod.reason
+    container = world.rt.container(container_id)
+    assert container.state == ContainerState.EXITED and container.status.exit_code == 255
+    assert pod_id not in world.rt.sandboxes
+    with pytest.raises(FailedPreconditionError, match="not ready"):
+        run(world.containers.create(pod_id, container_config("other")))
+
+
+def test_a_guest_cannot_report_the_exit_of_another_pods_container(world: World) -> None:
+    first = run(world.pods.run(pod_config(world, "a"), "vmrt"))
+    second = run(world.pods.run(pod_config(world, "b"), "vmrt"))
+    victim = run(world.containers.create(second, container_config()))
+    run(world.containers.start(victim))
+    liar = world.drivers.made[first].agent
+    assert liar is not None
+    liar.processes[victim] = world.drivers.made[second].agent.processes[victim]  # type: ignore[union-attr]
+    liar.exit(victim, 0)
+    run(asyncio.sleep(0.05))
+    assert world.rt.container(victim).state == ContainerState.RUNNING
+
+
+def test_an_exit_event_is_recorded(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    run(world.containers.start(container_id))
+    agent = world.drivers.made[pod_id].agent
+    assert agent is not None
+    agent.exit(container_id, 3)
+    run(asyncio.sleep(0.05))
+    status = world.rt.container(container_id).status
+    assert (status.state, status.exit_code, status.reason) == (ContainerState.EXITED, 3, "Error")
+
+
+# -- recovery -------------------------------------------------------------------------
+
+def test_recovery_adopts_live_vms_and_settles_the_rest(world: World) -> None:
+    alive = run(world.pods.run(pod_config(world, "alive"), "vmrt"))
+    gone = run(world.pods.run(pod_config(world, "gone"), "vmrt"))
+    stopped = run(world.pods.run(pod_config(world, "stopped"), "vmrt"))
+    ran = run(world.containers.create(alive, container_config()))
+    run(world.containers.start(ran))
+    finished = run(world.containers.create(alive, container_config("done")))
+    run(world.containers.start(finished))
+    lost = run(world.containers.create(gone, container_config()))
+    run(world.containers.start(lost))
+    run(world.pods.stop(stopped))
+    # The container "done" exits while vmrtd is down; its pod's VM stays.
+    survivor = world.drivers.made[alive]
+    assert survivor.agent is not None
+    survivor.agent.processes[finished].state = 2  # EXITED
+    survivor.agent.processes[finished].exit.exit_code = 4
+    run(recovery.detach_all(world.rt))
+    assert survivor.detached and not survivor.destroyed
+
+    drivers = FakeDrivers(world.journal)
+    drivers.alive[alive] = survivor
+    drivers.processes = {4242: alive[:32], 999: "f" * 32}  # 999: no record claims it
+    world.journal.steps.clear()
+    after = world.restart(drivers)
+    run(recovery.recover(after.rt))
+
+    assert after.rt.pod(alive).state == PodState.READY and alive in after.rt.sandboxes
+    assert after.rt.container(ran).state == ContainerState.RUNNING
+    done = after.rt.container(finished).status
+    assert (done.state, done.exit_code) == (ContainerState.EXITED, 4)
+    assert after.rt.pod(gone).state == PodState.NOTREADY
+    assert after.rt.container(lost).state == ContainerState.EXITED
+    assert after.rt.container(lost).status.exit_code == 255
+    assert after.rt.pod(stopped).state == PodState.NOTREADY
+    assert drivers.reclaimed == [999]
+    # Names survive the restart.
+    with pytest.raises(AlreadyExistsError):
+        run(after.pods.run(pod_config(after, "alive"), "vmrt"))
+
+
+def test_recovery_removes_a_half_started_pod_and_kills_its_vm(world: World,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    # vmrtd "dies" between the VM's start and the pod becoming ready.
+    world.journal.fail_at["agent.configure_network"] = asyncio.CancelledError()
+    monkeypatch.setattr(world.rt.store, "remove_pod", lambda pod_id: None)  # the crash
+    monkeypatch.setattr(FakeSandbox, "destroy", _no_destroy)
+    monkeypatch.setattr(FakeNetworking, "_undo", _no_undo)
+    with pytest.raises(asyncio.CancelledError):
+        run(world.pods.run(pod_config(world), "vmrt"))
+    monkeypatch.undo()
+    [pod_id] = list(world.rt.store.pods)
+    assert world.rt.store.pods[pod_id].state == PodState.STARTING
+
+    drivers = FakeDrivers(world.journal)
+    drivers.processes = {4242: pod_id[:32]}
+    world.journal.steps.clear()
+    after = world.restart(drivers)
+    run(recovery.recover(after.rt))
+    assert not after.rt.store.pods
+    assert drivers.reclaimed == [4242]
+    assert world.journal.steps == ["drivers.reclaim 4242", "drivers.clean", "net.discard"]
+    run(after.pods.run(pod_config(after), "vmrt"))  # the name is free
+
+
+async def _no_destroy(self: FakeSandbox) -> None:
+    pass
+
+
+async def _no_undo(self: FakeNetworking, step: str) -> None:
+    pass
+
+
+# -- names ----------------------------------------------------------------------------
+
+def test_names_have_one_holder_and_a_late_release_frees_nothing() -> None:
+    names = NameIndex("container")
+    names.reserve("app_0", "c1")
+    names.reserve("app_0", "c1")  # the holder again: fine
+    with pytest.raises(AlreadyExistsError, match="in use by c1"):
+        names.reserve("app_0", "c2")
+    names.release("app_0", "c2")  # not the holder: nothing happens
+    assert names.holder("app_0") == "c1"
+    names.release("app_0", "c1")
+    names.reserve("app_0", "c2")
+    assert names.holder("app_0") == "c2" and len(names) == 1
