@@ -237,8 +237,6 @@ def test_user(security: dict[str, Any], image_user: str, files: dict[str, bytes]
     assert env_of(spec)["HOME"] == home
 
 
-@pytest.mark.xfail(strict=True, reason="a null User in the image config is read as the "
-                   "user name 'None'; Go runtimes decode null as the empty string (root)")
 def test_image_user_null_is_root() -> None:
     # The OCI image config's User is an optional string: null is no user.
     spec = build(image={**IMAGE, "User": None})
@@ -291,14 +289,10 @@ def caps(add: Sequence[str] = (), drop: Sequence[str] = (),
     pytest.param({"capabilities": caps(add=["ALL"])}, ALL_CAPABILITIES, id="add-all"),
     pytest.param({"capabilities": caps(add=["ALL"], drop=["SYS_ADMIN"])},
                  [c for c in ALL_CAPABILITIES if c != "CAP_SYS_ADMIN"], id="add-all-drop-one"),
+    # containerd and CRI-O: add ALL, then drop ALL, then the single names.
     pytest.param({"capabilities": caps(add=["ALL"], drop=["ALL"])}, [],
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "containerd and CRI-O apply add ALL, then drop ALL, then the single "
-                     "names: add ALL + drop ALL is no capability; vmrt lets add ALL win")),
                  id="add-all-drop-all"),
     pytest.param({"capabilities": caps(add=["ALL", "CHOWN"], drop=["ALL"])}, ["CAP_CHOWN"],
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "as containerd and CRI-O: drop ALL applies after add ALL, then CHOWN")),
                  id="add-all-drop-all-add-one"),
     pytest.param({"privileged": True}, ALL_CAPABILITIES, id="privileged"),
     pytest.param({"privileged": True, "capabilities": caps(drop=["ALL"])}, ALL_CAPABILITIES,

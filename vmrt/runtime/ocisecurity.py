@@ -70,11 +70,13 @@ def capabilities(sc: api.LinuxContainerSecurityContext) -> list[str]:
         if cap != "ALL" and cap not in ALL_CAPABILITIES:
             raise InvalidArgumentError(
                 f"linux.security_context.capabilities: unknown capability {cap}")
+    # As containerd and CRI-O: add ALL, then drop ALL, then the single names
+    # (add ALL + drop ALL + add CHOWN is CHOWN alone).
     caps = list(oci.DEFAULT_CAPABILITIES)
-    if "ALL" in drop:
-        caps = []
     if "ALL" in add:
         caps = list(ALL_CAPABILITIES)
+    if "ALL" in drop:
+        caps = []
     caps += [c for c in add if c != "ALL" and c not in caps]
     return [c for c in caps if c not in drop]
 

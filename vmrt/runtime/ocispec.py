@@ -204,7 +204,7 @@ def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
     linux = config.linux
     sc = linux.security_context
     hostname = pod_hostname(pod_config)
-    user = resolve_user(image_file, sc, str(image_config.get("User", "")))
+    user = resolve_user(image_file, sc, str(image_config.get("User") or ""))
     caps = capabilities(sc)
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
