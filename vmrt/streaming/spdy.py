@@ -1,4 +1,4 @@
-"""SPDY/3.1 framing and sessions, as Kubernetes' streaming protocols use them.
+"""SPDY/3.1 sessions and streams, as Kubernetes' streaming protocols use them.
 
 kubelet, crictl and kubectl speak SPDY through moby/spdystream, which uses
 a subset of SPDY/3.1: SYN_STREAM/SYN_REPLY to open streams, DATA with FIN
@@ -9,8 +9,8 @@ socket while any stream holds more than ``BUFFER_LIMIT`` unread bytes (or
 all of them together more than ``SESSION_BUFFER_LIMIT``), and the number of
 open streams is capped.
 
-Header blocks are zlib-compressed with the SPDY/3 dictionary; each
-direction of a session has one compression context for its whole life.
+Frames are built and parsed in ``spdy_frames``, header blocks compressed
+in ``spdy_headers``; their names can be imported from here as well.
 """
 
 from __future__ import annotations
@@ -19,207 +19,64 @@ import asyncio
 import contextlib
 import logging
 import struct
-import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+
+from vmrt.streaming.spdy_frames import (
+    CANCEL,
+    FLAG_FIN,
+    FLAG_UNIDIRECTIONAL,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    INVALID_STREAM,
+    MAX_FRAME,
+    PING,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_ALREADY_CLOSED,
+    STREAM_IN_USE,
+    SYN_REPLY,
+    SYN_STREAM,
+    VERSION,
+    WINDOW_UPDATE,
+    ByteReader,
+    ByteWriter,
+    Frame,
+    ProtocolError,
+    control_frame,
+    data_frame,
+    parse_header,
+    read_frame,
+)
+from vmrt.streaming.spdy_headers import (
+    DICTIONARY,
+    MAX_HEADER_BLOCK,
+    HeaderDecoder,
+    HeaderEncoder,
+)
+
+__all__ = [
+    "BUFFER_LIMIT", "CANCEL", "CLOSE_TIMEOUT", "DATA_CHUNK", "DICTIONARY", "FLAG_FIN",
+    "FLAG_UNIDIRECTIONAL", "GOAWAY", "HEADERS", "INTERNAL_ERROR", "INVALID_STREAM",
+    "MAX_FRAME", "MAX_HEADER_BLOCK", "MAX_STREAMS", "PING", "PROTOCOL_ERROR", "READ_LIMIT",
+    "REFUSED_STREAM", "RST_STREAM", "SESSION_BUFFER_LIMIT", "SETTINGS",
+    "STREAM_ALREADY_CLOSED", "STREAM_IN_USE", "SYN_REPLY", "SYN_STREAM", "VERSION",
+    "WINDOW_UPDATE", "ByteReader", "ByteWriter", "Frame", "HeaderDecoder", "HeaderEncoder",
+    "ProtocolError", "Session", "Stream", "StreamHandler", "control_frame", "data_frame",
+    "parse_header", "read_frame",
+]
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
-
-SYN_STREAM = 1
-SYN_REPLY = 2
-RST_STREAM = 3
-SETTINGS = 4
-PING = 6
-GOAWAY = 7
-HEADERS = 8
-WINDOW_UPDATE = 9
-
-FLAG_FIN = 0x01
-FLAG_UNIDIRECTIONAL = 0x02
-
-# RST_STREAM status codes.
-PROTOCOL_ERROR = 1
-INVALID_STREAM = 2
-REFUSED_STREAM = 3
-CANCEL = 5
-INTERNAL_ERROR = 6
-STREAM_IN_USE = 8
-STREAM_ALREADY_CLOSED = 9
-
-MAX_FRAME = (1 << 24) - 1
-MAX_HEADER_BLOCK = 256 * 1024
 DATA_CHUNK = 32 * 1024
 BUFFER_LIMIT = 1024 * 1024  # unread bytes per stream
 SESSION_BUFFER_LIMIT = 8 * 1024 * 1024  # and per session
 READ_LIMIT = 1024 * 1024
 MAX_STREAMS = 512  # open at once; more are refused
 CLOSE_TIMEOUT = 5.0
-
-
-def _dictionary() -> bytes:
-    """The SPDY/3 header compression dictionary (spec section 2.6.10.1)."""
-    words = ["options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-        "accept-encoding", "accept-language", "accept-ranges", "age", "allow",
-        "authorization", "cache-control", "connection", "content-base", "content-encoding",
-        "content-language", "content-length", "content-location", "content-md5",
-        "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host",
-        "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since",
-        "last-modified", "location", "max-forwards", "pragma", "proxy-authenticate",
-        "proxy-authorization", "range", "referer", "retry-after", "server", "te", "trailer",
-        "transfer-encoding", "upgrade", "user-agent", "vary", "via", "warning",
-        "www-authenticate", "method", "get", "status"]
-    words += ["200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive",
-              "origin"]
-    tail = (
-        "100101201202205206300302303304305306307402405406407408409410411412413414415416417"
-        "502504505203 Non-Authoritative Information204 No Content301 Moved Permanently"
-        "400 Bad Request401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error"
-        "501 Not Implemented503 Service UnavailableJan Feb Mar Apr May Jun Jul Aug Sept Oct "
-        "Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMTchunked,text/html,image/png,"
-        "image/jpg,image/gif,application/xml,application/xhtml+xml,text/plain,"
-        "text/javascript,publicprivatemax-age=gzip,deflate,sdchcharset=utf-8"
-        "charset=iso-8859-1,utf-,*,enq=0.")
-    return b"".join(struct.pack(">I", len(w)) + w.encode() for w in words) + tail.encode()
-
-
-DICTIONARY = _dictionary()
-
-
-class ProtocolError(Exception):
-    """The peer broke the SPDY framing rules; the session cannot go on."""
-
-
-# -- frames -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One frame. Control frames have ``kind`` > 0; data frames have kind 0."""
-
-    kind: int
-    flags: int
-    payload: bytes
-    stream_id: int = 0  # data frames only; control frames carry it in the payload
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
-
-
-def control_frame(kind: int, flags: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_FRAME:
-        raise ValueError("control frame too large")
-    return struct.pack(">HHI", 0x8000 | VERSION, kind, (flags << 24) | len(payload)) + payload
-
-
-def data_frame(stream_id: int, flags: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_FRAME:
-        raise ValueError("data frame too large")
-    return struct.pack(">II", stream_id & 0x7FFFFFFF, (flags << 24) | len(payload)) + payload
-
-
-def parse_header(head: bytes) -> tuple[bool, int, int, int]:
-    """The first 8 bytes of a frame: (is control, type or stream id, flags, length)."""
-    first, second = struct.unpack(">II", head)
-    flags, length = second >> 24, second & 0xFFFFFF
-    if first & 0x80000000:
-        version = (first >> 16) & 0x7FFF
-        if version != VERSION:
-            raise ProtocolError(f"unsupported SPDY version {version}")
-        return True, first & 0xFFFF, flags, length
-    return False, first & 0x7FFFFFFF, flags, length
-
-
-class ByteReader(Protocol):
-    async def readexactly(self, n: int) -> bytes: ...
-
-
-class ByteWriter(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-
-async def read_frame(reader: ByteReader) -> Frame | None:
-    """The next frame, or None at a clean end of the connection."""
-    try:
-        head = await reader.readexactly(8)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProtocolError("connection closed inside a frame header") from None
-        return None
-    control, kind_or_id, flags, length = parse_header(head)
-    try:
-        payload = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("connection closed inside a frame") from None
-    if control:
-        return Frame(kind_or_id, flags, payload)
-    return Frame(0, flags, payload, kind_or_id)
-
-
-# -- header blocks ------------------------------------------------------------
-
-
-class HeaderEncoder:
-    def __init__(self) -> None:
-        self._zlib = zlib.compressobj(zdict=DICTIONARY)
-
-    def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
-        pairs = sorted((name.lower(), value) for name, value in headers)
-        block = [struct.pack(">I", len(pairs))]
-        for name, value in pairs:
-            raw_name, raw_value = name.encode(), value.encode()
-            block += [struct.pack(">I", len(raw_name)), raw_name,
-                      struct.pack(">I", len(raw_value)), raw_value]
-        return self._zlib.compress(b"".join(block)) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
-
-
-class HeaderDecoder:
-    def __init__(self) -> None:
-        self._zlib = zlib.decompressobj(zdict=DICTIONARY)
-
-    def decode(self, data: bytes) -> dict[str, str]:
-        """Name → value; several values of one name stay NUL-separated."""
-        try:
-            block = self._zlib.decompress(data, MAX_HEADER_BLOCK)
-        except zlib.error as exc:
-            raise ProtocolError(f"bad header block: {exc}") from None
-        if self._zlib.unconsumed_tail:
-            raise ProtocolError("header block too large")
-        headers: dict[str, str] = {}
-        view, pos = memoryview(block), 0
-
-        def take(size: int) -> bytes:
-            nonlocal pos
-            if pos + size > len(view):
-                raise ProtocolError("truncated header block")
-            chunk = bytes(view[pos:pos + size])
-            pos += size
-            return chunk
-
-        (count,) = struct.unpack(">I", take(4))
-        for _ in range(count):
-            (size,) = struct.unpack(">I", take(4))
-            name = take(size).decode("latin-1")
-            (size,) = struct.unpack(">I", take(4))
-            value = take(size).decode("latin-1")
-            if name != name.lower() or not name:
-                raise ProtocolError(f"invalid header name {name!r}")
-            headers[name] = value
-        if pos != len(view):
-            raise ProtocolError("trailing bytes after the header block")
-        return headers
-
-
-# -- sessions -----------------------------------------------------------------
 
 
 @dataclass

@@ -1,0 +1,789 @@
+"""ocispec.build: CRI ContainerConfig + PodSandboxConfig + image config -> OCI runtime spec.
+
+Each table row is CRI input -> the fragment of the spec it must produce. The
+expectations are the CRI's and kubelet's (command/args over Entrypoint/Cmd,
+env order, users), containerd's where the CRI leaves it to the runtime
+(capabilities, default mounts) and vmrt's intents for what only the guest can
+resolve (vmrt-pod:, vmrt-share:, vmrt:pod namespace paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from vmrt import oci
+from vmrt.errors import InvalidArgumentError
+from vmrt.runtime import ocispec
+from vmrt.runtime.ocisecurity import ALL_CAPABILITIES
+
+PASSWD = b"""root:x:0:0:root:/root:/bin/sh
+app:x:1000:1000:App:/home/app:/bin/sh
+svc:x:1001:2000::/srv:/bin/sh
+nohome:x:1002:1002:::/bin/sh
+"""
+GROUP = b"""root:x:0:
+wheel:x:10:root,app
+app:x:1000:
+staff:x:50:app,svc
+svcgrp:x:2000:svc
+audio:x:63:svc
+"""
+FILES = {"etc/passwd": PASSWD, "etc/group": GROUP}
+IMAGE = {"Entrypoint": ["/bin/app"]}
+POD = api.PodSandboxConfig(hostname="pod-host")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def linux(resources: api.LinuxContainerResources | None = None,
+          **security: Any) -> api.LinuxContainerConfig:
+    return api.LinuxContainerConfig(
+        resources=resources or api.LinuxContainerResources(),
+        security_context=api.LinuxContainerSecurityContext(**security))
+
+
+def build(*, image: dict[str, Any] | None = None, pod: api.PodSandboxConfig | None = None,
+          files: dict[str, bytes] | None = None,
+          shared: Sequence[ocispec.SharedMount] = (), **config: Any) -> dict[str, Any]:
+    """The spec for a ContainerConfig of ``config``; ``shared`` are its mounts as the
+    runtime has put them in the sandbox share."""
+    return ocispec.build(
+        config=api.ContainerConfig(metadata=api.ContainerMetadata(name="c"),
+                                   image=api.ImageSpec(image="img"), **config),
+        pod_config=POD if pod is None else pod,
+        image_config=IMAGE if image is None else image,
+        image_file=(FILES if files is None else files).get, mounts=shared)
+
+
+def dig(spec: dict[str, Any], path: str) -> Any:
+    value: Any = spec
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+def mount_at(spec: dict[str, Any], destination: str) -> dict[str, Any]:
+    found = [m for m in spec["mounts"] if m["destination"] == destination]
+    assert len(found) == 1, f"{len(found)} mounts at {destination}"
+    return {k: v for k, v in found[0].items() if k != "destination"}
+
+
+def env_of(spec: dict[str, Any]) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in spec["process"]["env"])
+
+
+# -- command and args -------------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "args", "image", "argv"), [
+    pytest.param([], [], {"Entrypoint": ["/ep", "-v"], "Cmd": ["run"]}, ["/ep", "-v", "run"],
+                 id="image-entrypoint-and-cmd"),
+    pytest.param(["/bin/sh"], [], {"Entrypoint": ["/ep"], "Cmd": ["run"]}, ["/bin/sh"],
+                 id="command-replaces-entrypoint-and-drops-cmd"),
+    pytest.param([], ["-x"], {"Entrypoint": ["/ep"], "Cmd": ["run"]}, ["/ep", "-x"],
+                 id="args-replace-cmd-keep-entrypoint"),
+    pytest.param(["/bin/sh"], ["-c", "true"], {"Entrypoint": ["/ep"], "Cmd": ["run"]},
+                 ["/bin/sh", "-c", "true"], id="command-and-args"),
+    pytest.param([], ["/bin/echo", "hi"], {"Cmd": ["run"]}, ["/bin/echo", "hi"],
+                 id="args-without-image-entrypoint"),
+    pytest.param([], [], {"Cmd": ["/bin/sh"]}, ["/bin/sh"], id="image-cmd-only"),
+    pytest.param([], [], {"Entrypoint": None, "Cmd": ["/bin/sh"]}, ["/bin/sh"],
+                 id="image-entrypoint-null"),
+    pytest.param([], [], {"Entrypoint": ["/ep"], "Cmd": None}, ["/ep"], id="image-cmd-null"),
+    pytest.param(["/bin/true"], [], {}, ["/bin/true"], id="command-on-image-without-either"),
+])
+def test_process_args(command: list[str], args: list[str], image: dict[str, Any],
+                      argv: list[str]) -> None:
+    assert build(image=image, command=command, args=args)["process"]["args"] == argv
+
+
+@pytest.mark.parametrize("image", [{}, {"Entrypoint": [], "Cmd": []},
+                                   {"Entrypoint": None, "Cmd": None}])
+def test_no_command_anywhere_is_invalid(image: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgumentError, match="command"):
+        build(image=image)
+
+
+# -- environment ------------------------------------------------------------------
+
+E = api.KeyValue
+
+
+@pytest.mark.parametrize(("image_env", "envs", "extra", "env"), [
+    pytest.param([], [], {}, [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/root"],
+                 id="defaults"),
+    pytest.param(["PATH=/img/bin", "A=1"], [], {},
+                 ["PATH=/img/bin", "A=1", "HOSTNAME=pod-host", "HOME=/root"],
+                 id="image-path-kept"),
+    pytest.param(["A=1", "B=2"], [E(key="B", value="3"), E(key="C", value="4")], {},
+                 ["A=1", "B=3", f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "C=4",
+                  "HOME=/root"], id="cri-env-after-image-env-later-wins"),
+    pytest.param(["PATH=/img/bin"], [E(key="PATH", value="/cri/bin")], {},
+                 ["PATH=/cri/bin", "HOSTNAME=pod-host", "HOME=/root"], id="cri-path-wins"),
+    pytest.param([], [E(key="HOSTNAME", value="mine")], {},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=mine", "HOME=/root"],
+                 id="cri-hostname-wins"),
+    pytest.param(["HOME=/img"], [], {}, ["HOME=/img", f"PATH={DEFAULT_PATH}",
+                                         "HOSTNAME=pod-host"], id="image-home-beats-passwd"),
+    pytest.param([], [E(key="HOME", value="/cri")], {},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/cri"],
+                 id="cri-home-beats-passwd"),
+    pytest.param([], [], {"linux": linux(run_as_user=api.Int64Value(value=1000))},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/home/app"],
+                 id="home-from-run-as-user-passwd"),
+    pytest.param([], [], {"files": {}},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/"],
+                 id="home-slash-without-passwd"),
+    pytest.param(["Q=a=b"], [E(key="R", value="c=d=")], {},
+                 ["Q=a=b", f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "R=c=d=", "HOME=/root"],
+                 id="values-keep-equals-signs"),
+    pytest.param([], [E(key="EMPTY", value="")], {},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "EMPTY=", "HOME=/root"],
+                 id="empty-value"),
+    pytest.param([], [], {"tty": True},
+                 [f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/root", "TERM=xterm"],
+                 id="tty-sets-term"),
+    pytest.param(["TERM=vt100"], [], {"tty": True},
+                 ["TERM=vt100", f"PATH={DEFAULT_PATH}", "HOSTNAME=pod-host", "HOME=/root"],
+                 id="tty-keeps-image-term"),
+])
+def test_environment(image_env: list[str], envs: list[api.KeyValue], extra: dict[str, Any],
+                     env: list[str]) -> None:
+    spec = build(image={**IMAGE, "Env": image_env}, envs=envs, **extra)
+    assert spec["process"]["env"] == env
+
+
+def test_environment_empty_name_is_invalid() -> None:
+    with pytest.raises(InvalidArgumentError, match="empty name"):
+        build(envs=[E(key="", value="x")])
+
+
+# -- working directory ------------------------------------------------------------
+
+@pytest.mark.parametrize(("working_dir", "image_dir", "cwd"), [
+    pytest.param("/work", "/img", "/work", id="cri-wins"),
+    pytest.param("", "/img", "/img", id="image"),
+    pytest.param("", None, "/", id="neither"),
+    pytest.param("", "", "/", id="image-empty"),
+])
+def test_working_dir(working_dir: str, image_dir: str | None, cwd: str) -> None:
+    image = {**IMAGE, "WorkingDir": image_dir}
+    assert build(image=image, working_dir=working_dir)["process"]["cwd"] == cwd
+
+
+@pytest.mark.parametrize(("working_dir", "image_dir"), [("work", None), ("", "rel/dir")])
+def test_relative_working_dir_is_invalid(working_dir: str, image_dir: str | None) -> None:
+    with pytest.raises(InvalidArgumentError, match="absolute"):
+        build(image={**IMAGE, "WorkingDir": image_dir}, working_dir=working_dir)
+
+
+# -- user, groups -----------------------------------------------------------------
+
+U = api.Int64Value
+
+
+@pytest.mark.parametrize(("security", "image_user", "files", "user"), [
+    pytest.param({}, "", FILES, (0, 0, [10], "/root"), id="image-default-root"),
+    pytest.param({}, "app", FILES, (1000, 1000, [10, 50], "/home/app"), id="image-user-name"),
+    pytest.param({}, "1000", FILES, (1000, 1000, [10, 50], "/home/app"), id="image-user-uid"),
+    pytest.param({}, "app:staff", FILES, (1000, 50, [10], "/home/app"),
+                 id="image-user-and-group-name"),
+    pytest.param({}, "app:60", FILES, (1000, 60, [10, 50], "/home/app"),
+                 id="image-user-and-gid"),
+    pytest.param({}, "4242", FILES, (4242, 0, [], "/"), id="image-uid-not-in-passwd"),
+    pytest.param({}, "4242:4242", FILES, (4242, 4242, [], "/"), id="image-uid-gid-no-passwd"),
+    pytest.param({}, "", {}, (0, 0, [], "/"), id="no-passwd-no-group"),
+    pytest.param({}, "nohome", FILES, (1002, 1002, [], "/"), id="passwd-home-empty"),
+    pytest.param({"run_as_user": U(value=1001)}, "", FILES, (1001, 2000, [50, 63], "/srv"),
+                 id="run-as-user"),
+    pytest.param({"run_as_user": U(value=0)}, "app", FILES, (0, 0, [10], "/root"),
+                 id="run-as-user-0-beats-image-user"),
+    pytest.param({"run_as_user": U(value=1000)}, "svc:audio", FILES,
+                 (1000, 1000, [10, 50], "/home/app"), id="run-as-user-ignores-image-group"),
+    pytest.param({"run_as_user": U(value=4242)}, "", FILES, (4242, 0, [], "/"),
+                 id="run-as-user-not-in-passwd"),
+    pytest.param({"run_as_user": U(value=1000), "run_as_group": U(value=3000)}, "", FILES,
+                 (1000, 3000, [10, 50], "/home/app"), id="run-as-user-and-group"),
+    pytest.param({"run_as_user": U(value=1000), "run_as_group": U(value=0)}, "app:staff",
+                 FILES, (1000, 0, [10, 50], "/home/app"), id="run-as-group-0"),
+    pytest.param({"run_as_username": "app"}, "", FILES, (1000, 1000, [10, 50], "/home/app"),
+                 id="run-as-username"),
+    pytest.param({"run_as_username": "svc"}, "app:staff", FILES,
+                 (1001, 2000, [50, 63], "/srv"), id="run-as-username-ignores-image"),
+    pytest.param({"run_as_username": "app", "run_as_group": U(value=7)}, "", FILES,
+                 (1000, 7, [10, 50], "/home/app"), id="run-as-username-and-group"),
+    pytest.param({"run_as_user": U(value=1000), "supplemental_groups": [5000, 10]}, "", FILES,
+                 (1000, 1000, [10, 50, 5000], "/home/app"), id="supplemental-groups-merged"),
+    pytest.param({"run_as_user": U(value=1000), "supplemental_groups": [1000]}, "", FILES,
+                 (1000, 1000, [10, 50], "/home/app"), id="supplemental-primary-not-repeated"),
+    pytest.param({"run_as_user": U(value=1000), "supplemental_groups": [5000],
+                  "supplemental_groups_policy": api.Strict}, "", FILES,
+                 (1000, 1000, [5000], "/home/app"), id="strict-only-explicit-groups"),
+    pytest.param({"run_as_user": U(value=1000), "supplemental_groups_policy": api.Strict},
+                 "", FILES, (1000, 1000, [], "/home/app"), id="strict-no-groups"),
+    pytest.param({"supplemental_groups": [7, 8]}, "4242", FILES, (4242, 0, [7, 8], "/"),
+                 id="supplemental-for-unknown-user"),
+])
+def test_user(security: dict[str, Any], image_user: str, files: dict[str, bytes],
+              user: tuple[int, int, list[int], str]) -> None:
+    spec = build(image={**IMAGE, "User": image_user}, files=files, linux=linux(**security))
+    uid, gid, additional, home = user
+    assert spec["process"]["user"] == {"uid": uid, "gid": gid, "additionalGids": additional}
+    assert env_of(spec)["HOME"] == home
+
+
+def test_image_user_null_is_root() -> None:
+    # The OCI image config's User is an optional string: null is no user.
+    spec = build(image={**IMAGE, "User": None})
+    assert spec["process"]["user"] == {"uid": 0, "gid": 0, "additionalGids": [10]}
+
+
+@pytest.mark.parametrize(("security", "image_user", "match"), [
+    pytest.param({}, "ghost", "'ghost' is not in the image's /etc/passwd", id="image-user"),
+    pytest.param({"run_as_username": "ghost"}, "", "run_as_username", id="run-as-username"),
+    pytest.param({}, "app:nogroup", "'nogroup' is not in its /etc/group", id="image-group"),
+    pytest.param({"run_as_group": U(value=5)}, "app", "run_as_group: is set without",
+                 id="run-as-group-alone"),
+])
+def test_user_errors(security: dict[str, Any], image_user: str, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        build(image={**IMAGE, "User": image_user}, linux=linux(**security))
+
+
+# -- capabilities -----------------------------------------------------------------
+
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+
+
+def caps(add: Sequence[str] = (), drop: Sequence[str] = (),
+         ambient: Sequence[str] = ()) -> api.Capability:
+    return api.Capability(add_capabilities=add, drop_capabilities=drop,
+                          add_ambient_capabilities=ambient)
+
+
+@pytest.mark.parametrize(("security", "expected"), [
+    pytest.param({}, DEFAULT_CAPS, id="default-set"),
+    pytest.param({"capabilities": caps(add=["NET_ADMIN"])}, [*DEFAULT_CAPS, "CAP_NET_ADMIN"],
+                 id="add"),
+    pytest.param({"capabilities": caps(add=["CAP_NET_ADMIN"])},
+                 [*DEFAULT_CAPS, "CAP_NET_ADMIN"], id="add-prefixed"),
+    pytest.param({"capabilities": caps(add=["sys_time"])}, [*DEFAULT_CAPS, "CAP_SYS_TIME"],
+                 id="add-lowercase"),
+    pytest.param({"capabilities": caps(add=["CHOWN"])}, DEFAULT_CAPS,
+                 id="add-default-not-duplicated"),
+    pytest.param({"capabilities": caps(drop=["CHOWN", "KILL"])},
+                 [c for c in DEFAULT_CAPS if c not in ("CAP_CHOWN", "CAP_KILL")], id="drop"),
+    pytest.param({"capabilities": caps(add=["NET_ADMIN"], drop=["NET_ADMIN"])}, DEFAULT_CAPS,
+                 id="drop-beats-add"),
+    pytest.param({"capabilities": caps(drop=["ALL"])}, [], id="drop-all"),
+    pytest.param({"capabilities": caps(drop=["all"])}, [], id="drop-all-lowercase"),
+    pytest.param({"capabilities": caps(add=["NET_BIND_SERVICE"], drop=["ALL"])},
+                 ["CAP_NET_BIND_SERVICE"], id="drop-all-add-one"),
+    pytest.param({"capabilities": caps(add=["ALL"])}, ALL_CAPABILITIES, id="add-all"),
+    pytest.param({"capabilities": caps(add=["ALL"], drop=["SYS_ADMIN"])},
+                 [c for c in ALL_CAPABILITIES if c != "CAP_SYS_ADMIN"], id="add-all-drop-one"),
+    # containerd and CRI-O: add ALL, then drop ALL, then the single names.
+    pytest.param({"capabilities": caps(add=["ALL"], drop=["ALL"])}, [],
+                 id="add-all-drop-all"),
+    pytest.param({"capabilities": caps(add=["ALL", "CHOWN"], drop=["ALL"])}, ["CAP_CHOWN"],
+                 id="add-all-drop-all-add-one"),
+    pytest.param({"privileged": True}, ALL_CAPABILITIES, id="privileged"),
+    pytest.param({"privileged": True, "capabilities": caps(drop=["ALL"])}, ALL_CAPABILITIES,
+                 id="privileged-ignores-drop"),
+])
+def test_capabilities(security: dict[str, Any], expected: list[str]) -> None:
+    process = build(linux=linux(**security))["process"]
+    sets = process["capabilities"]
+    assert set(sets) == {"bounding", "effective", "permitted"}
+    for name in ("bounding", "effective", "permitted"):
+        assert sorted(sets[name]) == sorted(expected), name
+        assert len(set(sets[name])) == len(sets[name]), f"{name} has duplicates"
+
+
+@pytest.mark.parametrize(("ambient", "expected"), [
+    pytest.param(["NET_BIND_SERVICE"], ["CAP_NET_BIND_SERVICE"], id="one"),
+    pytest.param(["cap_net_raw", "KILL"], ["CAP_NET_RAW", "CAP_KILL"], id="names-normalised"),
+])
+def test_ambient_capabilities(ambient: list[str], expected: list[str]) -> None:
+    sets = build(linux=linux(capabilities=caps(ambient=ambient)))["process"]["capabilities"]
+    assert sets["ambient"] == expected
+    assert sets["inheritable"] == expected
+    assert sorted(sets["bounding"]) == sorted(DEFAULT_CAPS)
+
+
+@pytest.mark.parametrize("security", [
+    {"capabilities": caps(add=["NOT_A_CAP"])},
+    {"capabilities": caps(drop=["CAP_FLY"])},
+])
+def test_unknown_capability_is_invalid(security: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown capability"):
+        build(linux=linux(**security))
+
+
+# -- privileged, read-only rootfs, no_new_privs, masked and read-only paths ---------
+
+DEFAULT_MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                  "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                  "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                  "/sys/devices/virtual/powercap"]
+DEFAULT_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+RDEFAULT = api.SecurityProfile(profile_type=api.SecurityProfile.RuntimeDefault)
+
+
+@pytest.mark.parametrize(("config", "path", "expected"), [
+    # Privileged: no masked or read-only paths, no seccomp, every device, rw /sys.
+    pytest.param({"linux": linux(privileged=True)}, "linux.maskedPaths", [],
+                 id="privileged-no-masked"),
+    pytest.param({"linux": linux(privileged=True)}, "linux.readonlyPaths", [],
+                 id="privileged-no-readonly"),
+    pytest.param({"linux": linux(privileged=True, masked_paths=["/proc/x"],
+                                 readonly_paths=["/proc/y"])}, "linux.maskedPaths", [],
+                 id="privileged-ignores-masked-paths"),
+    pytest.param({"linux": linux(privileged=True)}, "linux.resources.devices",
+                 [{"allow": True, "access": "rwm"}], id="privileged-all-devices"),
+    pytest.param({"linux": linux(privileged=True)}, "mounts:/sys",
+                 {"type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev"]},
+                 id="privileged-sys-rw"),
+    pytest.param({"linux": linux(privileged=True)}, "mounts:/sys/fs/cgroup",
+                 {"type": "cgroup", "source": "cgroup",
+                  "options": ["nosuid", "noexec", "nodev", "relatime"]},
+                 id="privileged-cgroup-rw"),
+    pytest.param({"linux": linux(privileged=True, readonly_rootfs=True)}, "root",
+                 {"path": "rootfs", "readonly": True}, id="privileged-keeps-readonly-rootfs"),
+    pytest.param({"linux": linux(privileged=True, no_new_privs=True)},
+                 "process.noNewPrivileges", True, id="privileged-keeps-no-new-privs"),
+    # Unprivileged defaults.
+    pytest.param({}, "linux.maskedPaths", DEFAULT_MASKED, id="default-masked"),
+    pytest.param({}, "linux.readonlyPaths", DEFAULT_READONLY, id="default-readonly"),
+    pytest.param({}, "mounts:/sys",
+                 {"type": "sysfs", "source": "sysfs",
+                  "options": ["nosuid", "noexec", "nodev", "ro"]}, id="sys-ro"),
+    pytest.param({"linux": linux(masked_paths=["/proc/a", "/sys/b"])}, "linux.maskedPaths",
+                 ["/proc/a", "/sys/b"], id="cri-masked-paths"),
+    pytest.param({"linux": linux(masked_paths=["/proc/a"])}, "linux.readonlyPaths",
+                 DEFAULT_READONLY, id="cri-masked-keeps-default-readonly"),
+    pytest.param({"linux": linux(readonly_paths=["/proc/c"])}, "linux.readonlyPaths",
+                 ["/proc/c"], id="cri-readonly-paths"),
+    pytest.param({"linux": linux(readonly_paths=["/proc/c"])}, "linux.maskedPaths",
+                 DEFAULT_MASKED, id="cri-readonly-keeps-default-masked"),
+    # Root filesystem.
+    pytest.param({}, "root", {"path": "rootfs", "readonly": False}, id="rootfs-rw"),
+    pytest.param({"linux": linux(readonly_rootfs=True)}, "root",
+                 {"path": "rootfs", "readonly": True}, id="rootfs-ro"),
+    pytest.param({"linux": linux(readonly_rootfs=True)}, "mounts:/etc/hosts",
+                 {"type": "bind", "source": "vmrt-pod:hosts",
+                  "options": ["rbind", "rprivate", "ro"]}, id="rootfs-ro-etc-hosts-ro"),
+    pytest.param({"linux": linux(readonly_rootfs=True)}, "mounts:/etc/resolv.conf",
+                 {"type": "bind", "source": "vmrt-pod:resolv.conf",
+                  "options": ["rbind", "rprivate", "ro"]}, id="rootfs-ro-resolv-conf-ro"),
+    pytest.param({"linux": linux(readonly_rootfs=True)}, "mounts:/etc/hostname",
+                 {"type": "bind", "source": "vmrt-pod:hostname",
+                  "options": ["rbind", "rprivate", "ro"]}, id="rootfs-ro-hostname-ro"),
+    # no_new_privs (kubelet: !allowPrivilegeEscalation).
+    pytest.param({}, "process.noNewPrivileges", False, id="no-new-privs-off"),
+    pytest.param({"linux": linux(no_new_privs=True)}, "process.noNewPrivileges", True,
+                 id="no-new-privs-on"),
+    # Spec basics.
+    pytest.param({}, "ociVersion", "1.0.2", id="oci-version"),
+    pytest.param({}, "process.terminal", False, id="no-tty"),
+    pytest.param({"tty": True}, "process.terminal", True, id="tty"),
+    pytest.param({"annotations": {"a": "1", "io.kubernetes.x/y": "z"}}, "annotations",
+                 {"a": "1", "io.kubernetes.x/y": "z"}, id="annotations"),
+    pytest.param({}, "annotations", {}, id="no-annotations"),
+    pytest.param({"pod": api.PodSandboxConfig(hostname="web-0")}, "hostname", "web-0",
+                 id="hostname-from-pod"),
+])
+def test_fragment(config: dict[str, Any], path: str, expected: Any) -> None:
+    spec = build(**config)
+    if path.startswith("mounts:"):
+        assert mount_at(spec, path[len("mounts:"):]) == expected
+    else:
+        assert dig(spec, path) == expected
+
+
+@pytest.mark.parametrize("security", [{}, {"readonly_rootfs": True}])
+def test_unprivileged_has_no_device_rule(security: dict[str, Any]) -> None:
+    spec = build(linux=linux(**security))
+    assert "devices" not in spec["linux"]["resources"]
+    assert "devices" not in spec["linux"]
+
+
+def test_hostname_defaults_to_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocispec.socket, "gethostname", lambda: "node-7")
+    spec = build(pod=api.PodSandboxConfig())
+    assert spec["hostname"] == "node-7"
+    assert env_of(spec)["HOSTNAME"] == "node-7"
+
+
+def test_pod_sysctls_are_not_in_the_container_spec() -> None:
+    # The agent sets them VM-wide (the VM is the pod's network namespace) and
+    # in the pod's IPC namespace holder, at SetupSandbox.
+    pod = api.PodSandboxConfig(hostname="h", linux=api.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"}))
+    spec = build(pod=pod)
+    assert "sysctl" not in spec["linux"]
+    assert "net.ipv4.ip_forward" not in json.dumps(spec)
+
+
+# -- namespaces -------------------------------------------------------------------
+
+N = api.NamespaceOption
+BASE_NS = [{"type": "mount"}, {"type": "uts"}, {"type": "cgroup"}]
+POD_PID = {"type": "pid", "path": "vmrt:pod"}
+POD_IPC = {"type": "ipc", "path": "vmrt:pod"}
+
+
+@pytest.mark.parametrize(("options", "namespaces"), [
+    pytest.param(N(), [*BASE_NS, POD_PID, POD_IPC], id="zero-value-is-pod"),
+    pytest.param(N(pid=api.CONTAINER, ipc=api.POD, network=api.POD),
+                 [*BASE_NS, {"type": "pid"}, POD_IPC], id="kubelet-default"),
+    pytest.param(N(pid=api.POD), [*BASE_NS, POD_PID, POD_IPC], id="share-process-namespace"),
+    pytest.param(N(pid=api.NODE, ipc=api.NODE, network=api.NODE), BASE_NS,
+                 id="host-pid-ipc-network-are-the-vm"),
+    pytest.param(N(pid=api.TARGET, target_id="abc123"),
+                 [*BASE_NS, {"type": "pid", "path": "vmrt:container:abc123"}, POD_IPC],
+                 id="target-pid"),
+    pytest.param(N(pid=api.CONTAINER, ipc=api.CONTAINER),
+                 [*BASE_NS, {"type": "pid"}, {"type": "ipc"}], id="own-ipc"),
+    pytest.param(N(pid=api.CONTAINER, network=api.CONTAINER),
+                 [*BASE_NS, {"type": "pid"}, POD_IPC], id="network-is-always-the-vm"),
+])
+def test_namespaces(options: api.NamespaceOption, namespaces: list[dict[str, str]]) -> None:
+    spec = build(linux=linux(namespace_options=options))
+    assert spec["linux"]["namespaces"] == namespaces
+
+
+def test_target_pid_needs_target_id() -> None:
+    with pytest.raises(InvalidArgumentError, match="target_id"):
+        build(linux=linux(namespace_options=N(pid=api.TARGET)))
+
+
+# -- mounts -----------------------------------------------------------------------
+
+POD_SHM = {"type": "bind", "source": "vmrt-pod:shm",
+           "options": ["rbind", "nosuid", "nodev", "noexec"]}
+PRIVATE_SHM = {"type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
+DEFAULT_MOUNTS = {
+    "/proc": {"type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+    "/dev": {"type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    "/dev/pts": {"type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                             "gid=5"]},
+    "/dev/shm": POD_SHM,
+    "/dev/mqueue": {"type": "mqueue", "source": "mqueue",
+                    "options": ["nosuid", "noexec", "nodev"]},
+    "/sys": {"type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    "/sys/fs/cgroup": {"type": "cgroup", "source": "cgroup",
+                       "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    "/etc/hostname": {"type": "bind", "source": "vmrt-pod:hostname",
+                      "options": ["rbind", "rprivate"]},
+    "/etc/hosts": {"type": "bind", "source": "vmrt-pod:hosts", "options": ["rbind", "rprivate"]},
+    "/etc/resolv.conf": {"type": "bind", "source": "vmrt-pod:resolv.conf",
+                         "options": ["rbind", "rprivate"]},
+}
+
+
+def assert_parents_first(mounts: list[dict[str, Any]]) -> None:
+    seen: list[str] = []
+    for m in mounts:
+        for earlier in seen:
+            assert not earlier.startswith(m["destination"].rstrip("/") + "/"), (
+                f"{m['destination']} comes after its child {earlier}")
+        seen.append(m["destination"])
+
+
+@pytest.mark.parametrize("destination", list(DEFAULT_MOUNTS))
+def test_default_mounts(destination: str) -> None:
+    assert mount_at(build(), destination) == DEFAULT_MOUNTS[destination]
+
+
+def test_default_mounts_are_all_there_once_parents_first() -> None:
+    mounts = build()["mounts"]
+    assert sorted(m["destination"] for m in mounts) == sorted(DEFAULT_MOUNTS)
+    assert_parents_first(mounts)
+
+
+@pytest.mark.parametrize(("ipc", "shm"), [
+    pytest.param(api.POD, POD_SHM, id="pod-ipc-shares-pod-shm"),
+    pytest.param(api.CONTAINER, PRIVATE_SHM, id="own-ipc-own-shm"),
+])
+def test_dev_shm(ipc: int, shm: dict[str, Any]) -> None:
+    spec = build(linux=linux(namespace_options=N(pid=api.CONTAINER, ipc=ipc)))
+    assert mount_at(spec, "/dev/shm") == shm
+
+
+SM = ocispec.SharedMount
+
+
+@pytest.mark.parametrize(("readonly", "propagation", "options"), [
+    pytest.param(False, api.PROPAGATION_PRIVATE, ["rbind", "rprivate"], id="rw-private"),
+    pytest.param(True, api.PROPAGATION_PRIVATE, ["rbind", "rprivate", "ro"], id="ro-private"),
+    pytest.param(False, api.PROPAGATION_HOST_TO_CONTAINER, ["rbind", "rslave"],
+                 id="host-to-container-rslave"),
+    pytest.param(True, api.PROPAGATION_HOST_TO_CONTAINER, ["rbind", "rslave", "ro"],
+                 id="ro-rslave"),
+    pytest.param(False, api.PROPAGATION_BIDIRECTIONAL, ["rbind", "rshared"],
+                 id="bidirectional-rshared"),
+    pytest.param(False, 99, ["rbind", "rprivate"], id="unknown-propagation-private"),
+])
+def test_cri_mount(readonly: bool, propagation: int, options: list[str]) -> None:
+    spec = build(shared=[SM("/data", "cid/mounts/0", readonly, propagation)])
+    assert mount_at(spec, "/data") == {"type": "bind", "source": "vmrt-share:cid/mounts/0",
+                                       "options": options}
+
+
+@pytest.mark.parametrize("destination", ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname",
+                                         "/dev/shm", "/sys", "/dev"])
+def test_cri_mount_replaces_a_default_one(destination: str) -> None:
+    spec = build(shared=[SM(destination, "cid/mounts/0", True, api.PROPAGATION_PRIVATE)])
+    assert mount_at(spec, destination) == {"type": "bind", "source": "vmrt-share:cid/mounts/0",
+                                           "options": ["rbind", "rprivate", "ro"]}
+
+
+def test_cri_mount_is_not_made_readonly_by_readonly_rootfs() -> None:
+    spec = build(linux=linux(readonly_rootfs=True),
+                 shared=[SM("/cache", "cid/mounts/0", False, api.PROPAGATION_PRIVATE)])
+    assert mount_at(spec, "/cache")["options"] == ["rbind", "rprivate"]
+
+
+def test_cri_mounts_come_after_their_parents() -> None:
+    shared = [SM("/data/a/b", "m/2", False, 0), SM("/data", "m/0", False, 0),
+              SM("/dev/fuse-dir", "m/3", False, 0), SM("/data/a", "m/1", False, 0)]
+    mounts = build(shared=shared)["mounts"]
+    assert_parents_first(mounts)
+    data = [m["source"] for m in mounts if m["destination"].startswith("/data")]
+    assert data == ["vmrt-share:m/0", "vmrt-share:m/1", "vmrt-share:m/2"]
+    assert mount_at({"mounts": mounts}, "/dev/fuse-dir")["source"] == "vmrt-share:m/3"
+
+
+def test_selinux_relabel_is_ignored() -> None:
+    # No SELinux in the guest: a relabel request changes nothing.
+    shared = [SM("/data", "cid/mounts/0", False, api.PROPAGATION_PRIVATE)]
+    specs = [build(shared=shared, mounts=[api.Mount(container_path="/data", host_path="/srv/d",
+                                                    selinux_relabel=relabel)])
+             for relabel in (False, True)]
+    assert specs[0] == specs[1]
+    assert mount_at(specs[1], "/data") == {"type": "bind", "source": "vmrt-share:cid/mounts/0",
+                                           "options": ["rbind", "rprivate"]}
+
+
+# -- resources --------------------------------------------------------------------
+
+R = api.LinuxContainerResources
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    pytest.param(R(), {}, id="none"),
+    pytest.param(R(cpu_shares=512), {"cpu": {"shares": 512}}, id="shares"),
+    pytest.param(R(cpu_quota=50000, cpu_period=100000),
+                 {"cpu": {"quota": 50000, "period": 100000}}, id="quota-period"),
+    pytest.param(R(cpu_quota=-1), {"cpu": {"quota": -1}}, id="quota-unlimited"),
+    pytest.param(R(cpuset_cpus="0-1", cpuset_mems="0"), {"cpu": {"cpus": "0-1", "mems": "0"}},
+                 id="cpuset"),
+    pytest.param(R(cpu_shares=2, cpu_quota=20000, cpu_period=100000, cpuset_cpus="1"),
+                 {"cpu": {"shares": 2, "quota": 20000, "period": 100000, "cpus": "1"}},
+                 id="all-cpu"),
+    pytest.param(R(memory_limit_in_bytes=GIB), {"memory": {"limit": GIB}}, id="memory"),
+    pytest.param(R(memory_limit_in_bytes=GIB, memory_swap_limit_in_bytes=2 * GIB),
+                 {"memory": {"limit": GIB, "swap": 2 * GIB}}, id="memory-and-swap"),
+    pytest.param(R(memory_limit_in_bytes=GIB, memory_swap_limit_in_bytes=-1),
+                 {"memory": {"limit": GIB, "swap": -1}}, id="swap-unlimited"),
+    pytest.param(R(hugepage_limits=[api.HugepageLimit(page_size="2MB", limit=4 << 20),
+                                    api.HugepageLimit(page_size="1GB", limit=GIB)]),
+                 {"hugepageLimits": [{"pageSize": "2MB", "limit": 4 << 20},
+                                     {"pageSize": "1GB", "limit": GIB}]}, id="hugepages"),
+    pytest.param(R(unified={"memory.high": "500000000", "pids.max": "100"}),
+                 {"unified": {"memory.high": "500000000", "pids.max": "100"}}, id="unified"),
+    pytest.param(R(oom_score_adj=-997), {}, id="oom-not-a-cgroup-setting"),
+])
+def test_resources(resources: api.LinuxContainerResources, expected: dict[str, Any]) -> None:
+    spec = build(linux=linux(resources))
+    assert spec["linux"]["resources"] == expected
+    # UpdateContainerResources sends the same translation to the agent.
+    assert ocispec.resources(resources) == expected
+
+
+@pytest.mark.parametrize(("oom_score_adj", "expected"), [
+    pytest.param(-997, -997, id="guaranteed"),
+    pytest.param(1000, 1000, id="best-effort"),
+    pytest.param(500, 500, id="burstable"),
+])
+def test_oom_score_adj(oom_score_adj: int, expected: int) -> None:
+    process = build(linux=linux(R(oom_score_adj=oom_score_adj)))["process"]
+    assert process["oomScoreAdj"] == expected
+
+
+def test_oom_score_adj_zero_is_left_out() -> None:
+    # Unset in the spec: the container keeps the agent's score, which is 0.
+    assert "oomScoreAdj" not in build()["process"]
+
+
+def test_privileged_device_rule_joins_resources() -> None:
+    spec = build(linux=linux(R(memory_limit_in_bytes=GIB), privileged=True))
+    assert spec["linux"]["resources"] == {"memory": {"limit": GIB},
+                                          "devices": [{"allow": True, "access": "rwm"}]}
+
+
+# -- devices ----------------------------------------------------------------------
+
+D = api.Device
+
+
+@pytest.mark.parametrize(("devices", "expected"), [
+    pytest.param([D(container_path="/dev/fuse", host_path="/dev/fuse", permissions="rw")],
+                 [{"path": "/dev/fuse", "vmrtGuestPath": "/dev/fuse", "vmrtAccess": "rw"}],
+                 id="one"),
+    pytest.param([D(container_path="/dev/xvdc", host_path="/dev/vdb")],
+                 [{"path": "/dev/xvdc", "vmrtGuestPath": "/dev/vdb", "vmrtAccess": "rwm"}],
+                 id="renamed-default-access"),
+])
+def test_devices(devices: list[api.Device], expected: list[dict[str, Any]]) -> None:
+    assert build(devices=devices)["linux"]["devices"] == expected
+
+
+@pytest.mark.parametrize("device", [D(container_path="dev/x", host_path="/dev/x"),
+                                    D(container_path="/dev/x", host_path="x")])
+def test_relative_device_path_is_invalid(device: api.Device) -> None:
+    with pytest.raises(InvalidArgumentError, match="must be absolute"):
+        build(devices=[device])
+
+
+# -- seccomp and AppArmor ---------------------------------------------------------
+
+SP = api.SecurityProfile
+ALWAYS_DENIED = {"add_key", "request_key", "keyctl", "userfaultfd", "uselib", "vhangup",
+                 "get_mempolicy", "set_mempolicy", "mbind", "move_pages"}
+
+
+@pytest.mark.parametrize(("security", "denied", "allowed"), [
+    pytest.param({}, None, None, id="unset-unconfined"),
+    pytest.param({"seccomp": SP(profile_type=SP.Unconfined)}, None, None, id="unconfined"),
+    pytest.param({"seccomp": SP()}, {"mount", "ptrace", "reboot", "keyctl", "init_module"},
+                 {"read", "clone"}, id="zero-value-is-runtime-default"),
+    pytest.param({"seccomp": RDEFAULT, "capabilities": caps(add=["SYS_ADMIN"])},
+                 {"keyctl", "ptrace"}, {"mount", "unshare", "setns"},
+                 id="runtime-default-follows-added-caps"),
+    pytest.param({"seccomp": RDEFAULT, "capabilities": caps(add=["SYS_PTRACE"])},
+                 {"mount"}, {"ptrace", "process_vm_readv"}, id="runtime-default-ptrace"),
+    pytest.param({"seccomp_profile_path": "runtime/default"}, {"mount", "keyctl"}, set(),
+                 id="legacy-runtime-default"),
+    pytest.param({"seccomp_profile_path": "docker/default"}, {"mount", "keyctl"}, set(),
+                 id="legacy-docker-default"),
+    pytest.param({"seccomp_profile_path": "unconfined"}, None, None, id="legacy-unconfined"),
+    pytest.param({"seccomp": SP(profile_type=SP.Unconfined),
+                  "seccomp_profile_path": "runtime/default"}, None, None,
+                 id="field-beats-legacy-path"),
+    pytest.param({"seccomp": RDEFAULT, "privileged": True}, None, None,
+                 id="privileged-unconfined"),
+])
+def test_seccomp(security: dict[str, Any], denied: set[str] | None,
+                 allowed: set[str] | None) -> None:
+    spec = build(linux=linux(**security))
+    if denied is None:
+        assert "seccomp" not in spec["linux"]
+        return
+    profile = spec["linux"]["seccomp"]
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert "SCMP_ARCH_X86_64" in profile["architectures"]
+    [rule] = profile["syscalls"]
+    assert rule["action"] == "SCMP_ACT_ERRNO" and rule["errnoRet"] == 1
+    assert denied <= set(rule["names"])
+    assert not (allowed or set()) & set(rule["names"])
+
+
+def test_runtime_default_with_all_caps_denies_only_the_always_denied() -> None:
+    spec = build(linux=linux(seccomp=RDEFAULT, capabilities=caps(add=["ALL"])))
+    assert set(spec["linux"]["seccomp"]["syscalls"][0]["names"]) == ALWAYS_DENIED
+
+
+@pytest.mark.parametrize("apparmor", [SP(profile_type=SP.RuntimeDefault),
+                                      SP(profile_type=SP.Unconfined)])
+def test_apparmor_is_not_enforced_in_the_guest(apparmor: api.SecurityProfile) -> None:
+    # The guest kernel has no AppArmor: the spec names no profile.
+    spec = build(linux=linux(apparmor=apparmor, apparmor_profile="runtime/default"))
+    assert "apparmorProfile" not in spec["process"]
+
+
+@pytest.mark.parametrize(("profile", "expected"), [
+    pytest.param(
+        {"defaultAction": "SCMP_ACT_ERRNO",
+         "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+         "syscalls": [{"name": "read", "action": "SCMP_ACT_ALLOW"},
+                      {"names": ["write", "exit"], "action": "SCMP_ACT_ALLOW", "args": [],
+                       "comment": "dropped"}]},
+        {"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+         "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                      {"names": ["write", "exit"], "action": "SCMP_ACT_ALLOW", "args": []}]},
+        id="docker-form"),
+    pytest.param(
+        {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+         "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]},
+        {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+         "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]},
+        id="oci-form"),
+    pytest.param(
+        {"defaultAction": "SCMP_ACT_LOG"},
+        {"defaultAction": "SCMP_ACT_LOG",
+         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+         "syscalls": []},
+        id="no-arches-no-rules"),
+])
+@pytest.mark.parametrize("field", ["seccomp", "seccomp_profile_path"])
+def test_localhost_seccomp(tmp_path: Path, field: str, profile: dict[str, Any],
+                           expected: dict[str, Any]) -> None:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    if field == "seccomp":
+        security: dict[str, Any] = {
+            "seccomp": SP(profile_type=SP.Localhost, localhost_ref=str(path))}
+    else:
+        security = {"seccomp_profile_path": f"localhost/{path}"}
+    assert build(linux=linux(**security))["linux"]["seccomp"] == expected
+
+
+@pytest.mark.parametrize(("name", "content", "match"), [
+    pytest.param(None, None, "must be an absolute path", id="relative"),
+    pytest.param("missing.json", None, "does not exist", id="missing"),
+    pytest.param("dir", "DIR", "is not a regular file", id="directory"),
+    pytest.param("fifo", "FIFO", "is not a regular file", id="fifo"),
+    pytest.param("p.json", b"{not json", "is not JSON", id="not-json"),
+    pytest.param("p.json", b"[1, 2]", "has no defaultAction", id="json-list"),
+    pytest.param("p.json", b'{"syscalls": []}', "has no defaultAction", id="no-default-action"),
+    pytest.param("p.json", b'{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"]}]}',
+                 "is malformed", id="rule-without-action"),
+    pytest.param("p.json", b'{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [7]}',
+                 "is malformed", id="rule-not-an-object"),
+    pytest.param("big.json", b" " * (1024 * 1024) + b'{"defaultAction": "SCMP_ACT_ALLOW"}',
+                 "is larger than", id="too-large"),
+])
+def test_localhost_seccomp_errors(tmp_path: Path, name: str | None, content: Any,
+                                  match: str) -> None:
+    if name is None:
+        ref = "profiles/p.json"
+    else:
+        ref = str(tmp_path / name)
+        if content == "DIR":
+            os.mkdir(ref)
+        elif content == "FIFO":
+            os.mkfifo(ref)
+        elif content is not None:
+            Path(ref).write_bytes(content)
+    with pytest.raises(InvalidArgumentError, match=match):
+        build(linux=linux(seccomp=SP(profile_type=SP.Localhost, localhost_ref=ref)))
+
+
+def test_default_constants_match_containerd() -> None:
+    # The expectations above are written out; these are the module's copies.
+    assert oci.DEFAULT_CAPABILITIES == DEFAULT_CAPS
+    assert oci.MASKED_PATHS == DEFAULT_MASKED
+    assert oci.READONLY_PATHS == DEFAULT_READONLY
