@@ -40,7 +40,8 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.accel import choose_accel, host_tsc_khz
 from vmrt.hypervisor.spec import VMSpec, base_cmdline, machine_args
-from vmrt.sandbox.vm import SandboxVM, VMConfig
+from vmrt.sandbox.settings import VMConfig
+from vmrt.sandbox.vm import SandboxVM
 
 MARKER = b"VMRT-BOOT-MARKER"
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common
 from bench.boot import bare_boot
 from vmrt.hypervisor.accel import choose_accel
-from vmrt.sandbox.vm import VMConfig
+from vmrt.sandbox.settings import VMConfig
 
 
 def main() -> int:

@@ -20,7 +20,8 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentapi import AgentError
 from vmrt.agentclient import AgentClient
 from vmrt.hypervisor.accel import choose_accel
-from vmrt.sandbox.vm import SandboxVM, VMConfig
+from vmrt.sandbox.settings import VMConfig
+from vmrt.sandbox.vm import SandboxVM
 
 pytestmark = pytest.mark.vm
 

@@ -55,7 +55,7 @@ class ImageRecord:
 
     @property
     def user(self) -> str:
-        return str(self.config.get("User", ""))
+        return str(self.config.get("User") or "")  # null, as some builders write, is root
 
 
 def _hex(digest: str) -> str:

@@ -241,9 +241,6 @@ class Session:
                 raise ConnectionResetError(f"the peer refused stream {stream_id}")
         return stream
 
-    async def ping(self, ping_id: int) -> None:
-        await self._send(control_frame(PING, 0, struct.pack(">I", ping_id)))
-
     async def goaway(self, status: int = 0) -> None:
         if self.going_away:
             return
