@@ -30,8 +30,8 @@ from vmrt.runtime.records import (
     POD_TRANSITIONS,
     ContainerState,
     PodState,
-    RecordStore,
 )
+from vmrt.runtime.store import RecordStore
 
 
 @dataclasses.dataclass
@@ -218,7 +218,7 @@ def test_a_failed_write_changes_nothing_in_memory(world: World,
     def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("vmrt.runtime.records.write_json", full_disk)
+    monkeypatch.setattr("vmrt.runtime.store.write_json", full_disk)
     with pytest.raises(OSError):
         world.rt.store.update_pod(pod, lambda s: dataclasses.replace(
             s, state=PodState.NOTREADY, reason="x"))

@@ -33,9 +33,9 @@ from vmrt.runtime.records import (
     ContainerState,
     PodRecord,
     PodState,
-    RecordStore,
 )
 from vmrt.runtime.sandbox import PodSandbox
+from vmrt.runtime.store import RecordStore
 from vmrt.sandbox.driver import Drivers
 from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.vm import QemuDrivers

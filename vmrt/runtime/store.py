@@ -1,0 +1,111 @@
+"""The records in memory and on disk, and the one way a status changes.
+
+``update_pod`` / ``update_container`` apply a function to the current
+status, check the move against the transition table, write the record
+atomically and only then swap the new status in. So memory never runs ahead
+of the disk, and a record that has been removed cannot be written back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from vmrt.errors import NotFoundError
+from vmrt.runtime.records import (
+    CONTAINER_TRANSITIONS,
+    POD_TRANSITIONS,
+    ContainerMeta,
+    ContainerRecord,
+    ContainerStatus,
+    PodRecord,
+    PodStatus,
+    check_transition,
+)
+from vmrt.sandbox.persist import read_json, remove, write_json
+
+log = logging.getLogger(__name__)
+
+
+class RecordStore:
+    """All records in memory, each mirrored to ``<root>/pods/<pod>/...json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "pods"
+        self.pods: dict[str, PodRecord] = {}
+        self.containers: dict[str, ContainerRecord] = {}
+
+    def _pod_file(self, pod_id: str) -> Path:
+        return self.root / pod_id / "pod.json"
+
+    def _container_file(self, meta: ContainerMeta) -> Path:
+        return self.root / meta.pod_id / "containers" / f"{meta.id}.json"
+
+    def load(self) -> None:
+        if not self.root.exists():
+            return
+        for pod_file in sorted(self.root.glob("*/pod.json")):
+            try:
+                pod = PodRecord.from_dict(read_json(pod_file))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                log.error("skipping unreadable pod record %s: %s", pod_file, exc)
+                continue
+            self.pods[pod.id] = pod
+            for container_file in sorted((pod_file.parent / "containers").glob("*.json")):
+                try:
+                    container = ContainerRecord.from_dict(read_json(container_file))
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    log.error("skipping unreadable container record %s: %s",
+                              container_file, exc)
+                    continue
+                self.containers[container.id] = container
+
+    # -- creation and removal -------------------------------------------
+
+    def add_pod(self, pod: PodRecord) -> None:
+        write_json(self._pod_file(pod.id), pod.to_dict())
+        self.pods[pod.id] = pod
+
+    def add_container(self, container: ContainerRecord) -> None:
+        if self.pods.get(container.pod_id) is None:
+            raise NotFoundError(f"pod sandbox {container.pod_id} was removed")
+        write_json(self._container_file(container.meta), container.to_dict())
+        self.containers[container.id] = container
+
+    def remove_pod(self, pod_id: str) -> None:
+        for container in self.pod_containers(pod_id):
+            self.containers.pop(container.id, None)
+        self.pods.pop(pod_id, None)
+        shutil.rmtree(self.root / pod_id, ignore_errors=True)
+
+    def remove_container(self, container_id: str) -> None:
+        container = self.containers.pop(container_id, None)
+        if container is not None:
+            remove(self._container_file(container.meta))
+
+    def pod_containers(self, pod_id: str) -> list[ContainerRecord]:
+        return [c for c in self.containers.values() if c.pod_id == pod_id]
+
+    # -- the one way status changes --------------------------------------
+
+    def update_pod(self, pod: PodRecord, change: Callable[[PodStatus], PodStatus]) -> None:
+        if self.pods.get(pod.id) is not pod:
+            raise NotFoundError(f"pod sandbox {pod.id} was removed")
+        new = change(pod.status)
+        check_transition(POD_TRANSITIONS, "pod", pod.id, pod.state, new.state)
+        write_json(self._pod_file(pod.id), {**pod.to_dict(), "status": new.to_dict()})
+        pod._status = new
+
+    def update_container(self, container: ContainerRecord,
+                         change: Callable[[ContainerStatus], ContainerStatus], *,
+                         durable: bool = True) -> None:
+        if self.containers.get(container.id) is not container:
+            raise NotFoundError(f"container {container.id} was removed")
+        new = change(container.status)
+        check_transition(CONTAINER_TRANSITIONS, "container", container.id, container.state,
+                         new.state)
+        write_json(self._container_file(container.meta),
+                   {**container.to_dict(), "status": new.to_dict()}, fsync=durable)
+        container._status = new
