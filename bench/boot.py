@@ -74,7 +74,7 @@ async def sandbox_boot(image: GuestImage, config: VMConfig, state: Path,
     try:
         await sandbox.start()
         elapsed = sandbox.timings["agent_ready"]
-        rss = _rss_kib(sandbox.qemu.pid)
+        rss = _rss_kib(sandbox.pid)
         if with_echo:
             agent = sandbox.agent
             assert agent is not None

@@ -90,12 +90,12 @@ def pod(guest_image, tmp_path_factory: pytest.TempPathFactory,
     try:
         loop.run_until_complete(sandbox.start(hostname="agent-test"))
     except Exception:
-        dump_console("agent-pod-boot", sandbox.qemu.console_path)
+        dump_console("agent-pod-boot", sandbox.console_path)
         raise
     pod = Pod(sandbox, loop)
     yield pod
     if request.session.testsfailed:
-        dump_console("agent-pod", sandbox.qemu.console_path)
+        dump_console("agent-pod", sandbox.console_path)
     loop.run_until_complete(sandbox.destroy())
     loop.close()
     assert not leaks.find(state)

@@ -123,7 +123,7 @@ async def _main(sandbox: SandboxVM, rootfs: Path, command: list[str],
             loop.add_signal_handler(signo, lambda: None)
         if args.console_log:
             with contextlib.suppress(OSError):
-                shutil.copyfile(sandbox.qemu.console_path, args.console_log)
+                shutil.copyfile(sandbox.console_path, args.console_log)
         teardown = asyncio.ensure_future(sandbox.destroy())
         while not teardown.done():
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,7 +150,7 @@ async def _run_container(sandbox: SandboxVM, rootfs: Path, command: list[str],
     if args.interactive:
         work.append(asyncio.create_task(_copy_in(agent)))
     wait = asyncio.create_task(agent.wait_process(CONTAINER_ID))
-    died = asyncio.create_task(sandbox.qemu.wait_exit())
+    died = asyncio.create_task(sandbox.wait_gone())
     try:
         done, _ = await asyncio.wait({wait, died}, return_when=asyncio.FIRST_COMPLETED)
         if wait not in done or wait.exception() is not None:
