@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -326,7 +327,7 @@ class FakeNetworking:
         undo.push_async_callback(self._undo, "net.remove_netns")
         self.j("net.cni_add")
         undo.push_async_callback(self._undo, "net.cni_del")
-        state.ips = ["10.88.0.9"]
+        state = dataclasses.replace(state, ips=("10.88.0.9",))
         return PreparedNetwork(state, NetSpec("tap", "02:00:00:00:00:01"),
                                GuestInterface(mac="02:00:00:00:00:01", name="eth0", mtu=1500,
                                               addresses=["10.88.0.9/16"]), [])

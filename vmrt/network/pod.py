@@ -22,10 +22,12 @@ Everything ``setup`` does registers its undo on the caller's exit stack;
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,23 +58,29 @@ def host_network_config(subnet: str) -> NetworkConfig:
         ])
 
 
-@dataclass
+@dataclass(frozen=True)
 class PodNetworkState:
-    """What the pod record keeps about its network (JSON-able)."""
+    """What the pod record keeps about its network.
+
+    CNI's own documents (the conflist as it was at ADD, the arguments, and
+    ADD's result) are kept verbatim as JSON text: DEL must run the same
+    plugins with the same arguments even if the file has changed or gone
+    since, and vmrt reads nothing else from them.
+    """
 
     mode: str = "none"  # cni | none
     netns: str = ""
     network_name: str = ""
-    # The conflist as it was at ADD: DEL must run the same plugins even if
-    # the file has changed or gone since.
-    network_config: dict[str, Any] = field(default_factory=dict)
-    cni_result: dict[str, Any] = field(default_factory=dict)
-    ips: list[str] = field(default_factory=list)
-    args: dict[str, Any] = field(default_factory=dict)
+    network_config: str = ""
+    args: str = ""
+    cni_result: str = ""
+    ips: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, data: dict[str, Any] | None) -> PodNetworkState:
-        return cls(**data) if data else cls()
+        if not data:
+            return cls()
+        return cls(**{**data, "ips": tuple(data.get("ips", ()))})
 
 
 @dataclass
@@ -153,19 +161,19 @@ class PodNetworking:
                               pod_namespace=meta.namespace, pod_name=meta.name,
                               pod_uid=meta.uid, port_mappings=_port_mappings(config), dns=dns)
         state = PodNetworkState(
-            mode="cni", netns=name, network_name=net.name,
-            args=asdict(args), network_config={"name": net.name, "cniVersion": net.cni_version,
-                                               "plugins": net.plugins,
-                                               "source": str(net.source)})
+            mode="cni", netns=name, network_name=net.name, args=json.dumps(asdict(args)),
+            network_config=json.dumps({"name": net.name, "cniVersion": net.cni_version,
+                                       "plugins": net.plugins, "source": str(net.source)}))
         remember(state)
-        state.cni_result = await self.cni.add(net, args)
+        state = dataclasses.replace(state, cni_result=json.dumps(await self.cni.add(net, args)))
         push_cleanup(undo, self._cni_del, state)
         tap = tap_name(pod_id)
         fd = await link.create_tap(tap, name)
         undo.callback(os.close, fd)
         await link.connect_tap(name, IFNAME, tap)
         interface, routes = await link.describe(name, IFNAME)
-        state.ips = [address.split("/")[0] for address in interface.addresses]
+        state = dataclasses.replace(
+            state, ips=tuple(address.split("/")[0] for address in interface.addresses))
         if not state.ips:
             raise link.LinkError(f"CNI network {net.name} gave the pod no IP address")
         return PreparedNetwork(state, NetSpec("tap", interface.mac, tap_fd=fd), interface,
@@ -173,13 +181,13 @@ class PodNetworking:
 
     @staticmethod
     def _config_of(state: PodNetworkState) -> NetworkConfig:
-        conf = state.network_config
+        conf = json.loads(state.network_config)
         return NetworkConfig(name=conf["name"], cni_version=conf["cniVersion"],
                              plugins=conf["plugins"], source=Path(conf["source"]))
 
     async def _cni_del(self, state: PodNetworkState) -> None:
-        await self.cni.delete(self._config_of(state), PodNetworkArgs(**state.args),
-                              state.cni_result)
+        await self.cni.delete(self._config_of(state), PodNetworkArgs(**json.loads(state.args)),
+                              json.loads(state.cni_result) if state.cni_result else {})
 
     async def teardown(self, state: PodNetworkState) -> None:
         """CNI DEL and the netns; safe to repeat, and after a restart."""
