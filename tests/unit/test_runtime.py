@@ -390,6 +390,27 @@ def test_recovery_removes_a_half_started_pod_and_kills_its_vm(world: World,
     run(after.pods.run(pod_config(after), "vmrt"))  # the name is free
 
 
+def test_recovery_of_a_vm_whose_agent_does_not_answer(world: World) -> None:
+    """Unknown: QEMU runs but adopting it fails. Today the pod is settled as
+    lost and its QEMU reclaimed (the faults issue makes this more forgiving)."""
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    run(recovery.detach_all(world.rt))
+
+    class Unanswering(FakeDrivers):
+        async def adopt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.j("drivers.adopt")
+            raise TimeoutError("the agent did not answer")
+
+    drivers = Unanswering(world.journal)
+    drivers.processes = {4242: pod_id[:32]}
+    after = world.restart(drivers)
+    run(recovery.recover(after.rt))
+    assert after.rt.pod(pod_id).state == PodState.NOTREADY
+    assert after.rt.container(container_id).state == ContainerState.EXITED
+    assert drivers.reclaimed == [4242]
+
+
 async def _no_destroy(self: FakeSandbox) -> None:
     pass
 
