@@ -432,3 +432,46 @@ def test_names_have_one_holder_and_a_late_release_frees_nothing() -> None:
     names.release("app_0", "c1")
     names.reserve("app_0", "c2")
     assert names.holder("app_0") == "c2" and len(names) == 1
+
+
+# -- records from before the schema had a version --------------------------------------
+
+def test_records_without_a_version_are_read_as_version_1(tmp_path: Path) -> None:
+    import base64
+    import json
+    config = base64.b64encode(api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name="old")).SerializeToString()).decode()
+    pod_dir = tmp_path / "pods" / "p1"
+    (pod_dir / "containers").mkdir(parents=True)
+    (pod_dir / "pod.json").write_text(json.dumps({
+        "id": "p1", "name": "old", "uid": "u", "namespace": "ns", "attempt": 0,
+        "created_at": 1, "runtime_handler": "vmrt", "config_b64": config,
+        "vm": {"memory_mib": 384, "vcpus": 1, "machine": "microvm", "accel": "tcg",
+               "transport": "serial", "tb_size_mib": 128, "image": "/img",
+               "cgroup": "/vmrt/vmrt-p1", "pid": 99, "start_time": 5, "boot_seconds": 2.5},
+        "network": {"mode": "cni", "netns": "vmrt-p1", "network_name": "net",
+                    "network_config": {"name": "net", "cniVersion": "1.0.0", "plugins": [],
+                                       "source": "/etc/cni/net.d/x"},
+                    "cni_result": {"ips": []}, "ips": ["10.88.0.2"], "args": {"ifname": "eth0"}},
+        "state": "ready", "reason": ""}))
+    (pod_dir / "containers" / "c1.json").write_text(json.dumps({
+        "id": "c1", "pod_id": "p1", "name": "app", "attempt": 0, "created_at": 2,
+        "image": "busybox", "image_ref": "sha256:x", "log_path": "", "config_b64": "",
+        "process_json": "{}", "layers": ["sha256:l"], "state": "running", "started_at": 3,
+        "finished_at": 0, "exit_code": 0, "reason": "", "message": "", "stdout_offset": 7,
+        "stderr_offset": 0}))
+    store = RecordStore(tmp_path)
+    store.load()
+    pod = store.pods["p1"]
+    assert pod.state == PodState.READY and pod.vm is not None
+    assert (pod.vm.pid, pod.vm.settings.memory_mib, pod.vm.settings.image) == (99, 384, "/img")
+    assert pod.vm.settings.cgroup is not None
+    assert pod.vm.settings.cgroup.relative == "/vmrt/vmrt-p1"
+    assert pod.network.ips == ("10.88.0.2",)
+    assert json.loads(pod.network.network_config)["name"] == "net"
+    container = store.containers["c1"]
+    assert container.state == ContainerState.RUNNING and container.layers == ("sha256:l",)
+    assert container.status.stdout_offset == 7
+    # The next change writes the current form.
+    store.update_pod(pod, lambda s: dataclasses.replace(s, reason="seen"))
+    assert json.loads((pod_dir / "pod.json").read_text())["version"] == 1

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmrt.errors import NotFoundError
+from vmrt.runtime import upgrade
 from vmrt.runtime.records import (
     CONTAINER_TRANSITIONS,
     POD_TRANSITIONS,
@@ -48,14 +49,15 @@ class RecordStore:
             return
         for pod_file in sorted(self.root.glob("*/pod.json")):
             try:
-                pod = PodRecord.from_dict(read_json(pod_file))
+                pod = PodRecord.from_dict(upgrade.pod(read_json(pod_file)))
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 log.error("skipping unreadable pod record %s: %s", pod_file, exc)
                 continue
             self.pods[pod.id] = pod
             for container_file in sorted((pod_file.parent / "containers").glob("*.json")):
                 try:
-                    container = ContainerRecord.from_dict(read_json(container_file))
+                    container = ContainerRecord.from_dict(
+                        upgrade.container(read_json(container_file)))
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.error("skipping unreadable container record %s: %s",
                               container_file, exc)
