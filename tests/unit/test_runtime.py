@@ -475,3 +475,19 @@ def test_records_without_a_version_are_read_as_version_1(tmp_path: Path) -> None
     # The next change writes the current form.
     store.update_pod(pod, lambda s: dataclasses.replace(s, reason="seen"))
     assert json.loads((pod_dir / "pod.json").read_text())["version"] == 1
+
+
+def test_a_short_write_is_finished_not_taken_for_a_whole_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+
+    from vmrt.sandbox import persist
+    real_write = os.write
+
+    def short(fd: int, data: bytes) -> int:  # as a disk that is filling up does
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(persist.os, "write", short)
+    persist.write_json(tmp_path / "r.json", {"key": "x" * 100})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"key": "x" * 100}

@@ -7,6 +7,7 @@ the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -21,11 +22,20 @@ def write_json(path: Path, data: Any, fsync: bool = True) -> None:
     payload = json.dumps(data, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, payload)
+        view = memoryview(payload)
+        while view:  # a short write (a disk filling up) must not pass for a whole one
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            view = view[written:]
         if fsync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     if not fsync:
         return
