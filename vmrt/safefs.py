@@ -246,3 +246,38 @@ def _refusal(exc: OSError, shown: str) -> Exception:
 async def remove_tree_async(path: Path) -> None:
     """``remove_tree`` off the event loop: a writable layer may hold many files."""
     await asyncio.to_thread(remove_tree, path)
+
+
+def tree_usage(path: Path, limit: int = 1_000_000) -> tuple[int, int]:
+    """Bytes and inodes below ``path`` (a container's writable layer, which the
+    guest fills), never through a symlink or into a mount, at any depth, and
+    at most ``limit`` entries."""
+    try:
+        base = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0, 0
+    used = inodes = 0
+    todo = ["."]
+    try:
+        while todo and inodes < limit:
+            rel = todo.pop()
+            try:
+                fd = openat2(base, rel, os.O_RDONLY | os.O_DIRECTORY, STRICT | RESOLVE_NO_XDEV)
+            except OSError:
+                continue  # gone, moved, too deep for a path: not counted
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        try:
+                            info = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        used += info.st_blocks * 512
+                        inodes += 1
+                        if stat.S_ISDIR(info.st_mode):
+                            todo.append(entry.name if rel == "." else f"{rel}/{entry.name}")
+            finally:
+                os.close(fd)
+    finally:
+        os.close(base)
+    return used, inodes

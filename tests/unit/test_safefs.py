@@ -118,3 +118,29 @@ def test_read_in_root_resolves_inside_the_layer(tmp_path: Path) -> None:
     assert safefs.read_in_root(layer, "host/etc/hostname", 100) is None
     assert safefs.read_in_root(layer, "../../../../etc/hostname", 100) is None
     assert safefs.lookup_in_root(layer, "etc") == "directory"
+
+
+def test_tree_usage_any_depth_and_never_through_a_symlink(tmp_path: Path) -> None:
+    layer = tmp_path / "upper"
+    layer.mkdir()
+    fd = os.open(layer, os.O_DIRECTORY)
+    for _ in range(1500):  # past the recursion limit that os.walk hits
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    (layer / "file").write_bytes(b"x" * 10000)
+    outside = tmp_path / "host"
+    outside.mkdir()
+    for index in range(50):
+        (outside / f"f{index}").write_bytes(b"y" * 4096)
+    (layer / "escape").symlink_to(outside)
+    used, inodes = safefs.tree_usage(layer)
+    # Every directory the paths can reach, the file and the link itself;
+    # nothing of the host directory behind the link.
+    assert inodes == 1500 + 2
+    assert used >= 10000
+    assert safefs.tree_usage(outside)[1] == 50
+    assert safefs.tree_usage(tmp_path / "missing") == (0, 0)
+    assert safefs.tree_usage(layer, limit=10)[1] <= 10 + 2

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.cri.base import Base
 from vmrt.runtime.containers import ContainerFilter
 from vmrt.runtime.pods import PodFilter
 from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
-
-
-def _usage(path: Path) -> tuple[int, int]:
-    """Bytes and inodes used under ``path`` (a container's writable layer)."""
-    used = inodes = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            try:
-                used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                continue
-            inodes += 1
-    return used, inodes
 
 
 def _u64(value: int) -> api.UInt64Value:
@@ -63,7 +49,7 @@ class StatsRPCs(Base):
             id=container.id, metadata=config.metadata, labels=config.labels,
             annotations=config.annotations))
         upper = self.rt.container_dir(container.id) / "upper"
-        used, inodes = await asyncio.to_thread(_usage, upper)
+        used, inodes = await asyncio.to_thread(safefs.tree_usage, upper)
         stats.writable_layer.CopyFrom(api.FilesystemUsage(
             timestamp=time.time_ns(), fs_id=api.FilesystemIdentifier(mountpoint=str(upper)),
             used_bytes=_u64(used), inodes_used=_u64(inodes)))
