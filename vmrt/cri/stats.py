@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,8 @@ from vmrt.cri.base import Base
 from vmrt.runtime.containers import ContainerFilter
 from vmrt.runtime.pods import PodFilter
 from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
+
+log = logging.getLogger(__name__)
 
 
 def _u64(value: int) -> api.UInt64Value:
@@ -59,6 +62,17 @@ class StatsRPCs(Base):
             stats.memory.CopyFrom(self._memory(raw))
         return stats
 
+    async def _listed_stats(self, container: ContainerRecord) -> api.ContainerStats:
+        """A container's stats in a list: its failure leaves its usage out, not the list."""
+        try:
+            return await self._container_stats(container)
+        except Exception as exc:
+            log.warning("stats of container %s: %s", container.id[:12], exc)
+            config = container.config()
+            return api.ContainerStats(attributes=api.ContainerAttributes(
+                id=container.id, metadata=config.metadata, labels=config.labels,
+                annotations=config.annotations))
+
     async def ContainerStats(self, request: api.ContainerStatsRequest,
                              context: Any) -> api.ContainerStatsResponse:
         container = self.rt.container(request.container_id)
@@ -69,7 +83,7 @@ class StatsRPCs(Base):
         flt = request.filter
         found = self.containers.list(ContainerFilter(
             id=flt.id, pod_id=flt.pod_sandbox_id, labels=tuple(flt.label_selector.items())))
-        stats = [await self._container_stats(c) for c in found
+        stats = [await self._listed_stats(c) for c in found
                  if c.state == ContainerState.RUNNING]
         return api.ListContainerStatsResponse(stats=stats)
 
@@ -88,7 +102,7 @@ class StatsRPCs(Base):
                                                 process_count=_u64(raw.pids)))
         for container in self.containers.list(ContainerFilter(pod_id=pod.id,
                                                               state=ContainerState.RUNNING)):
-            linux.containers.append(await self._container_stats(container))
+            linux.containers.append(await self._listed_stats(container))
         return stats
 
     async def PodSandboxStats(self, request: api.PodSandboxStatsRequest,
@@ -101,5 +115,14 @@ class StatsRPCs(Base):
         flt = request.filter
         pods = self.pods.list(PodFilter(id=flt.id, state="ready",
                                         labels=tuple(flt.label_selector.items())))
-        stats = [await self._pod_stats(pod) for pod in pods]
+        stats = []
+        for pod in pods:
+            try:
+                stats.append(await self._pod_stats(pod))
+            except Exception as exc:  # one pod's trouble is not the whole list's
+                log.warning("stats of pod %s: %s", pod.id[:12], exc)
+                config = pod.config()
+                stats.append(api.PodSandboxStats(attributes=api.PodSandboxAttributes(
+                    id=pod.id, metadata=config.metadata, labels=config.labels,
+                    annotations=config.annotations)))
         return api.ListPodSandboxStatsResponse(stats=stats)
