@@ -491,3 +491,28 @@ def test_a_short_write_is_finished_not_taken_for_a_whole_one(
     monkeypatch.setattr(persist.os, "write", short)
     persist.write_json(tmp_path / "r.json", {"key": "x" * 100})
     assert json.loads((tmp_path / "r.json").read_text()) == {"key": "x" * 100}
+
+
+def test_a_stop_cut_short_by_its_deadline_is_finished_by_the_next(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    run(world.containers.start(container_id))
+    agent = world.drivers.made[pod_id].agent
+    assert agent is not None
+    hang = asyncio.Event()
+    original = agent.signal_process
+
+    async def hung_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await hang.wait()  # a guest that does not answer (SIGSTOPped QEMU)
+
+    agent.signal_process = hung_signal  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        run(asyncio.wait_for(world.pods.stop(pod_id), 0.05))
+    assert world.rt.pod(pod_id).state == PodState.READY  # nothing was finished
+    agent.signal_process = original  # type: ignore[method-assign]
+    world.journal.steps.clear()
+    run(world.pods.stop(pod_id))
+    assert "vm.destroy" in world.journal.steps and "net.teardown" in world.journal.steps
+    assert world.rt.pod(pod_id).state == PodState.NOTREADY
+    assert world.rt.container(container_id).state == ContainerState.EXITED
+    assert pod_id not in world.rt.sandboxes

@@ -144,3 +144,4 @@ def test_tree_usage_any_depth_and_never_through_a_symlink(tmp_path: Path) -> Non
     assert safefs.tree_usage(outside)[1] == 50
     assert safefs.tree_usage(tmp_path / "missing") == (0, 0)
     assert safefs.tree_usage(layer, limit=10)[1] <= 10 + 2
+    safefs.remove_tree(layer)  # deeper than pytest's own clean-up can go

@@ -103,23 +103,25 @@ class PodService:
     # -- stop and remove ----------------------------------------------------
 
     async def stop(self, pod_id: str) -> None:
+        """Idempotent: a stop that was cut short (the caller's deadline) is
+        finished by the next one, and a stop after a finished one sweeps."""
         pod = self.rt.pod(pod_id)
         sandbox = self.rt.sandboxes.get(pod.id)
-        if sandbox is None:
-            # Already stopped, or its VM died: make sure nothing is left.
-            await self.rt.drivers.clean(pod.id)
-            await self.rt.remove_pod_cgroup(pod)
-            await self._teardown_network(pod)
-            return
-        async with sandbox.lock:
-            if not sandbox.begin_stop():
-                return
-            running = [c for c in self.rt.store.pod_containers(pod.id)
-                       if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
-            with contextlib.suppress(Exception):
-                await sandbox.kill_containers(running)
-            await self.rt.pod_lost(pod, "the pod sandbox was stopped")
-            await self._teardown_network(pod)
+        if sandbox is not None:
+            async with sandbox.lock:
+                if self.rt.sandboxes.get(pod.id) is sandbox:  # not finished meanwhile
+                    sandbox.begin_stop()
+                    running = [c for c in self.rt.store.pod_containers(pod.id)
+                               if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+                    with contextlib.suppress(Exception):
+                        await sandbox.kill_containers(running)
+                    await self.rt.pod_lost(pod, "the pod sandbox was stopped")
+                    await self._teardown_network(pod)
+                    return
+        # Already stopped, or its VM died: make sure nothing is left.
+        await self.rt.drivers.clean(pod.id)
+        await self.rt.remove_pod_cgroup(pod)
+        await self._teardown_network(pod)
 
     async def _teardown_network(self, pod: PodRecord) -> None:
         state = pod.network

@@ -225,12 +225,9 @@ class PodSandbox:
                 await task
         self._tasks.clear()
 
-    def begin_stop(self) -> bool:
-        """Mark the pod as stopping; False if it already was (a second StopPodSandbox)."""
-        if self._stopping:
-            return False
+    def begin_stop(self) -> None:
+        """The pod is being stopped: its VM's end is expected from now on."""
         self._stopping = True
-        return True
 
     async def destroy(self) -> None:
         """Stop watching, close the logs, and end the VM with everything of it on the host."""
