@@ -44,10 +44,14 @@ class Pod:
     def call(self, method: str, **fields: Any) -> Any:
         """One RPC by its protocol name: these tests are of the wire protocol itself."""
         request = getattr(pb, f"{method}Request")(**fields)
-        try:
-            return self.run(getattr(self.agent.stub, method)(request, timeout=60))
-        except grpc.aio.AioRpcError as exc:
-            raise AgentError(method, exc.code(), exc.details() or "") from None
+
+        async def rpc() -> Any:
+            try:
+                return await getattr(self.agent.stub, method)(request, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                raise AgentError(method, exc.code(), exc.details() or "") from None
+
+        return self.run(rpc())
 
     def create(self, args: list[str], *, terminal: bool = False, open_stdin: bool = False,
                spec_changes: dict[str, Any] | None = None, cid: str = "") -> str:
@@ -218,7 +222,7 @@ def test_bad_requests_are_named(pod: Pod) -> None:
                            container_id="a/b", oci_spec=b"{}")
     assert "invalid container id" in details
     expect_error(pod, grpc.StatusCode.NOT_FOUND, "StartContainer", container_id="nope")
-    pod.run(pod.sandbox.unbind_rootfs("bad"))
+    pod.sandbox.share.release("bad")
 
 
 def test_crun_failure_is_reported_and_rolled_back(pod: Pod) -> None:
