@@ -12,7 +12,6 @@ from vmrt.cri import convert, validate
 from vmrt.cri.base import Base
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.runtime.pods import PodFilter
-from vmrt.sandbox.vm import sandbox_dir
 
 
 class PodRPCs(Base):
@@ -51,7 +50,7 @@ class PodRPCs(Base):
         reply.containers_statuses.extend(
             convert.container_status(c) for c in self.rt.store.pod_containers(pod.id))
         if request.verbose:
-            reply.info.update(convert.pod_info(pod, str(sandbox_dir(self.rt.state, pod.id))))
+            reply.info.update(convert.pod_info(pod, str(self.rt.sandbox_directory(pod.id))))
         return reply
 
     async def ListPodSandbox(self, request: api.ListPodSandboxRequest,

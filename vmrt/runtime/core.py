@@ -38,7 +38,7 @@ from vmrt.runtime.sandbox import PodSandbox
 from vmrt.runtime.store import RecordStore
 from vmrt.sandbox.driver import Drivers
 from vmrt.sandbox.settings import VMConfig
-from vmrt.sandbox.vm import QemuDrivers
+from vmrt.sandbox.vm import QemuDrivers, sandbox_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class Runtime:
         if sandbox is None or pod.state != PodState.READY:
             raise FailedPreconditionError(f"pod sandbox {pod.id} is not ready")
         return sandbox
+
+    def sandbox_directory(self, pod_id: str) -> Path:
+        """Where the pod's sandbox lives on the host (its console log, sockets, share)."""
+        return sandbox_dir(self.state, pod_id)
 
     def container_dir(self, container_id: str) -> Path:
         return self.root / "containers" / container_id
