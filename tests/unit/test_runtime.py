@@ -156,7 +156,7 @@ def test_the_pod_record_keeps_the_vm_settings_whole(world: World) -> None:
 @pytest.mark.parametrize(("failing", "undone"), [
     ("share.mount_overlay", ["share.release"]),
     ("share.bind", ["share.release"]),
-    ("agent.create_container", ["share.release"]),
+    ("agent.create_container", ["agent.remove_container", "share.release"]),
     ("store.add_container", ["agent.remove_container", "share.release"]),
 ])
 def test_create_container_undoes_every_step_done_in_reverse(

@@ -123,6 +123,9 @@ class ContainerService:
             record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
                                          time.time_ns(), process_json=json.dumps(spec["process"]),
                                          layers=tuple(image.layers))
+            # Before the call: a create cut short (the caller's deadline) may
+            # still have made the container in the guest.
+            push_cleanup(undo, self._agent_remove, live, container_id)
             await _agent_create(
                 live, container_id, json.dumps(spec).encode(), pb.Rootfs(share_path=rootfs),
                 # With a log the host takes the output; without one nobody
@@ -130,7 +133,6 @@ class ContainerService:
                 pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
                                 stdin_once=config.stdin_once,
                                 acked_output=bool(log_path)))
-            push_cleanup(undo, self._agent_remove, live, container_id)
             self.rt.store.add_container(record)
             undo.pop_all()
 
