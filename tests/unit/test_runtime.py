@@ -516,3 +516,16 @@ def test_a_stop_cut_short_by_its_deadline_is_finished_by_the_next(world: World) 
     assert world.rt.pod(pod_id).state == PodState.NOTREADY
     assert world.rt.container(container_id).state == ContainerState.EXITED
     assert pod_id not in world.rt.sandboxes
+
+
+def test_a_full_disk_is_resource_exhausted_with_the_path() -> None:
+    import errno
+
+    import grpc
+
+    from vmrt.cri.boundary import status_of
+    code, message = status_of(OSError(errno.ENOSPC, "No space left on device",
+                                      "/var/lib/vmrt/pods/p/pod.json"))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message == "No space left on device: /var/lib/vmrt/pods/p/pod.json"
+    assert status_of(OSError(errno.EIO, "I/O error"))[0] == grpc.StatusCode.INTERNAL

@@ -9,7 +9,9 @@ names the field or object at fault.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -51,6 +53,10 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AgentError):
         return exc.code, str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk is the node's state, not a bug: kubelet backs off and retries.
+        where = f": {exc.filename}" if exc.filename else ""
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{os.strerror(exc.errno)}{where}"
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code, str(exc) or type(exc).__name__
