@@ -529,3 +529,27 @@ def test_a_full_disk_is_resource_exhausted_with_the_path() -> None:
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert message == "No space left on device: /var/lib/vmrt/pods/p/pod.json"
     assert status_of(OSError(errno.EIO, "I/O error"))[0] == grpc.StatusCode.INTERNAL
+
+
+def test_an_unreadable_record_is_kept_and_its_vm_left_alone(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    run(recovery.detach_all(world.rt))
+    record = world.tmp / "root" / "pods" / pod_id / "pod.json"
+    record.write_text(record.read_text()[:50])  # truncated
+    drivers = FakeDrivers(world.journal)
+    drivers.processes = {4242: pod_id[:32]}
+    after = world.restart(drivers)
+    run(recovery.recover(after.rt))
+    assert pod_id not in after.rt.store.pods and pod_id in after.rt.store.unreadable
+    assert drivers.reclaimed == [] and record.exists()
+    run(after.pods.run(pod_config(after, "other"), "vmrt"))  # vmrtd serves the rest
+
+
+def test_an_unreadable_image_index_is_kept_and_the_store_starts_empty(world: World) -> None:
+    index = next((world.tmp / "root").rglob("index.json"))
+    index.write_text('[{"id": "sha')
+    # The restart reads the index (it raised ValueError before), finds no
+    # images and registers the test image again.
+    fresh = world.restart()
+    assert len(fresh.rt.images.images()) == 1
+    assert list(index.parent.glob("index.json.unreadable-*"))

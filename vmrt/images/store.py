@@ -129,7 +129,19 @@ class ImageStore:
             return
         if not force and mtime == self._loaded_mtime:
             return
-        self._images = {r["id"]: ImageRecord(**r) for r in read_json(self._index)}
+        try:
+            self._images = {r["id"]: ImageRecord(**r) for r in read_json(self._index)}
+        except (ValueError, TypeError, KeyError) as exc:
+            # A truncated or garbled index must not keep vmrtd from serving:
+            # it is kept, renamed, for a person to look at, and the store
+            # starts empty (images can be pulled again).
+            kept = self._index.with_name(f"{self._index.name}.unreadable-{int(time.time())}")
+            os.replace(self._index, kept)
+            log.error("image index %s is unreadable (%s); kept as %s, starting with no images",
+                      self._index, exc, kept)
+            self._images = {}
+            self._loaded_mtime = 0.0
+            return
         self._loaded_mtime = mtime
 
     def _save(self) -> None:

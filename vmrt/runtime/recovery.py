@@ -84,6 +84,10 @@ async def _kill_leaked_vms(rt: Runtime) -> None:
     for pid, dir_name in rt.drivers.running().items():
         if any(pod_id.startswith(dir_name) for pod_id in rt.sandboxes):
             continue
+        if any(pod_id.startswith(dir_name) for pod_id in rt.store.unreadable):
+            log.error("QEMU %d belongs to pod %s, whose record is unreadable; left running",
+                      pid, dir_name[:12])
+            continue
         log.warning("killing leaked QEMU %d of sandbox %s, which no pod record claims",
                     pid, dir_name[:12])
         await rt.drivers.reclaim(pid)

@@ -37,6 +37,9 @@ class RecordStore:
         self.root = root / "pods"
         self.pods: dict[str, PodRecord] = {}
         self.containers: dict[str, ContainerRecord] = {}
+        # Pods whose record could not be read: left on disk for a person to
+        # look at, and their VMs left alone (not killed as leaked).
+        self.unreadable: set[str] = set()
 
     def _pod_file(self, pod_id: str) -> Path:
         return self.root / pod_id / "pod.json"
@@ -51,7 +54,8 @@ class RecordStore:
             try:
                 pod = PodRecord.from_dict(upgrade.pod(read_json(pod_file)))
             except (OSError, ValueError, TypeError, KeyError) as exc:
-                log.error("skipping unreadable pod record %s: %s", pod_file, exc)
+                log.error("skipping unreadable pod record %s (kept as it is): %s", pod_file, exc)
+                self.unreadable.add(pod_file.parent.name)
                 continue
             self.pods[pod.id] = pod
             for container_file in sorted((pod_file.parent / "containers").glob("*.json")):
