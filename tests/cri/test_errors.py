@@ -3,6 +3,11 @@ part-way roll back everything; the daemon keeps serving."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
@@ -174,3 +179,32 @@ def test_deadline_cancels_run_pod_sandbox_and_rolls_back(vmrtd: Daemon) -> None:
 
     # Under load the log line can come after the clean-up the test saw.
     assert wait_for(unwound, timeout=20), vmrtd.log_file.read_text()[-2000:]
+
+
+def test_a_stop_cut_short_by_its_deadline_is_finished_by_the_next(vmrtd: Daemon) -> None:
+    """A guest that hangs (its QEMU stopped) makes a StopPodSandbox miss its
+    deadline; the next StopPodSandbox must still do the whole job."""
+    config = vmrtd.pod_config()
+    pod_id = vmrtd.run_pod(config)
+    vmrtd.run_container(pod_id, config, ["sleep", "1000"])
+    info = json.loads(vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id, verbose=True), timeout=30).info["info"])
+    pid, netns = int(info["vm"]["pid"]), info["network"]["netns"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        expect_error(grpc.StatusCode.DEADLINE_EXCEEDED, vmrtd.runtime.StopPodSandbox,
+                     api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    vmrtd.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    status = vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id), timeout=30).status
+    assert status.state == api.SANDBOX_NOTREADY
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+    if netns:
+        assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                           text=True, check=True).stdout
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                   timeout=60)
+    assert not (vmrtd.root / "pods" / pod_id).exists()
+    assert pod_id[:32] not in str(leaks.find(vmrtd.state))
