@@ -553,3 +553,26 @@ def test_an_unreadable_image_index_is_kept_and_the_store_starts_empty(world: Wor
     fresh = world.restart()
     assert len(fresh.rt.images.images()) == 1
     assert list(index.parent.glob("index.json.unreadable-*"))
+
+
+def test_recovery_sweeps_containers_no_record_claims(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    kept = run(world.containers.create(pod_id, container_config("kept")))
+    orphan = run(world.containers.create(pod_id, container_config("orphan")))
+    # As if vmrtd died after the agent made it and before its record was written.
+    world.rt.store.remove_container(orphan)
+    stray_dir = world.rt.container_dir(orphan)
+    assert stray_dir.exists()
+    survivor = world.drivers.made[pod_id]
+    run(recovery.detach_all(world.rt))
+    drivers = FakeDrivers(world.journal)
+    drivers.alive[pod_id] = survivor
+    after = world.restart(drivers)
+    world.journal.steps.clear()
+    run(recovery.recover(after.rt))
+    assert survivor.agent is not None
+    assert set(survivor.agent.processes) == {kept}
+    assert "agent.remove_container" in world.journal.steps
+    assert not stray_dir.exists() and after.rt.container_dir(kept).exists()
+    assert not any(p.startswith(f"{orphan}/") for p in survivor.share.placed)
+    assert after.rt.container(kept).state == ContainerState.CREATED

@@ -16,6 +16,7 @@ from vmrt.guest.image import GuestImage
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.records import ContainerState, PodRecord, PodState
 from vmrt.runtime.sandbox import PodSandbox
+from vmrt.safefs import remove_tree_async
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ async def recover(rt: Runtime) -> None:
         else:
             await rt.drivers.clean(pod.id)
     await _kill_leaked_vms(rt)
+    await _sweep_container_dirs(rt)
 
 
 async def _discard(rt: Runtime, pod: PodRecord) -> None:
@@ -70,6 +72,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     rt.sandboxes[pod.id] = sandbox
     try:
         await sandbox.reconcile()
+        await sandbox.sweep_unclaimed()
     except Exception as exc:
         # The event stream's own reconcile will try again.
         log.warning("pod %s: cannot reconcile its containers yet: %s", pod.id[:12], exc)
@@ -91,6 +94,21 @@ async def _kill_leaked_vms(rt: Runtime) -> None:
         log.warning("killing leaked QEMU %d of sandbox %s, which no pod record claims",
                     pid, dir_name[:12])
         await rt.drivers.reclaim(pid)
+
+
+async def _sweep_container_dirs(rt: Runtime) -> None:
+    """Writable layers that no container record claims (a CreateContainer cut
+    short by a crash). Left alone while some pod record is unreadable: its
+    containers' records were not read either."""
+    if rt.store.unreadable:
+        log.warning("not sweeping container directories: %d pod record(s) are unreadable",
+                    len(rt.store.unreadable))
+        return
+    directory = rt.root / "containers"
+    for entry in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if entry.name not in rt.store.containers:
+            log.warning("removing %s, which no container record claims", entry)
+            await remove_tree_async(entry)
 
 
 async def detach_all(rt: Runtime) -> None:

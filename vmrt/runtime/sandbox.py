@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Protocol
 
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentapi import Agent
+from vmrt.agentapi import Agent, AgentError
 from vmrt.errors import FailedPreconditionError
 from vmrt.runtime.logs import CRILogWriter, LogPump
 from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 PUMP_DRAIN_TIMEOUT = 10.0
+MAX_SWEEP = 256
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class Ledger(Protocol):
@@ -139,6 +142,28 @@ class PodSandbox:
                 self.ledger.container_exited(container, proc.exit.exit_code,
                                              sane_time(proc.exit.finished_at_ns),
                                              proc.exit.oom_killed)
+
+    async def sweep_unclaimed(self) -> list[str]:
+        """Remove the containers the guest has and no record claims: what a
+        vmrtd that died in the middle of a CreateContainer left. Only while
+        nothing creates containers in this pod (recovery)."""
+        claimed = {c.id for c in self.ledger.containers_of(self.id)}
+        swept: list[str] = []
+        for proc in await self.agent.list_processes():
+            if proc.exec_id or proc.container_id in claimed or proc.container_id in swept:
+                continue
+            if len(swept) >= MAX_SWEEP:
+                self.warn_once("its agent lists more unclaimed containers than vmrt sweeps")
+                break
+            with contextlib.suppress(AgentError):
+                await self.agent.remove_container(proc.container_id, force=True)
+            if _CONTAINER_ID.fullmatch(proc.container_id):  # one of ours: its share entry too
+                self.share.release(proc.container_id)
+            swept.append(proc.container_id)
+        if swept:
+            log.warning("pod %s: removed %d container(s) that no record claims: %s",
+                        self.id[:12], len(swept), ", ".join(c[:12] for c in swept[:10]))
+        return swept
 
     async def _watch_vm(self) -> None:
         await self.vm.wait_gone()
