@@ -576,3 +576,20 @@ def test_recovery_sweeps_containers_no_record_claims(world: World) -> None:
     assert not stray_dir.exists() and after.rt.container_dir(kept).exists()
     assert not any(p.startswith(f"{orphan}/") for p in survivor.share.placed)
     assert after.rt.container(kept).state == ContainerState.CREATED
+
+
+def test_a_rollback_that_fails_keeps_the_pod_notready_for_a_retry(world: World) -> None:
+    world.journal.fail_at["agent.configure_network"] = StepFailed("configure")
+    world.journal.fail_at["net.cni_del"] = StepFailed("CNI DEL failed")
+    with pytest.raises(StepFailed, match="configure"):  # the caller sees the first failure
+        run(world.pods.run(pod_config(world), "vmrt"))
+    [pod_id] = list(world.rt.store.pods)
+    pod = world.rt.pod(pod_id)
+    assert pod.state == PodState.NOTREADY and "CNI DEL failed" in pod.reason
+    assert pod.network.mode == "cni"  # what a retry needs to undo it
+    with pytest.raises(AlreadyExistsError):  # the name stays with it, as in containerd
+        run(world.pods.run(pod_config(world), "vmrt"))
+    world.journal.steps.clear()
+    run(world.pods.remove(pod_id))
+    assert "net.teardown" in world.journal.steps and not world.rt.store.pods
+    run(world.pods.run(pod_config(world), "vmrt"))

@@ -16,7 +16,7 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.aio import push_cleanup
 from vmrt.errors import NotFoundError
 from vmrt.guest.image import GuestImage
-from vmrt.network.pod import PodNetworkState
+from vmrt.network.pod import PodNetworkState, PreparedNetwork
 from vmrt.runtime import ocispec
 from vmrt.runtime.core import Runtime, container_key
 from vmrt.runtime.records import ContainerState, PodRecord, PodState, VMState
@@ -54,7 +54,8 @@ class PodService:
         try:
             sandbox = await self._start(record, config, vm_config, image)
         except BaseException:
-            self.rt.pod_names.release(record.key, pod_id)
+            if pod_id not in self.rt.store.pods:  # kept when the rollback was incomplete
+                self.rt.pod_names.release(record.key, pod_id)
             raise
         self.rt.sandboxes[pod_id] = sandbox
         sandbox.watch()
@@ -63,42 +64,70 @@ class PodService:
 
     async def _start(self, record: PodRecord, config: api.PodSandboxConfig,
                      vm_config: VMConfig, image: GuestImage) -> PodSandbox:
-        """Network, VM, guest set-up; every step undone if a later one fails."""
+        """Network, VM, guest set-up; every step undone if a later one fails.
+
+        If undoing fails too (a CNI DEL that errors), the record stays,
+        NOTREADY with the reason, as containerd keeps such a sandbox: it
+        holds what StopPodSandbox / RemovePodSandbox need to try again.
+        """
         store = self.rt.store
-        async with contextlib.AsyncExitStack() as undo:
-            store.add_pod(record)
-            undo.callback(store.remove_pod, record.id)
-
-            def remember(state: PodNetworkState) -> None:
-                store.update_pod(record, lambda s: dataclasses.replace(s, network=state))
-
-            network = await self.rt.networking.setup(record.id, config, undo, remember)
-            remember(network.state)
-            vm = self.rt.drivers.create(record.id, image, vm_config, network.nic)
-            await vm.start(
-                hostname=ocispec.pod_hostname(config),
-                dns=pb.DnsConfig(servers=config.dns_config.servers,
-                                 searches=config.dns_config.searches,
-                                 options=config.dns_config.options),
-                sysctls=sorted(config.linux.sysctls.items()),
-            )
-            push_cleanup(undo, vm.destroy)
-            sandbox = PodSandbox(record, vm, self.rt)
-            iface = network.interface
-            await sandbox.agent.configure_network(pb.ConfigureNetworkRequest(
-                interfaces=[pb.Interface(mac=iface.mac, name=iface.name, mtu=iface.mtu,
-                                         addresses=iface.addresses)],
-                routes=[pb.Route(destination=r.destination, gateway=r.gateway,
-                                 interface=r.interface) for r in network.routes],
-                pod_ips=network.state.ips))
-            running = VMState(settings=vm_config, pid=vm.pid, start_time=vm.start_time,
-                              boot_seconds=round(vm.timings.get("setup", 0.0), 3))
+        store.add_pod(record)
+        failed: BaseException | None = None
+        try:
+            async with contextlib.AsyncExitStack() as undo:
+                try:
+                    sandbox, network = await self._steps(record, config, vm_config, image, undo)
+                except BaseException as exc:
+                    failed = exc
+                    raise
+                undo.pop_all()
+        except BaseException as exc:
+            if failed is None or exc is failed:
+                store.remove_pod(record.id)  # everything was undone
+                raise
+            log.error("pod %s: RunPodSandbox failed (%s) and undoing it failed too (%s); "
+                      "kept NOTREADY for StopPodSandbox/RemovePodSandbox to retry",
+                      record.id[:12], failed, exc)
+            reason = f"RunPodSandbox failed and could not undo everything: {exc}"
             store.update_pod(record, lambda s: dataclasses.replace(
-                s, state=PodState.READY, vm=running))
-            undo.pop_all()
+                s, state=PodState.NOTREADY, reason=reason))
+            raise failed from exc
         if network.nic.tap_fd >= 0:
             os.close(network.nic.tap_fd)  # QEMU has its own copy
         return sandbox
+
+    async def _steps(self, record: PodRecord, config: api.PodSandboxConfig,
+                     vm_config: VMConfig, image: GuestImage,
+                     undo: contextlib.AsyncExitStack) -> tuple[PodSandbox, PreparedNetwork]:
+        store = self.rt.store
+
+        def remember(state: PodNetworkState) -> None:
+            store.update_pod(record, lambda s: dataclasses.replace(s, network=state))
+
+        network = await self.rt.networking.setup(record.id, config, undo, remember)
+        remember(network.state)
+        vm = self.rt.drivers.create(record.id, image, vm_config, network.nic)
+        await vm.start(
+            hostname=ocispec.pod_hostname(config),
+            dns=pb.DnsConfig(servers=config.dns_config.servers,
+                             searches=config.dns_config.searches,
+                             options=config.dns_config.options),
+            sysctls=sorted(config.linux.sysctls.items()),
+        )
+        push_cleanup(undo, vm.destroy)
+        sandbox = PodSandbox(record, vm, self.rt)
+        iface = network.interface
+        await sandbox.agent.configure_network(pb.ConfigureNetworkRequest(
+            interfaces=[pb.Interface(mac=iface.mac, name=iface.name, mtu=iface.mtu,
+                                     addresses=iface.addresses)],
+            routes=[pb.Route(destination=r.destination, gateway=r.gateway,
+                             interface=r.interface) for r in network.routes],
+            pod_ips=network.state.ips))
+        running = VMState(settings=vm_config, pid=vm.pid, start_time=vm.start_time,
+                          boot_seconds=round(vm.timings.get("setup", 0.0), 3))
+        store.update_pod(record, lambda s: dataclasses.replace(
+            s, state=PodState.READY, vm=running))
+        return sandbox, network
 
     # -- stop and remove ----------------------------------------------------
 

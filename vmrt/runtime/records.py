@@ -28,6 +28,7 @@ SCHEMA_VERSION = 1
 
 class PodState(enum.StrEnum):
     STARTING = "starting"  # only while RunPodSandbox runs; a failure removes the record
+    # (or, if undoing it failed, leaves it NOTREADY for a retry)
     READY = "ready"
     NOTREADY = "notready"
 
@@ -41,7 +42,8 @@ class ContainerState(enum.StrEnum):
 # As Kata's validTransition: every move a status may make. Staying put is
 # always allowed (an update of other fields).
 POD_TRANSITIONS: dict[PodState, frozenset[PodState]] = {
-    PodState.STARTING: frozenset({PodState.READY}),
+    # NOTREADY from STARTING: a failed start whose undoing failed too.
+    PodState.STARTING: frozenset({PodState.READY, PodState.NOTREADY}),
     PodState.READY: frozenset({PodState.NOTREADY}),
     PodState.NOTREADY: frozenset(),
 }
