@@ -208,3 +208,29 @@ def test_a_stop_cut_short_by_its_deadline_is_finished_by_the_next(vmrtd: Daemon)
                                    timeout=60)
     assert not (vmrtd.root / "pods" / pod_id).exists()
     assert pod_id[:32] not in str(leaks.find(vmrtd.state))
+
+
+def test_a_guest_panic_makes_the_pod_notready_and_says_so(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config()
+    pod_id = vmrtd.run_pod(config)
+    container = vmrtd.run_container(pod_id, config, ["sleep", "600"],
+                                    linux=api.LinuxContainerConfig(
+                                        security_context=api.LinuxContainerSecurityContext(
+                                            privileged=True)))
+    with pytest.raises(grpc.RpcError):  # the guest dies under the call
+        vmrtd.runtime.ExecSync(api.ExecSyncRequest(
+            container_id=container, cmd=["sh", "-c", "echo c > /proc/sysrq-trigger"],
+            timeout=30), timeout=60)
+
+    def reason() -> str:
+        info = json.loads(vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+            pod_sandbox_id=pod_id, verbose=True), timeout=30).info["info"])
+        return str(info["reason"]) if info["state"] == "notready" else ""
+
+    assert wait_for(lambda: bool(reason()), timeout=60)
+    # From the pvpanic device's GUEST_PANICKED (QEMU shuts down with reason
+    # guest-panic); without it the guest's panic=-1 reboot read as guest-reset.
+    assert "guest-panic" in reason() and "panicked" in reason(), reason()
+    assert vmrtd.status(container).state == api.CONTAINER_EXITED
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                   timeout=60)

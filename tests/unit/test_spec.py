@@ -96,7 +96,7 @@ def test_cmdline_carries_tsc_transport_and_boot_modules() -> None:
     assert "console=ttyS0" in words and "panic=-1" in words
     assert "tsc_early_khz=2299998" in words
     assert "vmrt.transport=serial" in words
-    assert "vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console" in words
+    assert "vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console,pvpanic,pvpanic-mmio" in words
     assert "vmrt.debug=1" not in words
     assert "mitigations=off" in words
     assert "mitigations=off" not in kernel_cmdline(spec(accel="kvm")).split()
@@ -107,7 +107,10 @@ def test_boot_modules_follow_machine_and_transport() -> None:
     assert boot_modules(spec(machine="q35", agent_transport="vsock", vsock_cid=3)) == [
         "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
         "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+        "pvpanic", "pvpanic-mmio",
     ]
+    assert "-device" in build_argv(spec(), ENDPOINTS, "n")
+    assert "pvpanic" in option(build_argv(spec(), ENDPOINTS, "n"), "-device")
     assert "tsc_early_khz" not in kernel_cmdline(spec(tsc_khz=None))
 
 

@@ -115,6 +115,9 @@ def boot_modules(spec: VMSpec) -> list[str]:
         modules += ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
     if spec.net is not None:
         modules += ["failover", "net_failover", "virtio_net"]
+    # The ISA pvpanic device (ACPI QEMU0001): a guest panic is QEMU's
+    # GUEST_PANICKED event, not only a reboot that -no-reboot turns into an exit.
+    modules += ["pvpanic", "pvpanic-mmio"]
     return modules
 
 
@@ -198,6 +201,9 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
         # wait=on: the guest starts only once vmrtd's reader is connected.
         "-chardev", f"socket,id=console,fd={endpoints.console_fd},server=on,wait=on",
         "-serial", "chardev:console",
+        # A panic reported by the guest ends the VM (-action panic=shutdown
+        # is QEMU's default) after the GUEST_PANICKED event.
+        "-device", "pvpanic",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
         "-append", kernel_cmdline(spec),
