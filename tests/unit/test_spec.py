@@ -96,7 +96,8 @@ def test_cmdline_carries_tsc_transport_and_boot_modules() -> None:
     assert "console=ttyS0" in words and "panic=-1" in words
     assert "tsc_early_khz=2299998" in words
     assert "vmrt.transport=serial" in words
-    assert "vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console,pvpanic,pvpanic-mmio" in words
+    assert ("vmrt.boot_modules=virtio_ring,virtio,virtio_mmio,virtio_console,"
+            "pvpanic,pvpanic-mmio") in words
     assert "vmrt.debug=1" not in words
     assert "mitigations=off" in words
     assert "mitigations=off" not in kernel_cmdline(spec(accel="kvm")).split()
