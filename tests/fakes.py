@@ -56,9 +56,18 @@ class FakeAgent:
         self.processes: dict[str, pb.ProcessInfo] = {}
         self.exits: asyncio.Queue[pb.Event] = asyncio.Queue()
         self.closed = False
+        self.hung = False  # a guest that stopped answering
 
     async def close(self) -> None:
         self.closed = True
+
+    def connected(self) -> bool:
+        return not self.hung
+
+    async def probe(self, timeout: float) -> None:
+        if self.hung:
+            await asyncio.sleep(timeout)
+            raise AgentError("Health", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
 
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         return pb.HealthResponse(agent_version="fake")

@@ -21,6 +21,8 @@ from vmrt.agentapi import DEFAULT_TIMEOUT, AgentError, AgentUnreachable
 log = logging.getLogger(__name__)
 
 MAX_REPLY = 4 * 1024 * 1024
+KEEPALIVE_S = 3.0
+KEEPALIVE_TIMEOUT_S = 5.0
 R = TypeVar("R")
 
 
@@ -88,6 +90,13 @@ class AgentClient:
                 ("grpc.min_reconnect_backoff_ms", int(connect_timeout * 1000)),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                # Liveness: an HTTP/2 PING after KEEPALIVE_S without traffic;
+                # no answer within KEEPALIVE_TIMEOUT_S ends the connection,
+                # which the sandbox's watchdog then notices.
+                ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
+                ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self.stub = pb_grpc.AgentStub(self._channel)
@@ -99,6 +108,15 @@ class AgentClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+    def connected(self) -> bool:
+        """The connection is up (the keepalive pings take it down when the guest hangs)."""
+        return self._channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+
+    async def probe(self, timeout: float) -> None:
+        """One Health call, waiting for a connection for up to ``timeout``."""
+        await self._unary("Health", pb.HealthRequest(), pb.HealthResponse, timeout=timeout,
+                          wait_for_ready=True)
 
     async def _unary(self, method: str, request: object, reply_type: type[R],
                      timeout: float | None = DEFAULT_TIMEOUT,

@@ -3,10 +3,12 @@ part-way roll back everything; the daemon keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import time
 
 import grpc
 import pytest
@@ -232,5 +234,33 @@ def test_a_guest_panic_makes_the_pod_notready_and_says_so(vmrtd: Daemon) -> None
     # guest-panic); without it the guest's panic=-1 reboot read as guest-reset.
     assert "guest-panic" in reason() and "panicked" in reason(), reason()
     assert vmrtd.status(container).state == api.CONTAINER_EXITED
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                   timeout=60)
+
+
+def test_a_hung_guest_is_declared_dead_by_the_watchdog(vmrtd: Daemon) -> None:
+    config = vmrtd.pod_config()
+    pod_id = vmrtd.run_pod(config)
+    container = vmrtd.run_container(pod_id, config, ["sleep", "600"])
+    info = json.loads(vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id, verbose=True), timeout=30).info["info"])
+    pid = int(info["vm"]["pid"])
+    started = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)  # the guest hangs; QEMU is still there
+
+    def reason() -> str:
+        info = json.loads(vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+            pod_sandbox_id=pod_id, verbose=True), timeout=30).info["info"])
+        return str(info["reason"]) if info["state"] == "notready" else ""
+
+    try:
+        assert wait_for(lambda: bool(reason()), timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    print(f"hung guest declared dead after {time.monotonic() - started:.1f} s")
+    assert "stopped answering" in reason(), reason()
+    assert vmrtd.status(container).state == api.CONTAINER_EXITED
+    assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
     vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                    timeout=60)

@@ -593,3 +593,23 @@ def test_a_rollback_that_fails_keeps_the_pod_notready_for_a_retry(world: World) 
     run(world.pods.remove(pod_id))
     assert "net.teardown" in world.journal.steps and not world.rt.store.pods
     run(world.pods.run(pod_config(world), "vmrt"))
+
+
+def test_a_guest_that_stops_answering_is_declared_dead(world: World,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmrt.runtime import sandbox as sandbox_module
+    monkeypatch.setattr(sandbox_module, "WATCHDOG_INTERVAL", 0.01)
+    monkeypatch.setattr(sandbox_module, "PROBE_TIMEOUT", 0.01)
+    slow = run(world.pods.run(pod_config(world, "slow"), "vmrt"))
+    hung = run(world.pods.run(pod_config(world, "hung"), "vmrt"))
+    container = run(world.containers.create(hung, container_config()))
+    run(world.containers.start(container))
+    agent = world.drivers.made[hung].agent
+    assert agent is not None
+    agent.hung = True
+    run(asyncio.sleep(0.3))
+    pod = world.rt.pod(hung)
+    assert pod.state == PodState.NOTREADY and "stopped answering" in pod.reason
+    assert world.rt.container(container).state == ContainerState.EXITED
+    assert world.drivers.made[hung].destroyed
+    assert world.rt.pod(slow).state == PodState.READY  # an answering guest is left be

@@ -65,7 +65,13 @@ def main() -> None:
     os.makedirs(os.path.dirname(config.grpc_socket), exist_ok=True)
     # Streams (output follows, waits, events) each hold a worker for as long
     # as they last; threads are created only as needed.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rpc"))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rpc"),
+        # The host's liveness pings (HTTP/2 PING every few seconds, answered
+        # by gRPC's core without Python) are welcome at any rate.
+        options=[("grpc.keepalive_permit_without_calls", 1),
+                 ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                 ("grpc.http2.max_ping_strikes", 0)])
     agent_pb2_grpc.add_AgentServicer_to_server(service, server)
     server.add_insecure_port(f"unix:{config.grpc_socket}")
     server.start()

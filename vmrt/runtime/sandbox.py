@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 PUMP_DRAIN_TIMEOUT = 10.0
+# The watchdog: while the connection is up (kept honest by keepalive pings)
+# nothing is sent; once it is down, Health probes of PROBE_TIMEOUT, and
+# PROBE_MISSES failed ones in a row while QEMU runs make the guest dead.
+WATCHDOG_INTERVAL = 2.0
+PROBE_TIMEOUT = 5.0
+PROBE_MISSES = 2
 MAX_SWEEP = 256
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -91,6 +97,7 @@ class PodSandbox:
     def watch(self) -> None:
         self._tasks.append(asyncio.create_task(self._follow_events(), name=f"events-{self.id}"))
         self._tasks.append(asyncio.create_task(self._watch_vm(), name=f"vm-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id}"))
 
     async def _follow_events(self) -> None:
         """Container exits from the agent, for as long as the VM lives."""
@@ -164,6 +171,36 @@ class PodSandbox:
             log.warning("pod %s: removed %d container(s) that no record claims: %s",
                         self.id[:12], len(swept), ", ".join(c[:12] for c in swept[:10]))
         return swept
+
+    async def _watchdog(self) -> None:
+        """A guest that stops answering (hung kernel, stopped QEMU, dead agent)
+        is declared dead: NOTREADY is final for a sandbox, so only after
+        several misses on a generous deadline."""
+        misses = 0
+        probe_timeout = PROBE_TIMEOUT
+        while self.vm.alive:
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+            agent = self.vm.agent
+            if agent is None or agent.connected():
+                misses = 0
+                continue
+            try:
+                await agent.probe(probe_timeout)
+                misses = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                misses += 1
+                log.warning("pod %s: its agent did not answer (%d of %d): %s", self.id[:12],
+                            misses, PROBE_MISSES, exc)
+            if misses >= PROBE_MISSES:
+                async with self.lock:
+                    if self._stopping or not self.vm.alive:
+                        return
+                    await self.ledger.sandbox_lost(
+                        self, f"the guest stopped answering: its agent missed {misses} health "
+                        f"checks of {probe_timeout:.0f} s in a row")
+                return
 
     async def _watch_vm(self) -> None:
         await self.vm.wait_gone()
