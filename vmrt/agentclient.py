@@ -95,6 +95,8 @@ class AgentClient:
                 # which the sandbox's watchdog then notices.
                 ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
                 ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+                # Newer gRPC cores time a PING out by this one (60 s by default).
+                ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
             ],
