@@ -21,7 +21,7 @@ from vmrt.agentapi import DEFAULT_TIMEOUT, AgentError, AgentUnreachable
 log = logging.getLogger(__name__)
 
 MAX_REPLY = 4 * 1024 * 1024
-KEEPALIVE_S = 3.0
+KEEPALIVE_S = 10.0
 KEEPALIVE_TIMEOUT_S = 5.0
 R = TypeVar("R")
 
@@ -72,8 +72,20 @@ class GrpcPortStream:
 
 
 class AgentClient:
-    def __init__(self, target: str, connect_timeout: float = 20.0) -> None:
+    def __init__(self, target: str, connect_timeout: float = 20.0,
+                 keepalive_s: float = KEEPALIVE_S) -> None:
         self.target = target
+        keepalive = [
+            # Liveness: an HTTP/2 PING after keepalive_s without traffic; no
+            # answer within KEEPALIVE_TIMEOUT_S ends the connection, which
+            # the sandbox's watchdog then notices.
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            # Newer gRPC cores time a PING out by this one (60 s by default).
+            ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ] if keepalive_s > 0 else []
         # gRPC's "min reconnect backoff" is really the connection timeout:
         # how long a connection may take to see the server's SETTINGS. While
         # a VM boots, the first connection waits in QEMU's socket for the
@@ -90,23 +102,17 @@ class AgentClient:
                 ("grpc.min_reconnect_backoff_ms", int(connect_timeout * 1000)),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
-                # Liveness: an HTTP/2 PING after KEEPALIVE_S without traffic;
-                # no answer within KEEPALIVE_TIMEOUT_S ends the connection,
-                # which the sandbox's watchdog then notices.
-                ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
-                ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
-                # Newer gRPC cores time a PING out by this one (60 s by default).
-                ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
+                *keepalive,
             ],
         )
         self.stub = pb_grpc.AgentStub(self._channel)
 
     @classmethod
     def for_vm(cls, transport: str, agent_socket: str, vsock_cid: int = 0,
-               vsock_port: int = 1024, connect_timeout: float = 20.0) -> AgentClient:
-        return cls(_target(transport, agent_socket, vsock_cid, vsock_port), connect_timeout)
+               vsock_port: int = 1024, connect_timeout: float = 20.0,
+               keepalive_s: float = KEEPALIVE_S) -> AgentClient:
+        return cls(_target(transport, agent_socket, vsock_cid, vsock_port), connect_timeout,
+                   keepalive_s)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -63,6 +63,9 @@ class HypervisorConfig:
     qemu_capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     # The largest VM a pod may ask for; 0: the host's memory.
     max_memory_mib: int = 0
+    # Seconds without traffic before vmrtd PINGs a guest's agent (the
+    # watchdog's cheap probe); 0 turns the pings off.
+    agent_keepalive_s: float = 10.0
 
     def validate(self, where: str) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -78,6 +81,8 @@ class HypervisorConfig:
         problem = capability_problem(self.qemu_capabilities)
         if problem:
             raise ConfigError(f"{where}.qemu_capabilities: {problem}")
+        if self.agent_keepalive_s < 0:
+            raise ConfigError(f"{where}.agent_keepalive_s: {self.agent_keepalive_s} is negative")
         if self.max_memory_mib < 0:
             raise ConfigError(f"{where}.max_memory_mib: {self.max_memory_mib} is negative")
         if self.max_memory_mib and self.max_memory_mib < self.memory_mib:

@@ -35,6 +35,8 @@ class VMConfig:
     qemu_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     # The guest image directory; "" for a VM built from an image in hand.
     image: str = ""
+    # vmrt.agentclient's keepalive PINGs; 0: none.
+    agent_keepalive_s: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -151,7 +151,8 @@ class SandboxVM:
             await self.qemu.launch(die_with_parent=die_with_parent)
             push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
-            self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path))
+            self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path),
+                                            keepalive_s=self.config.agent_keepalive_s)
             push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
@@ -174,6 +175,7 @@ class SandboxVM:
         vm = cls(sandbox_id, state_root, image, config)
         vm.qemu = await QemuVM.adopt(vm.spec, vm.directory, vm.qemu.name, pid, start_time)
         vm.agent = AgentClient.for_vm(config.transport, str(vm.qemu.agent_path),
+                                      keepalive_s=config.agent_keepalive_s,
                                       connect_timeout=connect_timeout)
         try:
             vm.health = await asyncio.wait_for(

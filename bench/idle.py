@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Idle cost per pod: CPU of each idle pod's QEMU and of vmrtd, and PSS, with the
+agent keepalive (the hang watchdog's probe) on and off, side by side in one run.
+
+Two vmrtd daemons run at once, one whose pods use a handler with
+`agent_keepalive_s = --keepalive` and one whose pods use one with it off;
+each runs --pods pods with one sleeping container.
+After --settle seconds, CPU ticks (/proc/PID/stat utime+stime) are counted
+over --seconds for every QEMU and for each vmrtd. The JSON gives % of one
+core per pod and the keepalive's share.
+
+Usage: bench/idle.py [--pods 2] [--settle 20] [--seconds 60] [--keepalive 10]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from cri_api.v1 import api_pb2 as api
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def qemu_pid(daemon: common.Daemon, pod_id: str) -> int:
+    reply = daemon.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id, verbose=True), timeout=30)
+    return int(json.loads(reply.info["info"])["vm"]["pid"])
+
+
+def main() -> int:
+    parser = common.parser(__doc__, "idle.json")
+    parser.add_argument("--pods", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--keepalive", type=float, default=10.0,
+                        help="agent_keepalive_s of the watched variant (default %(default)s)")
+    args = parser.parse_args()
+    image = common.guest_image(args.root)
+    # name -> (extra daemon config, runtime handler of its pods)
+    watched = f"[runtime_handlers.watched]\nagent_keepalive_s = {args.keepalive}\n"
+    variants = {"keepalive": (watched, "watched"),
+                "no_keepalive": ("[runtime_handlers.quiet]\nagent_keepalive_s = 0\n", "quiet")}
+    result: dict[str, object] = {"pods_per_variant": args.pods, "seconds": args.seconds,
+                                 "keepalive_s": args.keepalive}
+    with contextlib.ExitStack() as stack:
+        daemons = {name: stack.enter_context(common.vmrtd(image, extra))
+                   for name, (extra, _) in variants.items()}
+        pids: dict[str, list[int]] = {}
+        for name, daemon in daemons.items():
+            pids[name] = []
+            for _ in range(args.pods):
+                config = daemon.pod_config()
+                pod_id = daemon.run_pod(config, handler=variants[name][1])
+                daemon.run_container(pod_id, config, ["sleep", "100000"])
+                pids[name].append(qemu_pid(daemon, pod_id))
+        time.sleep(args.settle)
+        assert all(d.proc is not None for d in daemons.values())
+        start = {name: ([ticks(p) for p in pids[name]], ticks(daemons[name].proc.pid))  # type: ignore[union-attr]
+                 for name in daemons}
+        began = time.monotonic()
+        time.sleep(args.seconds)
+        elapsed = time.monotonic() - began
+        for name, daemon in daemons.items():
+            qemu_now = [ticks(p) for p in pids[name]]
+            vmrtd_now = ticks(daemon.proc.pid)  # type: ignore[union-attr]
+            per_pod = [(b - a) / TICK / elapsed * 100 for a, b in zip(start[name][0], qemu_now,
+                                                                         strict=True)]
+            result[name] = {
+                "qemu_cpu_percent_per_pod": per_pod,
+                "qemu_cpu_percent_mean": sum(per_pod) / len(per_pod),
+                "vmrtd_cpu_percent_per_pod":
+                    (vmrtd_now - start[name][1]) / TICK / elapsed * 100 / args.pods,
+                "qemu_pss_mib": [round(pss_kib(p) / 1024, 1) for p in pids[name]],
+            }
+    on, off = result["keepalive"], result["no_keepalive"]
+    assert isinstance(on, dict) and isinstance(off, dict)
+    result["keepalive_cost_percent_per_pod"] = (
+        on["qemu_cpu_percent_mean"] + on["vmrtd_cpu_percent_per_pod"]
+        - off["qemu_cpu_percent_mean"] - off["vmrtd_cpu_percent_per_pod"])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
