@@ -50,6 +50,7 @@ endpoints = ["http://127.0.0.1:5000"]
     ("[hypervisor]\ndebug = 1", "hypervisor.debug: expected true or false"),
     ("[runtime_handlers.x]\nfoo = 1", "unknown key runtime_handlers.x.foo"),
     ("[runtime_handlers.x]\nvcpus = 0", "runtime_handlers.x.vcpus"),
+    ("[runtime_handlers.x]\nagent_keepalive_s = -1.0", "runtime_handlers.x.agent_keepalive_s"),
     ("[cri]\nsocket = 1", "cri.socket: expected a string"),
     ("[cri]\nstream_port = 70000", "cri.stream_port"),
     ("[cri]\nstream_idle_timeout = -1.0", "cri.stream_idle_timeout"),
