@@ -613,3 +613,23 @@ def test_a_guest_that_stops_answering_is_declared_dead(world: World,
     assert world.rt.container(container).state == ContainerState.EXITED
     assert world.drivers.made[hung].destroyed
     assert world.rt.pod(slow).state == PodState.READY  # an answering guest is left be
+
+
+def test_recovery_adopts_pods_concurrently(world: World) -> None:
+    import time as clock
+    pods = [run(world.pods.run(pod_config(world, f"p{i}"), "vmrt")) for i in range(5)]
+    survivors = {pod_id: world.drivers.made[pod_id] for pod_id in pods}
+    run(recovery.detach_all(world.rt))
+
+    class Slow(FakeDrivers):
+        async def adopt(self, sandbox_id, image, config, pid, start_time):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.2)  # an agent that takes its time to answer
+            return await super().adopt(sandbox_id, image, config, pid, start_time)
+
+    drivers = Slow(world.journal)
+    drivers.alive.update(survivors)
+    after = world.restart(drivers)
+    began = clock.monotonic()
+    run(recovery.recover(after.rt))
+    assert clock.monotonic() - began < 0.2 * 5 / 2  # not one after another
+    assert all(after.rt.pod(p).state == PodState.READY for p in pods)

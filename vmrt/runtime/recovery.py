@@ -10,6 +10,7 @@ a crash, and is killed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from vmrt.guest.image import GuestImage
@@ -24,14 +25,21 @@ log = logging.getLogger(__name__)
 async def recover(rt: Runtime) -> None:
     rt.store.load()
     rt.rebuild_names()
+    ready = []
     for pod in list(rt.store.pods.values()):
         if pod.state == PodState.STARTING:
             log.warning("pod %s was half-started when vmrtd stopped; removing it", pod.id[:12])
             await _discard(rt, pod)
         elif pod.state == PodState.READY:
-            await _reattach(rt, pod)
+            ready.append(pod)
         else:
             await rt.drivers.clean(pod.id)
+    # All at once: each waits mostly on its own guest's agent.
+    outcomes = await asyncio.gather(*(_reattach(rt, pod) for pod in ready),
+                                    return_exceptions=True)
+    for pod, outcome in zip(ready, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            log.error("pod %s: recovery failed: %r", pod.id[:12], outcome)
     await _kill_leaked_vms(rt)
     await _sweep_container_dirs(rt)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.agentapi import AgentUnreachable
+from vmrt.agentapi import AgentError, AgentUnreachable
 from vmrt.agentclient import AgentClient
 from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
@@ -180,6 +180,16 @@ class SandboxVM:
         try:
             vm.health = await asyncio.wait_for(
                 vm.agent.wait_ready(connect_timeout, vm.qemu.wait_exit()), connect_timeout * 2)
+        except (TimeoutError, AgentError) as exc:
+            if not vm.qemu.alive:
+                await vm.agent.close()
+                await vm.qemu.detach()
+                raise
+            # A slow agent (a loaded host, a busy guest) is given its time:
+            # the pod's watchdog decides whether the guest is really gone.
+            log.warning("sandbox %s: its agent did not answer within %.0f s (%s); adopted "
+                        "anyway, the watchdog will judge it", sandbox_id[:12],
+                        connect_timeout, exc)
         except BaseException:
             await vm.agent.close()
             await vm.qemu.detach()
