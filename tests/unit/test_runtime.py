@@ -508,8 +508,9 @@ def test_a_stop_cut_short_by_its_deadline_is_finished_by_the_next(world: World) 
     agent.signal_process = hung_signal  # type: ignore[method-assign]
     with pytest.raises(TimeoutError):
         run(asyncio.wait_for(world.pods.stop(pod_id), 0.05))
-    assert world.rt.pod(pod_id).state == PodState.READY  # nothing was finished
+    assert world.rt.pod(pod_id).state == PodState.READY  # nothing was finished yet
     agent.signal_process = original  # type: ignore[method-assign]
+    hang.set()  # the guest answers again; the first stop's teardown goes on
     world.journal.steps.clear()
     run(world.pods.stop(pod_id))
     assert "vm.destroy" in world.journal.steps and "net.teardown" in world.journal.steps
@@ -633,3 +634,23 @@ def test_recovery_adopts_pods_concurrently(world: World) -> None:
     run(recovery.recover(after.rt))
     assert clock.monotonic() - began < 0.2 * 5 / 2  # not one after another
     assert all(after.rt.pod(p).state == PodState.READY for p in pods)
+
+
+def test_a_stop_whose_caller_gave_up_still_finishes(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container = run(world.containers.create(pod_id, container_config()))
+    run(world.containers.start(container))
+    agent = world.drivers.made[pod_id].agent
+    assert agent is not None
+    original = agent.signal_process
+
+    async def slow_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.1)
+        await original(*args, **kwargs)
+
+    agent.signal_process = slow_signal  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        run(asyncio.wait_for(world.pods.stop(pod_id), 0.02))
+    run(asyncio.sleep(0.3))  # no second stop
+    assert world.rt.pod(pod_id).state == PodState.NOTREADY
+    assert world.drivers.made[pod_id].destroyed and "net.teardown" in world.journal.steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -37,6 +38,7 @@ class PodFilter:
 class PodService:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._teardowns: set[asyncio.Future[bool]] = set()
 
     # -- run ----------------------------------------------------------------
 
@@ -132,25 +134,35 @@ class PodService:
     # -- stop and remove ----------------------------------------------------
 
     async def stop(self, pod_id: str) -> None:
-        """Idempotent: a stop that was cut short (the caller's deadline) is
-        finished by the next one, and a stop after a finished one sweeps."""
+        """Idempotent. The teardown runs in a task of its own: a caller whose
+        deadline passes gets its answer, and the teardown still finishes (a
+        later stop waits for it, then sweeps)."""
         pod = self.rt.pod(pod_id)
         sandbox = self.rt.sandboxes.get(pod.id)
         if sandbox is not None:
-            async with sandbox.lock:
-                if self.rt.sandboxes.get(pod.id) is sandbox:  # not finished meanwhile
-                    sandbox.begin_stop()
-                    running = [c for c in self.rt.store.pod_containers(pod.id)
-                               if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
-                    with contextlib.suppress(Exception):
-                        await sandbox.kill_containers(running)
-                    await self.rt.pod_lost(pod, "the pod sandbox was stopped")
-                    await self._teardown_network(pod)
-                    return
+            task = asyncio.ensure_future(self._stop_sandbox(pod, sandbox))
+            self._teardowns.add(task)
+            task.add_done_callback(self._teardowns.discard)
+            if await asyncio.shield(task):
+                return
         # Already stopped, or its VM died: make sure nothing is left.
         await self.rt.drivers.clean(pod.id)
         await self.rt.remove_pod_cgroup(pod)
         await self._teardown_network(pod)
+
+    async def _stop_sandbox(self, pod: PodRecord, sandbox: PodSandbox) -> bool:
+        """Stop the pod's containers and VM; False if another stop did it first."""
+        async with sandbox.lock:
+            if self.rt.sandboxes.get(pod.id) is not sandbox:
+                return False
+            sandbox.begin_stop()
+            running = [c for c in self.rt.store.pod_containers(pod.id)
+                       if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+            with contextlib.suppress(Exception):
+                await sandbox.kill_containers(running)
+            await self.rt.pod_lost(pod, "the pod sandbox was stopped")
+            await self._teardown_network(pod)
+            return True
 
     async def _teardown_network(self, pod: PodRecord) -> None:
         state = pod.network
