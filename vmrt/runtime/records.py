@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cri_api.v1 import api_pb2 as api
 
@@ -24,6 +24,9 @@ from vmrt.sandbox.settings import VMConfig
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
+M = TypeVar("M", "PodMeta", "ContainerMeta")
+S = TypeVar("S", "PodStatus", "ContainerStatus")
 
 
 class PodState(enum.StrEnum):
@@ -56,6 +59,11 @@ CONTAINER_TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
 
 def _encode(message: Any) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
+
+
+def _decode(message: T, encoded: str) -> T:
+    message.ParseFromString(base64.b64decode(encoded))  # type: ignore[attr-defined]
+    return message
 
 
 # -- pods ---------------------------------------------------------------------
@@ -112,22 +120,37 @@ class PodStatus:
                    network=PodNetworkState.of(data["network"]))
 
 
-class PodRecord:
-    """One pod: its fixed ``meta`` and its current ``status`` (replaced by the store only)."""
+class _Record(Generic[M, S]):
+    """A fixed ``meta`` and the current ``status``, which only the store replaces."""
 
-    def __init__(self, meta: PodMeta, status: PodStatus | None = None) -> None:
-        self.meta = meta
-        self._status = status or PodStatus()
+    def __init__(self, meta: M, status: S) -> None:
+        self.meta: M = meta
+        self._status: S = status
 
     @property
-    def status(self) -> PodStatus:
+    def status(self) -> S:
         return self._status
 
-    # Shorthands for what callers read most.
+    def _swap(self, status: S) -> None:
+        """The store's, once the new status is on disk."""
+        self._status = status
+
     @property
     def id(self) -> str:
         return self.meta.id
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SCHEMA_VERSION, "meta": dataclasses.asdict(self.meta),
+                "status": self._status.to_dict()}
+
+
+class PodRecord(_Record[PodMeta, PodStatus]):
+    """One pod."""
+
+    def __init__(self, meta: PodMeta, status: PodStatus | None = None) -> None:
+        super().__init__(meta, status or PodStatus())
+
+    # Shorthands for what callers read most.
     @property
     def name(self) -> str:
         return self.meta.name
@@ -174,13 +197,7 @@ class PodRecord:
         return f"{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
 
     def config(self) -> api.PodSandboxConfig:
-        config = api.PodSandboxConfig()
-        config.ParseFromString(base64.b64decode(self.meta.config_b64))
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": SCHEMA_VERSION, "meta": dataclasses.asdict(self.meta),
-                "status": self._status.to_dict()}
+        return _decode(api.PodSandboxConfig(), self.meta.config_b64)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PodRecord:
@@ -237,20 +254,11 @@ class ContainerStatus:
         return cls(**{**data, "state": ContainerState(data["state"])})
 
 
-class ContainerRecord:
-    """One container: its fixed ``meta`` and its current ``status``."""
+class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
+    """One container."""
 
     def __init__(self, meta: ContainerMeta, status: ContainerStatus | None = None) -> None:
-        self.meta = meta
-        self._status = status or ContainerStatus()
-
-    @property
-    def status(self) -> ContainerStatus:
-        return self._status
-
-    @property
-    def id(self) -> str:
-        return self.meta.id
+        super().__init__(meta, status or ContainerStatus())
 
     @property
     def pod_id(self) -> str:
@@ -289,13 +297,7 @@ class ContainerRecord:
         return self._status.state
 
     def config(self) -> api.ContainerConfig:
-        config = api.ContainerConfig()
-        config.ParseFromString(base64.b64decode(self.meta.config_b64))
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": SCHEMA_VERSION, "meta": dataclasses.asdict(self.meta),
-                "status": self._status.to_dict()}
+        return _decode(api.ContainerConfig(), self.meta.config_b64)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:

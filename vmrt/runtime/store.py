@@ -102,7 +102,7 @@ class RecordStore:
         new = change(pod.status)
         check_transition(POD_TRANSITIONS, "pod", pod.id, pod.state, new.state)
         write_json(self._pod_file(pod.id), {**pod.to_dict(), "status": new.to_dict()})
-        pod._status = new
+        pod._swap(new)
 
     def update_container(self, container: ContainerRecord,
                          change: Callable[[ContainerStatus], ContainerStatus], *,
@@ -114,4 +114,4 @@ class RecordStore:
                          new.state)
         write_json(self._container_file(container.meta),
                    {**container.to_dict(), "status": new.to_dict()}, fsync=durable)
-        container._status = new
+        container._swap(new)
