@@ -177,7 +177,6 @@ class PodSandbox:
         is declared dead: NOTREADY is final for a sandbox, so only after
         several misses on a generous deadline."""
         misses = 0
-        probe_timeout = PROBE_TIMEOUT
         while self.vm.alive:
             await asyncio.sleep(WATCHDOG_INTERVAL)
             agent = self.vm.agent
@@ -185,7 +184,7 @@ class PodSandbox:
                 misses = 0
                 continue
             try:
-                await agent.probe(probe_timeout)
+                await agent.probe(PROBE_TIMEOUT)
                 misses = 0
             except asyncio.CancelledError:
                 raise
@@ -194,22 +193,21 @@ class PodSandbox:
                 log.warning("pod %s: its agent did not answer (%d of %d): %s", self.id[:12],
                             misses, PROBE_MISSES, exc)
             if misses >= PROBE_MISSES:
-                async with self.lock:
-                    if self._stopping or not self.vm.alive:
-                        return
-                    await self.ledger.sandbox_lost(
-                        self, f"the guest stopped answering: its agent missed {misses} health "
-                        f"checks of {probe_timeout:.0f} s in a row")
+                if self.vm.alive:  # else its death is _watch_vm's to report
+                    await self._lost(f"the guest stopped answering: its agent missed {misses} "
+                                     f"health checks of {PROBE_TIMEOUT:.0f} s in a row")
                 return
 
     async def _watch_vm(self) -> None:
         await self.vm.wait_gone()
+        await self._lost(f"the pod's VM exited: {self.vm.death_message()}")
+
+    async def _lost(self, message: str) -> None:
+        """The sandbox is gone, unless a stop got there first (its end was expected)."""
         async with self.lock:
-            if self._stopping:
-                return
-            how = self.vm.death_message()
-            log.error("the VM of pod %s died: %s", self.id, how)
-            await self.ledger.sandbox_lost(self, f"the pod's VM exited: {how}")
+            if not self._stopping:
+                log.error("pod %s: %s", self.id, message)
+                await self.ledger.sandbox_lost(self, message)
 
     # -- logs -----------------------------------------------------------------
 
