@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,15 @@ def parser(doc: str, result: str, *, root: bool = True) -> argparse.ArgumentPars
                             help="vmrt root holding the guest image (default %(default)s)")
     parsed.add_argument("--output", type=Path, default=RESULTS / result)
     return parsed
+
+
+def write_result(path: Path, result: object) -> int:
+    """The benchmark's JSON, to ``path`` and to stdout; the exit status."""
+    text = json.dumps(result, indent=1) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text, end="")
+    return 0
 
 
 def guest_image(root: str) -> GuestImage:

@@ -15,13 +15,10 @@ Usage: bench/idle.py [--pods 2] [--settle 20] [--seconds 60] [--keepalive 10]
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
-
-from cri_api.v1 import api_pb2 as api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,12 +37,6 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
-
-
-def qemu_pid(daemon: common.Daemon, pod_id: str) -> int:
-    reply = daemon.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
-        pod_sandbox_id=pod_id, verbose=True), timeout=30)
-    return int(json.loads(reply.info["info"])["vm"]["pid"])
 
 
 def main() -> int:
@@ -73,17 +64,17 @@ def main() -> int:
                 config = daemon.pod_config()
                 pod_id = daemon.run_pod(config, handler=variants[name][1])
                 daemon.run_container(pod_id, config, ["sleep", "100000"])
-                pids[name].append(qemu_pid(daemon, pod_id))
+                pids[name].append(daemon.qemu_pid(pod_id))
+        vmrtd_pid = {name: d.proc.pid for name, d in daemons.items() if d.proc is not None}
         time.sleep(args.settle)
-        assert all(d.proc is not None for d in daemons.values())
-        start = {name: ([ticks(p) for p in pids[name]], ticks(daemons[name].proc.pid))  # type: ignore[union-attr]
+        start = {name: ([ticks(p) for p in pids[name]], ticks(vmrtd_pid[name]))
                  for name in daemons}
         began = time.monotonic()
         time.sleep(args.seconds)
         elapsed = time.monotonic() - began
-        for name, daemon in daemons.items():
+        for name in daemons:
             qemu_now = [ticks(p) for p in pids[name]]
-            vmrtd_now = ticks(daemon.proc.pid)  # type: ignore[union-attr]
+            vmrtd_now = ticks(vmrtd_pid[name])
             per_pod = [(b - a) / TICK / elapsed * 100 for a, b in zip(start[name][0], qemu_now,
                                                                          strict=True)]
             result[name] = {
@@ -98,10 +89,7 @@ def main() -> int:
     result["keepalive_cost_percent_per_pod"] = (
         on["qemu_cpu_percent_mean"] + on["vmrtd_cpu_percent_per_pod"]
         - off["qemu_cpu_percent_mean"] - off["vmrtd_cpu_percent_per_pod"])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    return 0
+    return common.write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -106,10 +106,7 @@ def main() -> int:
         cap for cap in DEFAULT_CAPABILITIES
         if set(failures[f"without {cap}"]) - set(failures["default"]))
     results["seconds"] = round(time.monotonic() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    return 0
+    return common.write_result(args.output, results)
 
 
 if __name__ == "__main__":

@@ -206,60 +206,35 @@ class FakeShare:
 
 
 class FakeSandbox:
+    PID = 4242  # every fake QEMU's, unless told otherwise
+
     def __init__(self, sandbox_id: str, journal: Journal, config: VMConfig,
-                 pid: int = 4242) -> None:
-        self._id = sandbox_id
+                 pid: int = PID) -> None:
+        self.id = sandbox_id
         self.j = journal
         self.config = config
-        self._share = FakeShare(journal)
-        self._agent: FakeAgent | None = None
-        self._pid = pid
-        self._alive = False
+        self.share = FakeShare(journal)
+        self.agent: FakeAgent | None = None
+        self.pid = pid
+        self.start_time = 77
+        self.alive = False
+        self.timings: dict[str, float] = {}
         self._gone = asyncio.Event()
-        self._timings: dict[str, float] = {}
         self.destroyed = False
         self.detached = False
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def share(self) -> FakeShare:
-        return self._share
-
-    @property
-    def timings(self) -> dict[str, float]:
-        return self._timings
-
-    @property
-    def agent(self) -> FakeAgent | None:
-        return self._agent
-
-    @property
-    def alive(self) -> bool:
-        return self._alive
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def start_time(self) -> int:
-        return 77
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = ()) -> None:
         self.j("vm.start")
-        self._alive = True
-        self._agent = FakeAgent(self.j)
-        self._timings["setup"] = 0.001
+        self.alive = True
+        self.agent = FakeAgent(self.j)
+        self.timings["setup"] = 0.001
 
     def adopted(self) -> FakeSandbox:
         """Found again by a restarted vmrtd: the guest (its agent's state) carried on."""
-        self._alive = True
-        if self._agent is None:
-            self._agent = FakeAgent(self.j)
+        self.alive = True
+        if self.agent is None:
+            self.agent = FakeAgent(self.j)
         self.detached = False
         return self
 
@@ -280,7 +255,7 @@ class FakeSandbox:
 
     def die(self) -> None:
         """QEMU is gone (the watcher notices)."""
-        self._alive = False
+        self.alive = False
         self._gone.set()
 
 

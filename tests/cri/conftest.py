@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import signal
@@ -126,6 +127,21 @@ class Daemon:
         self.runtime.StartContainer(api.StartContainerRequest(container_id=container_id),
                                     timeout=60)
         return container_id
+
+    def pod_info(self, pod_id: str) -> dict[str, Any]:
+        """The pod's verbose PodSandboxStatus info (vmrt's JSON)."""
+        reply = self.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+            pod_sandbox_id=pod_id, verbose=True), timeout=30)
+        info: dict[str, Any] = json.loads(reply.info["info"])
+        return info
+
+    def qemu_pid(self, pod_id: str) -> int:
+        return int(self.pod_info(pod_id)["vm"]["pid"])
+
+    def notready_reason(self, pod_id: str) -> str:
+        """Why the pod is NOTREADY; "" while it is READY."""
+        info = self.pod_info(pod_id)
+        return str(info["reason"]) if info["state"] == "notready" else ""
 
     def status(self, container_id: str) -> api.ContainerStatus:
         return self.runtime.ContainerStatus(

@@ -4,7 +4,6 @@ refusal of a pod larger than any VM may be."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -20,12 +19,6 @@ from vmrt.hypervisor.confine import CAPABILITIES, DEFAULT_CAPABILITIES
 from vmrt.sandbox import cgroups
 
 pytestmark = pytest.mark.vm
-
-
-def qemu_pid(vmrtd: Daemon, pod_id: str) -> int:
-    reply = vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
-        pod_sandbox_id=pod_id, verbose=True), timeout=30)
-    return int(json.loads(reply.info["info"])["vm"]["pid"])
 
 
 def status_field(pid: int, name: str) -> str:
@@ -53,7 +46,7 @@ def test_qemu_is_jailed_in_the_pods_cgroup(vmrtd: Daemon, parent_cgroups: list[s
     parent_cgroups.append(parent)
     config = vmrtd.pod_config(linux=api.LinuxPodSandboxConfig(cgroup_parent=parent))
     pod_id = vmrtd.run_pod(config)
-    pid = qemu_pid(vmrtd, pod_id)
+    pid = vmrtd.qemu_pid(pod_id)
     assert "qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
 
     # Capabilities: exactly the ones 9p needs, and no way back to the rest.
@@ -127,7 +120,7 @@ def test_systemd_cgroup_driver(systemd_vmrtd: Daemon, parent_cgroups: list[str])
     config = vmrtd.pod_config(linux=api.LinuxPodSandboxConfig(
         cgroup_parent=f"vmrttest-besteffort-pod{uid}.slice"))
     pod_id = vmrtd.run_pod(config)
-    pid = qemu_pid(vmrtd, pod_id)
+    pid = vmrtd.qemu_pid(pod_id)
     expected = (f"/vmrttest.slice/vmrttest-besteffort.slice/vmrttest-besteffort-pod{uid}.slice/"
                 f"vmrt-{pod_id}.scope")
     assert expected in cgroups.os_pid_cgroups(pid).values(), cgroups.os_pid_cgroups(pid)
