@@ -251,33 +251,62 @@ async def remove_tree_async(path: Path) -> None:
 def tree_usage(path: Path, limit: int = 1_000_000) -> tuple[int, int]:
     """Bytes and inodes below ``path`` (a container's writable layer, which the
     guest fills), never through a symlink or into a mount, at any depth, and
-    at most ``limit`` entries."""
+    at most ``limit`` entries.
+
+    Like ``remove_tree``: one directory fd at a time, down by name and back up
+    through ``..`` (checked to be the directory it came from), so no path is
+    ever resolved and depth costs nothing. A tree that moves while it is
+    counted is counted as far as it got.
+    """
     try:
-        base = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        current = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return 0, 0
-    used = inodes = 0
-    todo = ["."]
+    totals = [0, 0]  # bytes, inodes
+    chain = [os.fstat(current)]
+    pending = [_count_entries(current, totals, limit)]
     try:
-        while todo and inodes < limit:
-            rel = todo.pop()
-            try:
-                fd = openat2(base, rel, os.O_RDONLY | os.O_DIRECTORY, STRICT | RESOLVE_NO_XDEV)
-            except OSError:
-                continue  # gone, moved, too deep for a path: not counted
-            try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        try:
-                            info = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        used += info.st_blocks * 512
-                        inodes += 1
-                        if stat.S_ISDIR(info.st_mode):
-                            todo.append(entry.name if rel == "." else f"{rel}/{entry.name}")
-            finally:
-                os.close(fd)
+        while pending and totals[1] < limit:
+            if pending[-1]:
+                sub = pending[-1].pop()
+                try:
+                    fd = openat2(current, sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                 STRICT | RESOLVE_NO_XDEV)
+                except OSError:
+                    continue  # gone, or a symlink or mount now: not counted
+                os.close(current)
+                current = fd
+                chain.append(os.fstat(current))
+                pending.append(_count_entries(current, totals, limit))
+                continue
+            pending.pop()
+            if not pending:
+                break
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=current)
+            chain.pop()
+            if not _same(os.fstat(up), chain[-1]):
+                os.close(up)
+                break  # moved underneath: what was counted stands
+            os.close(current)
+            current = up
     finally:
-        os.close(base)
-    return used, inodes
+        os.close(current)
+    return totals[0], totals[1]
+
+
+def _count_entries(dir_fd: int, totals: list[int], limit: int) -> list[str]:
+    """Add the entries of ``dir_fd`` to ``totals``; return its subdirectories."""
+    subdirs = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if totals[1] >= limit:
+                break
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            totals[0] += info.st_blocks * 512
+            totals[1] += 1
+            if stat.S_ISDIR(info.st_mode):
+                subdirs.append(entry.name)
+    return subdirs

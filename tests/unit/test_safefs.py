@@ -145,3 +145,23 @@ def test_tree_usage_any_depth_and_never_through_a_symlink(tmp_path: Path) -> Non
     assert safefs.tree_usage(tmp_path / "missing") == (0, 0)
     assert safefs.tree_usage(layer, limit=10)[1] <= 10 + 2
     safefs.remove_tree(layer)  # deeper than pytest's own clean-up can go
+
+
+def test_tree_usage_counts_below_the_path_length_limit(tmp_path: Path) -> None:
+    """A guest cannot hide usage in a tree deeper than any path can name."""
+    layer = tmp_path / "upper"
+    layer.mkdir()
+    fd = os.open(layer, os.O_DIRECTORY)
+    for _ in range(3000):  # "d/" * 3000 is longer than PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    big = os.open("big", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(big, b"z" * (1 << 20))
+    os.close(big)
+    os.close(fd)
+    used, inodes = safefs.tree_usage(layer)
+    assert inodes == 3000 + 1
+    assert used >= 1 << 20
+    safefs.remove_tree(layer)
