@@ -28,6 +28,7 @@ from vmrt.config import CgroupConfig, Config, HypervisorConfig, StorageConfig
 from vmrt.cri.boundary import status_of
 from vmrt.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from vmrt.guest.image import GuestImage
+from vmrt.images.store import ImageStore
 from vmrt.runtime import recovery
 from vmrt.runtime import sandbox as sandbox_mod
 from vmrt.runtime.containers import ContainerService
@@ -657,3 +658,14 @@ def test_a_stop_whose_caller_gave_up_still_finishes(world: World,
     run(asyncio.sleep(0.3))  # no second stop
     assert world.rt.pod(pod_id).state == PodState.NOTREADY
     assert world.drivers.made[pod_id].destroyed and "net.teardown" in world.journal.steps
+
+
+def test_an_unreadable_image_index_collects_no_garbage(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    layer = store.layers / ("a" * 64)
+    layer.mkdir()
+    (store.dir / "index.json").write_text('[{"id": "sha')
+    assert store.images() == []
+    store.collect_garbage(set())  # kubelet's image GC, through RemoveImage
+    assert layer.exists()  # the layers of images the index no longer names stay
+    assert (store.dir / "index.json").exists()  # read, not renamed, outside the lock

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -87,6 +88,9 @@ class ImageStore:
         self.registry = registry
         self._images: dict[str, ImageRecord] = {}
         self._loaded_mtime = -1.0
+        # The index could not be read: until the next save puts it aside, its
+        # layers and blobs are not garbage (they may be all the images).
+        self._unreadable = False
         self._pulls: dict[str, asyncio.Task[ImageRecord]] = {}
         self._pins: collections.Counter[str] = collections.Counter()
         self._pin_lock = threading.Lock()
@@ -129,22 +133,30 @@ class ImageStore:
             return
         if not force and mtime == self._loaded_mtime:
             return
+        fields = {f.name for f in dataclasses.fields(ImageRecord)}
         try:
-            self._images = {r["id"]: ImageRecord(**r) for r in read_json(self._index)}
+            self._images = {r["id"]: ImageRecord(**{k: v for k, v in r.items() if k in fields})
+                            for r in read_json(self._index)}
+            self._unreadable = False
         except (ValueError, TypeError, KeyError) as exc:
             # A truncated or garbled index must not keep vmrtd from serving:
-            # it is kept, renamed, for a person to look at, and the store
-            # starts empty (images can be pulled again).
-            kept = self._index.with_name(f"{self._index.name}.unreadable-{int(time.time())}")
-            os.replace(self._index, kept)
-            log.error("image index %s is unreadable (%s); kept as %s, starting with no images",
-                      self._index, exc, kept)
+            # the store works as empty (images can be pulled again) and the
+            # file stays for a person to look at (``_save`` puts it aside).
+            if not self._unreadable:
+                log.error("image index %s is unreadable (%s); serving no images until the "
+                          "next pull, which keeps the file aside", self._index, exc)
             self._images = {}
-            self._loaded_mtime = 0.0
-            return
+            self._unreadable = True
         self._loaded_mtime = mtime
 
     def _save(self) -> None:
+        """Under ``_locked``."""
+        if self._unreadable:
+            kept = self._index.with_name(f"{self._index.name}.unreadable-{time.time_ns()}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self._index, kept)
+                log.error("the unreadable image index is kept as %s", kept)
+            self._unreadable = False
         write_json(self._index, [asdict(i) for i in self._images.values()])
         self._loaded_mtime = self._index.stat().st_mtime
 
@@ -253,6 +265,9 @@ class ImageStore:
     def collect_garbage(self, layers_in_use: set[str]) -> None:
         """Delete layers and blobs no image, container or pull in progress refers to."""
         with self._locked(), self._pin_lock:
+            if self._unreadable:
+                log.warning("not collecting image garbage: the image index is unreadable")
+                return
             wanted = {_hex(d) for image in self._images.values() for d in image.layers}
             wanted |= {_hex(d) for d in layers_in_use} | set(self._pins)
             blobs = {_hex(b) for image in self._images.values() for b in image.blobs}
