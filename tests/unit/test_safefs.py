@@ -136,15 +136,17 @@ def test_tree_usage_any_depth_and_never_through_a_symlink(tmp_path: Path) -> Non
     for index in range(50):
         (outside / f"f{index}").write_bytes(b"y" * 4096)
     (layer / "escape").symlink_to(outside)
-    used, inodes = safefs.tree_usage(layer)
-    # Every directory the paths can reach, the file and the link itself;
-    # nothing of the host directory behind the link.
-    assert inodes == 1500 + 2
-    assert used >= 10000
-    assert safefs.tree_usage(outside)[1] == 50
-    assert safefs.tree_usage(tmp_path / "missing") == (0, 0)
-    assert safefs.tree_usage(layer, limit=10)[1] <= 10 + 2
-    safefs.remove_tree(layer)  # deeper than pytest's own clean-up can go
+    try:
+        used, inodes = safefs.tree_usage(layer)
+        # Every directory, the file and the link itself; nothing of the host
+        # directory behind the link.
+        assert inodes == 1500 + 2
+        assert used >= 10000
+        assert safefs.tree_usage(outside)[1] == 50
+        assert safefs.tree_usage(tmp_path / "missing") == (0, 0)
+        assert safefs.tree_usage(layer, limit=10)[1] <= 10 + 2
+    finally:
+        safefs.remove_tree(layer)  # deeper than pytest's own clean-up can go
 
 
 def test_tree_usage_counts_below_the_path_length_limit(tmp_path: Path) -> None:
@@ -161,7 +163,9 @@ def test_tree_usage_counts_below_the_path_length_limit(tmp_path: Path) -> None:
     os.write(big, b"z" * (1 << 20))
     os.close(big)
     os.close(fd)
-    used, inodes = safefs.tree_usage(layer)
-    assert inodes == 3000 + 1
-    assert used >= 1 << 20
-    safefs.remove_tree(layer)
+    try:
+        used, inodes = safefs.tree_usage(layer)
+        assert inodes == 3000 + 1
+        assert used >= 1 << 20
+    finally:
+        safefs.remove_tree(layer)  # deeper than pytest's own clean-up can go
