@@ -146,7 +146,7 @@ class Config:
             return self.hypervisor
         if name not in self.runtime_handlers:
             known = ", ".join(sorted(self.runtime_handlers)) or "none"
-            raise ConfigError(f"unknown runtime handler {name!r} (configured: {known})")
+            raise ConfigError(f"unknown runtime handler {name[:80]!r} (configured: {known})")
         return dataclasses.replace(self.hypervisor, **self.runtime_handlers[name])
 
 

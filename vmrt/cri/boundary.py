@@ -76,6 +76,8 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     elapsed = time.monotonic() - started
     if code == grpc.StatusCode.INTERNAL and not isinstance(exc, VmrtError):
         log.exception("%s failed after %.3fs", method, elapsed)
+    elif isinstance(exc, OSError):  # a full disk: the node's trouble, worth a warning
+        log.warning("%s -> %s after %.3fs: %s", method, code.name, elapsed, message)
     else:
         log.info("%s -> %s after %.3fs: %s", method, code.name, elapsed, message)
     await context.abort(code, message)

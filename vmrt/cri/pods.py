@@ -8,6 +8,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.config import ConfigError
 from vmrt.cri import convert, validate
 from vmrt.cri.base import Base
 from vmrt.errors import InvalidArgumentError, NotFoundError
@@ -21,10 +22,10 @@ class PodRPCs(Base):
             raise InvalidArgumentError("config: is required")
         validate.pod_config(request.config)
         handler = request.runtime_handler
-        if handler and handler not in self.rt.config.runtime_handlers:
-            known = ", ".join(sorted(self.rt.config.runtime_handlers)) or "none"
-            raise InvalidArgumentError(f"runtime_handler: {handler[:80]!r} is not a configured "
-                                       f"runtime handler (configured: {known})")
+        try:
+            self.rt.config.handler(handler)
+        except ConfigError as exc:  # unknown: its message names the ones configured
+            raise InvalidArgumentError(f"runtime_handler: {exc}") from None
         pod_id = await self.pods.run(request.config, handler)
         return api.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 

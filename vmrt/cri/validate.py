@@ -134,12 +134,12 @@ def strings(values: Iterable[str], field: str, limit_bytes: int = MAX_ARGV_BYTES
 
 
 def settings(items: Mapping[str, str], field: str, key_form: re.Pattern[str], limit: int,
-             what: str) -> None:
-    """Kernel settings by name (sysctls, cgroup files): names of one form,
-    values of one line."""
+             what: str, key_length: int) -> None:
+    """Kernel settings by name (sysctls, cgroup files): at most ``limit`` names
+    of one form and ``key_length``, values of one line."""
     count(items, field, limit)
     for key, value in items.items():
-        if len(key) > 256 or not key_form.fullmatch(key):
+        if len(key) > key_length or not key_form.fullmatch(key):
             raise fail(field, f"{_show(key)} is not {what}")
         if len(value) > 4096 or _CONTROL.search(value):
             raise fail(f"{field}[{key}]", f"{_show(value)} is not a valid value")
@@ -200,7 +200,7 @@ def pod_config(config: api.PodSandboxConfig, field: str = "config") -> None:
     key_values(config.annotations, f"{field}.annotations")
     linux = config.linux
     cgroup_parent(linux.cgroup_parent, f"{field}.linux.cgroup_parent")
-    settings(linux.sysctls, f"{field}.linux.sysctls", _SYSCTL, 256, "a sysctl name")
+    settings(linux.sysctls, f"{field}.linux.sysctls", _SYSCTL, 256, "a sysctl name", 256)
     pod_security(linux.security_context, f"{field}.linux.security_context")
     resources(linux.resources, f"{field}.linux.resources")
     resources(linux.overhead, f"{field}.linux.overhead")
@@ -267,7 +267,7 @@ def resources(r: api.LinuxContainerResources, field: str) -> None:
         if not re.fullmatch(r"[0-9]{1,4}[KMG]B", page.page_size):
             raise fail(f"{field}.hugepage_limits[{index}].page_size",
                        f"{_show(page.page_size)} is not a page size")
-    settings(r.unified, f"{field}.unified", _UNIFIED_KEY, 64, "a cgroup file name")
+    settings(r.unified, f"{field}.unified", _UNIFIED_KEY, 64, "a cgroup file name", 128)
 
 
 # -- containers ------------------------------------------------------------------
