@@ -46,11 +46,20 @@ class StatsRPCs(Base):
                                page_faults=_u64(raw.page_faults),
                                major_page_faults=_u64(raw.major_page_faults))
 
-    async def _container_stats(self, container: ContainerRecord) -> api.ContainerStats:
+    @staticmethod
+    def _container_attributes(container: ContainerRecord) -> api.ContainerAttributes:
         config = container.config()
-        stats = api.ContainerStats(attributes=api.ContainerAttributes(
-            id=container.id, metadata=config.metadata, labels=config.labels,
-            annotations=config.annotations))
+        return api.ContainerAttributes(id=container.id, metadata=config.metadata,
+                                       labels=config.labels, annotations=config.annotations)
+
+    @staticmethod
+    def _pod_attributes(pod: PodRecord) -> api.PodSandboxAttributes:
+        config = pod.config()
+        return api.PodSandboxAttributes(id=pod.id, metadata=config.metadata,
+                                        labels=config.labels, annotations=config.annotations)
+
+    async def _container_stats(self, container: ContainerRecord) -> api.ContainerStats:
+        stats = api.ContainerStats(attributes=self._container_attributes(container))
         upper = self.rt.container_dir(container.id) / "upper"
         used, inodes = await asyncio.to_thread(safefs.tree_usage, upper)
         stats.writable_layer.CopyFrom(api.FilesystemUsage(
@@ -68,10 +77,15 @@ class StatsRPCs(Base):
             return await self._container_stats(container)
         except Exception as exc:
             log.warning("stats of container %s: %s", container.id[:12], exc)
-            config = container.config()
-            return api.ContainerStats(attributes=api.ContainerAttributes(
-                id=container.id, metadata=config.metadata, labels=config.labels,
-                annotations=config.annotations))
+            return api.ContainerStats(attributes=self._container_attributes(container))
+
+    async def _listed_pod_stats(self, pod: PodRecord) -> api.PodSandboxStats:
+        """The same for a pod."""
+        try:
+            return await self._pod_stats(pod)
+        except Exception as exc:
+            log.warning("stats of pod %s: %s", pod.id[:12], exc)
+            return api.PodSandboxStats(attributes=self._pod_attributes(pod))
 
     async def ContainerStats(self, request: api.ContainerStatsRequest,
                              context: Any) -> api.ContainerStatsResponse:
@@ -82,16 +96,13 @@ class StatsRPCs(Base):
                                  context: Any) -> api.ListContainerStatsResponse:
         flt = request.filter
         found = self.containers.list(ContainerFilter(
-            id=flt.id, pod_id=flt.pod_sandbox_id, labels=tuple(flt.label_selector.items())))
-        stats = [await self._listed_stats(c) for c in found
-                 if c.state == ContainerState.RUNNING]
+            id=flt.id, pod_id=flt.pod_sandbox_id, state=ContainerState.RUNNING,
+            labels=tuple(flt.label_selector.items())))
+        stats = [await self._listed_stats(c) for c in found]
         return api.ListContainerStatsResponse(stats=stats)
 
     async def _pod_stats(self, pod: PodRecord) -> api.PodSandboxStats:
-        config = pod.config()
-        stats = api.PodSandboxStats(attributes=api.PodSandboxAttributes(
-            id=pod.id, metadata=config.metadata, labels=config.labels,
-            annotations=config.annotations))
+        stats = api.PodSandboxStats(attributes=self._pod_attributes(pod))
         raw = await self.pods.usage(pod)
         if raw is None:
             return stats
@@ -115,14 +126,5 @@ class StatsRPCs(Base):
         flt = request.filter
         pods = self.pods.list(PodFilter(id=flt.id, state="ready",
                                         labels=tuple(flt.label_selector.items())))
-        stats = []
-        for pod in pods:
-            try:
-                stats.append(await self._pod_stats(pod))
-            except Exception as exc:  # one pod's trouble is not the whole list's
-                log.warning("stats of pod %s: %s", pod.id[:12], exc)
-                config = pod.config()
-                stats.append(api.PodSandboxStats(attributes=api.PodSandboxAttributes(
-                    id=pod.id, metadata=config.metadata, labels=config.labels,
-                    annotations=config.annotations)))
-        return api.ListPodSandboxStatsResponse(stats=stats)
+        return api.ListPodSandboxStatsResponse(
+            stats=[await self._listed_pod_stats(pod) for pod in pods])

@@ -56,7 +56,12 @@ class ImageRecord:
 
     @property
     def user(self) -> str:
-        return str(self.config.get("User") or "")  # null, as some builders write, is root
+        return image_user(self.config)
+
+
+def image_user(config: dict[str, Any]) -> str:
+    """An image config's User; null, as some builders write, is root ("")."""
+    return str(config.get("User") or "")
 
 
 def _hex(digest: str) -> str:

@@ -18,6 +18,7 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt import oci
 from vmrt.errors import InvalidArgumentError
+from vmrt.images.store import image_user
 from vmrt.runtime.ocisecurity import cap_name, capabilities, seccomp
 
 
@@ -204,7 +205,7 @@ def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
     linux = config.linux
     sc = linux.security_context
     hostname = pod_hostname(pod_config)
-    user = resolve_user(image_file, sc, str(image_config.get("User") or ""))
+    user = resolve_user(image_file, sc, image_user(image_config))
     caps = capabilities(sc)
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
