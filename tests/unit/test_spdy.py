@@ -20,45 +20,45 @@ import zlib
 import pytest
 
 from tests.helpers.streamclient import session_pair
-from vmrt.streaming import spdy
+from vmrt.streaming import spdy, spdy_frames, spdy_headers
 
 
 def test_dictionary_is_the_specs() -> None:
     # Size and checksum as the SPDY/3 draft fixes them.
-    assert len(spdy.DICTIONARY) == 1423
-    assert zlib.adler32(spdy.DICTIONARY) == 0xE3C6A7C2
-    assert spdy.DICTIONARY.startswith(b"\x00\x00\x00\x07options\x00\x00\x00\x04head")
-    assert spdy.DICTIONARY.endswith(b"utf-,*,enq=0.")
+    assert len(spdy_headers.DICTIONARY) == 1423
+    assert zlib.adler32(spdy_headers.DICTIONARY) == 0xE3C6A7C2
+    assert spdy_headers.DICTIONARY.startswith(b"\x00\x00\x00\x07options\x00\x00\x00\x04head")
+    assert spdy_headers.DICTIONARY.endswith(b"utf-,*,enq=0.")
 
 
 @pytest.mark.parametrize(("built", "wire"), [
     # PING id 1: control bit + version 3, type 6, flags 0, length 4.
-    (spdy.control_frame(spdy.PING, 0, struct.pack(">I", 1)),
+    (spdy_frames.control_frame(spdy_frames.PING, 0, struct.pack(">I", 1)),
      "80 03 00 06 00 00 00 04 00 00 00 01"),
     # RST_STREAM stream 3, status CANCEL (5).
-    (spdy.control_frame(spdy.RST_STREAM, 0, struct.pack(">II", 3, 5)),
+    (spdy_frames.control_frame(spdy_frames.RST_STREAM, 0, struct.pack(">II", 3, 5)),
      "80 03 00 03 00 00 00 08 00 00 00 03 00 00 00 05"),
     # GOAWAY last-good-stream 7, status OK.
-    (spdy.control_frame(spdy.GOAWAY, 0, struct.pack(">II", 7, 0)),
+    (spdy_frames.control_frame(spdy_frames.GOAWAY, 0, struct.pack(">II", 7, 0)),
      "80 03 00 07 00 00 00 08 00 00 00 07 00 00 00 00"),
     # DATA on stream 1 with FIN, payload "hi".
-    (spdy.data_frame(1, spdy.FLAG_FIN, b"hi"), "00 00 00 01 01 00 00 02 68 69"),
+    (spdy_frames.data_frame(1, spdy_frames.FLAG_FIN, b"hi"), "00 00 00 01 01 00 00 02 68 69"),
     # An empty DATA frame with FIN: a half-close.
-    (spdy.data_frame(5, spdy.FLAG_FIN, b""), "00 00 00 05 01 00 00 00"),
+    (spdy_frames.data_frame(5, spdy_frames.FLAG_FIN, b""), "00 00 00 05 01 00 00 00"),
 ])
 def test_frames_match_the_spec_layout(built: bytes, wire: str) -> None:
     assert built == bytes.fromhex(wire)
 
 
 def test_parse_header_tells_control_from_data() -> None:
-    assert spdy.parse_header(bytes.fromhex("80 03 00 06 00 00 00 04")) == (True, 6, 0, 4)
-    assert spdy.parse_header(bytes.fromhex("00 00 00 03 01 00 01 00")) == (False, 3, 1, 256)
-    with pytest.raises(spdy.ProtocolError, match="version 2"):
-        spdy.parse_header(bytes.fromhex("80 02 00 06 00 00 00 04"))
+    assert spdy_frames.parse_header(bytes.fromhex("80 03 00 06 00 00 00 04")) == (True, 6, 0, 4)
+    assert spdy_frames.parse_header(bytes.fromhex("00 00 00 03 01 00 01 00")) == (False, 3, 1, 256)
+    with pytest.raises(spdy_frames.ProtocolError, match="version 2"):
+        spdy_frames.parse_header(bytes.fromhex("80 02 00 06 00 00 00 04"))
 
 
 def test_header_block_encoding() -> None:
-    encoder = spdy.HeaderEncoder()
+    encoder = spdy_headers.HeaderEncoder()
     first = encoder.encode([("streamType", "error")])
     # zlib stream header: deflate (CMF 0x78), FDICT set, DICTID of the SPDY/3 dictionary.
     assert first[0] == 0x78
@@ -68,7 +68,7 @@ def test_header_block_encoding() -> None:
     # Names are lower-cased; each block ends on a sync flush (00 00 ff ff).
     assert first.endswith(b"\x00\x00\xff\xff")
     second = encoder.encode([("streamtype", "stdout"), ("port", "80")])
-    independent = zlib.decompressobj(zdict=spdy.DICTIONARY)
+    independent = zlib.decompressobj(zdict=spdy_headers.DICTIONARY)
     assert independent.decompress(first) == (
         b"\x00\x00\x00\x01" b"\x00\x00\x00\x0astreamtype" b"\x00\x00\x00\x05error")
     # One compression context for the session: the second block continues the stream.
@@ -79,18 +79,18 @@ def test_header_block_encoding() -> None:
 
 def test_header_block_decoding_of_a_foreign_stream() -> None:
     # Compressed here with plain zlib at another level, as a peer might.
-    peer = zlib.compressobj(level=1, zdict=spdy.DICTIONARY)
+    peer = zlib.compressobj(level=1, zdict=spdy_headers.DICTIONARY)
     block = (b"\x00\x00\x00\x02" b"\x00\x00\x00\x04port" b"\x00\x00\x00\x048080"
              b"\x00\x00\x00\x09requestid" b"\x00\x00\x00\x010")
-    decoder = spdy.HeaderDecoder()
+    decoder = spdy_headers.HeaderDecoder()
     assert decoder.decode(peer.compress(block) + peer.flush(zlib.Z_SYNC_FLUSH)) == {
         "port": "8080", "requestid": "0"}
-    bad = zlib.compressobj(zdict=spdy.DICTIONARY)
+    bad = zlib.compressobj(zdict=spdy_headers.DICTIONARY)
     upper = b"\x00\x00\x00\x01\x00\x00\x00\x04Port\x00\x00\x00\x011"
-    with pytest.raises(spdy.ProtocolError, match="header name"):
-        spdy.HeaderDecoder().decode(bad.compress(upper) + bad.flush(zlib.Z_SYNC_FLUSH))
-    with pytest.raises(spdy.ProtocolError, match="bad header block"):
-        spdy.HeaderDecoder().decode(b"\x78\xbb\x00\x00\x00\x00garbage")
+    with pytest.raises(spdy_frames.ProtocolError, match="header name"):
+        spdy_headers.HeaderDecoder().decode(bad.compress(upper) + bad.flush(zlib.Z_SYNC_FLUSH))
+    with pytest.raises(spdy_frames.ProtocolError, match="bad header block"):
+        spdy_headers.HeaderDecoder().decode(b"\x78\xbb\x00\x00\x00\x00garbage")
 
 
 async def _read_all(stream: spdy.Stream) -> bytes:
@@ -137,21 +137,21 @@ def test_session_answers_pings_and_refuses_after_goaway() -> None:
         server = spdy.Session(*server_io, client=False, on_stream=lambda s: None)
         serving = asyncio.create_task(server.serve())
         reader, writer = await asyncio.open_connection(sock=right)
-        writer.write(spdy.control_frame(spdy.PING, 0, struct.pack(">I", 7)))
-        frame = await spdy.read_frame(reader)
-        assert frame == spdy.Frame(spdy.PING, 0, struct.pack(">I", 7))
+        writer.write(spdy_frames.control_frame(spdy_frames.PING, 0, struct.pack(">I", 7)))
+        frame = await spdy_frames.read_frame(reader)
+        assert frame == spdy_frames.Frame(spdy_frames.PING, 0, struct.pack(">I", 7))
         await server.goaway()
-        frame = await spdy.read_frame(reader)
-        assert frame is not None and frame.kind == spdy.GOAWAY
-        encoder = spdy.HeaderEncoder()
+        frame = await spdy_frames.read_frame(reader)
+        assert frame is not None and frame.kind == spdy_frames.GOAWAY
+        encoder = spdy_headers.HeaderEncoder()
         block = encoder.encode([("streamtype", "data")])
-        writer.write(spdy.control_frame(spdy.SYN_STREAM, 0,
+        writer.write(spdy_frames.control_frame(spdy_frames.SYN_STREAM, 0,
                                         struct.pack(">IIBB", 1, 0, 0, 0) + block))
-        frame = await spdy.read_frame(reader)
-        assert frame == spdy.Frame(spdy.RST_STREAM, 0,
-                                   struct.pack(">II", 1, spdy.REFUSED_STREAM))
+        frame = await spdy_frames.read_frame(reader)
+        assert frame == spdy_frames.Frame(spdy_frames.RST_STREAM, 0,
+                                   struct.pack(">II", 1, spdy_frames.REFUSED_STREAM))
         # A stream id going backwards is a protocol error that ends the session.
-        writer.write(spdy.control_frame(spdy.SYN_STREAM, 0,
+        writer.write(spdy_frames.control_frame(spdy_frames.SYN_STREAM, 0,
                                         struct.pack(">IIBB", 1, 0, 0, 0) + block))
         await asyncio.wait_for(serving, 5)
         assert server.closed.is_set()

@@ -31,12 +31,9 @@ from vmrt.agent.errors import (
 )
 from vmrt.agent.events import EventBus
 from vmrt.agent.launch import KILL_GRACE, Launcher, kill
-from vmrt.agent.model import Container, ExitEvent, Process, check_id
+from vmrt.agent.model import Container, Process, check_id
 from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.stdio import ProcessIO
-
-__all__ = ["CONTAINERS_DIR", "SHARE_DIR", "Container", "ContainerManager", "ExitEvent",
-           "Process"]
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +145,13 @@ class ContainerManager:
 
     def _live(self, container_id: str) -> Container:
         ctr = self.get(container_id)
-        if ctr.removed:
-            raise NotFound(f"container {container_id!r} not found")
+        ctr.check_present()
         return ctr
 
     def start(self, container_id: str) -> None:
         ctr = self._live(container_id)
         with ctr.lock:
-            if ctr.removed:
-                raise NotFound(f"container {container_id!r} not found")
-            if ctr.init.state != "created":
-                raise FailedPrecondition(
-                    f"container {container_id} is {ctr.init.state}, not created")
+            ctr.check_init("created", ", not created")
             ctr.init.started_at_ns = time.time_ns()
             try:
                 self._crun.start(container_id, ctr.log_path)

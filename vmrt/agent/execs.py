@@ -15,7 +15,7 @@ from typing import Any
 
 from vmrt.agent import cgroups
 from vmrt.agent.crun import Crun
-from vmrt.agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from vmrt.agent.errors import AlreadyExists, InvalidArgument
 from vmrt.agent.launch import KILL_GRACE, Launcher, kill
 from vmrt.agent.model import Container, Process
 from vmrt.agent.stdio import ProcessIO
@@ -42,11 +42,7 @@ def start(
     """Start ``process`` in ``ctr`` as exec ``exec_id``; returns its pid."""
     container_id = ctr.id
     with ctr.lock:
-        if ctr.removed:
-            raise NotFound(f"container {container_id!r} not found")
-        if ctr.init.state != "running":
-            raise FailedPrecondition(
-                f"container {container_id} is {ctr.init.state}; exec needs it running")
+        ctr.check_init("running", "; exec needs it running")
         if exec_id in ctr.execs:
             raise AlreadyExists(f"exec {exec_id!r} already exists in {container_id}")
         directory = os.path.join(ctr.bundle, f"exec-{exec_id}")

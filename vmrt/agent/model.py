@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from vmrt.agent import cgroups
-from vmrt.agent.errors import InvalidArgument, NotFound
+from vmrt.agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from vmrt.agent.proctable import ExitInfo
 from vmrt.agent.stdio import ProcessIO
 
@@ -75,6 +75,17 @@ class Container:
                 return self.execs[exec_id]
             except KeyError:
                 raise NotFound(f"container {self.id} has no exec {exec_id!r}") from None
+
+    def check_present(self) -> None:
+        if self.removed:
+            raise NotFound(f"container {self.id!r} not found")
+
+    def check_init(self, state: str, refusal: str) -> None:
+        """Under ``lock``: still here, and its main process in ``state`` (else
+        FAILED_PRECONDITION, "container ID is STATE" + ``refusal``)."""
+        self.check_present()
+        if self.init.state != state:
+            raise FailedPrecondition(f"container {self.id} is {self.init.state}{refusal}")
 
     def processes(self) -> list[Process]:
         with self.lock:

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import grpc
 
 from vmrt.agent import AGENT_VERSION
-from vmrt.agent.containers import ContainerManager, ExitEvent, Process
+from vmrt.agent.containers import ContainerManager
 from vmrt.agent.errors import AgentError, InvalidArgument
 from vmrt.agent.events import EventBus
 from vmrt.agent.guest import Guest
+from vmrt.agent.model import ExitEvent, Process
 from vmrt.agent.portforward import forward
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc

@@ -14,8 +14,8 @@ import os
 import threading
 import time
 
-from vmrt.agent.containers import ExitEvent
 from vmrt.agent.events import EventBus
+from vmrt.agent.model import ExitEvent
 from vmrt.agent.proctable import ExitInfo
 
 log = logging.getLogger(__name__)

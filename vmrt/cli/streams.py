@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 
 from vmrt.cli.cri_client import Client, CRIError
 from vmrt.streaming import client as spdy_client
-from vmrt.streaming import spdy
+from vmrt.streaming import spdy, spdy_frames
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 PROTOCOL = Subprotocol("v5.channel.k8s.io")
@@ -236,7 +236,7 @@ class _Forwarder:
             self.tasks.add(task)
             try:
                 await self._forward(remote, reader, writer)
-            except (ConnectionError, spdy.ProtocolError) as exc:
+            except (ConnectionError, spdy_frames.ProtocolError) as exc:
                 print(f"vmrt: connection to port {remote} ended: {exc}", file=sys.stderr)
             finally:
                 self.tasks.discard(task)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from vmrt.errors import VmrtError
 from vmrt.runtime.streams import StreamService
-from vmrt.streaming import spdy
+from vmrt.streaming import spdy, spdy_frames
 from vmrt.streaming.portforward import pump
 from vmrt.streaming.remotecommand import (
     MAX_RESIZE_MESSAGE,
@@ -107,7 +107,7 @@ async def serve_command(session: spdy.Session, incoming: asyncio.Queue[spdy.Stre
                     return
                 kind = stream.headers.get("streamtype", "")
                 if kind not in expected or kind in streams:
-                    await stream.abort(spdy.PROTOCOL_ERROR)
+                    await stream.abort(spdy_frames.PROTOCOL_ERROR)
                     continue
                 streams[kind] = stream
     except TimeoutError:
@@ -127,7 +127,7 @@ async def serve_command(session: spdy.Session, incoming: asyncio.Queue[spdy.Stre
 async def _refuse_more(incoming: asyncio.Queue[spdy.Stream],
                        serving: asyncio.Task[None]) -> None:
     while (stream := await _next_stream(incoming, serving)) is not None:
-        await stream.abort(spdy.REFUSED_STREAM)
+        await stream.abort(spdy_frames.REFUSED_STREAM)
 
 
 async def _run_command(session: spdy.Session, serving: asyncio.Task[None], version: int,
@@ -216,18 +216,18 @@ async def serve_portforward(session: spdy.Session, incoming: asyncio.Queue[spdy.
             port = _port(stream.headers.get("port", ""))
             if kind not in ("data", "error") or port is None or \
                     (request.ports and port not in request.ports):
-                await stream.abort(spdy.PROTOCOL_ERROR)
+                await stream.abort(spdy_frames.PROTOCOL_ERROR)
                 continue
             # Clients that send no request id open the error stream, then the
             # data stream (the next id of theirs, two higher).
             request_id = stream.headers.get("requestid") or \
                 str(stream.id if kind == "error" else stream.id - 2)
             if request_id not in pending and len(pending) + len(tasks) >= MAX_CONNECTIONS:
-                await stream.abort(spdy.REFUSED_STREAM)
+                await stream.abort(spdy_frames.REFUSED_STREAM)
                 continue
             pair = pending.setdefault(request_id, {})
             if kind in pair:
-                await stream.abort(spdy.PROTOCOL_ERROR)
+                await stream.abort(spdy_frames.PROTOCOL_ERROR)
                 continue
             pair[kind] = stream
             if len(pair) < 2:

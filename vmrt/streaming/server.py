@@ -17,7 +17,7 @@ from collections.abc import Callable
 import h11
 
 from vmrt.runtime.streams import StreamService
-from vmrt.streaming import over_spdy, over_websocket, spdy, tunnel, websocket
+from vmrt.streaming import over_spdy, over_websocket, spdy, spdy_frames, tunnel, websocket
 from vmrt.streaming.idle import IdleTimer
 from vmrt.streaming.tokens import (
     AttachRequest,
@@ -194,7 +194,7 @@ class StreamServer:
         await writer.drain()
         await self._serve_spdy(reader, writer, chosen, request, touch)
 
-    async def _serve_spdy(self, reader: spdy.ByteReader, writer: spdy.ByteWriter,
+    async def _serve_spdy(self, reader: spdy_frames.ByteReader, writer: spdy_frames.ByteWriter,
                           chosen: str, request: StreamRequest,
                           touch: Callable[[], None]) -> None:
         incoming: asyncio.Queue[spdy.Stream] = asyncio.Queue()

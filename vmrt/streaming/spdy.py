@@ -10,7 +10,7 @@ all of them together more than ``SESSION_BUFFER_LIMIT``), and the number of
 open streams is capped.
 
 Frames are built and parsed in ``spdy_frames``, header blocks compressed
-in ``spdy_headers``; their names can be imported from here as well.
+in ``spdy_headers``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from vmrt.streaming.spdy_frames import (
@@ -28,46 +28,21 @@ from vmrt.streaming.spdy_frames import (
     FLAG_UNIDIRECTIONAL,
     GOAWAY,
     HEADERS,
-    INTERNAL_ERROR,
-    INVALID_STREAM,
-    MAX_FRAME,
     PING,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     RST_STREAM,
-    SETTINGS,
-    STREAM_ALREADY_CLOSED,
-    STREAM_IN_USE,
     SYN_REPLY,
     SYN_STREAM,
-    VERSION,
-    WINDOW_UPDATE,
     ByteReader,
     ByteWriter,
     Frame,
     ProtocolError,
     control_frame,
     data_frame,
-    parse_header,
     read_frame,
 )
-from vmrt.streaming.spdy_headers import (
-    DICTIONARY,
-    MAX_HEADER_BLOCK,
-    HeaderDecoder,
-    HeaderEncoder,
-)
-
-__all__ = [
-    "BUFFER_LIMIT", "CANCEL", "CLOSE_TIMEOUT", "DATA_CHUNK", "DICTIONARY", "FLAG_FIN",
-    "FLAG_UNIDIRECTIONAL", "GOAWAY", "HEADERS", "INTERNAL_ERROR", "INVALID_STREAM",
-    "MAX_FRAME", "MAX_HEADER_BLOCK", "MAX_STREAMS", "PING", "PROTOCOL_ERROR", "READ_LIMIT",
-    "REFUSED_STREAM", "RST_STREAM", "SESSION_BUFFER_LIMIT", "SETTINGS",
-    "STREAM_ALREADY_CLOSED", "STREAM_IN_USE", "SYN_REPLY", "SYN_STREAM", "VERSION",
-    "WINDOW_UPDATE", "ByteReader", "ByteWriter", "Frame", "HeaderDecoder", "HeaderEncoder",
-    "ProtocolError", "Session", "Stream", "StreamHandler", "control_frame", "data_frame",
-    "parse_header", "read_frame",
-]
+from vmrt.streaming.spdy_headers import HeaderDecoder, HeaderEncoder
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +150,6 @@ class Stream:
         self.session._buffer_drained()
 
 
-StreamHandler = Callable[["Stream"], Awaitable[None]]
 
 
 class Session:
