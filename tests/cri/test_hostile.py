@@ -157,6 +157,31 @@ def test_output_burst_reaches_the_log_and_the_container_lives(
     assert reply.stdout == b"alive\n"
 
 
+def test_writable_layer_usage_counts_a_deep_tree_and_follows_no_symlink(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    """The host walks the container's writable layer for ContainerStats: a tree
+    as deep as the guest can make one is counted to the bottom (os.walk's
+    recursion gave up near 1000), and symlinks the guest plants there (to /
+    and /etc) are not followed into the host."""
+    container = attacker(vmrtd, pod)
+    # As deep as the guest can go (9p gives up near the host's PATH_MAX).
+    reply = vmrtd.exec(container, ["sh", "-c",
+                                   "cd / && ln -s / escape-root && ln -s /etc escape-etc && "
+                                   "i=0; while [ $i -lt 5000 ] && mkdir d 2>/dev/null && cd d; "
+                                   "do i=$((i+1)); done; head -c 1048576 /dev/zero > big && "
+                                   "echo $i"], timeout=300)
+    depth = int(reply.stdout)
+    print(f"the guest made a tree {depth} deep")
+    assert depth > 1000, reply
+    stats = vmrtd.runtime.ContainerStats(api.ContainerStatsRequest(container_id=container),
+                                         timeout=120).stats
+    layer = stats.writable_layer
+    assert layer.used_bytes.value >= 1 << 20  # the file at the bottom is counted
+    # Every directory, the file and the two links, and little else: the
+    # host's / and /etc behind the links hold far more than 200 entries.
+    assert depth + 3 <= layer.inodes_used.value < depth + 3 + 200, layer
+
+
 def test_serial_flood_stays_under_the_console_cap(
         vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
     """Guest root writes its serial port as fast as it can: the host keeps a
