@@ -26,10 +26,15 @@ from tests.fakes import FakeAgent, FakeDrivers, FakeNetworking, FakeSandbox, Jou
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.config import CgroupConfig, Config, HypervisorConfig, StorageConfig
 from vmrt.cri.boundary import status_of
-from vmrt.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from vmrt.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    UnavailableError,
+)
 from vmrt.guest.image import GuestImage
 from vmrt.images.store import ImageStore
-from vmrt.runtime import recovery
+from vmrt.runtime import core, recovery
 from vmrt.runtime import sandbox as sandbox_mod
 from vmrt.runtime.containers import ContainerService
 from vmrt.runtime.core import Runtime
@@ -39,7 +44,9 @@ from vmrt.runtime.records import (
     CONTAINER_TRANSITIONS,
     POD_TRANSITIONS,
     ContainerState,
+    PodRecord,
     PodState,
+    VMState,
 )
 from vmrt.runtime.store import RecordStore
 from vmrt.sandbox import persist
@@ -669,3 +676,108 @@ def test_an_unreadable_image_index_collects_no_garbage(tmp_path: Path) -> None:
     store.collect_garbage(set())  # kubelet's image GC, through RemoveImage
     assert layer.exists()  # the layers of images the index no longer names stay
     assert (store.dir / "index.json").exists()  # read, not renamed, outside the lock
+
+
+# -- CreateContainer's intent, and calls during recovery ----------------------------
+
+def test_create_writes_its_intent_before_anything_and_drops_it_after(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    agent = world.drivers.made[pod_id].agent
+    assert agent is not None
+    seen: list[tuple[set[str], list[str]]] = []
+    original = agent.create_container
+
+    async def create_container(container_id, *args):  # type: ignore[no-untyped-def]
+        on_disk = [p.stem for p in (world.tmp / "root/pods" / pod_id / "creating").glob("*")]
+        seen.append((set(world.rt.store.intents), on_disk))
+        await original(container_id, *args)
+
+    monkeypatch.setattr(agent, "create_container", create_container)
+    container_id = run(world.containers.create(pod_id, container_config()))
+    assert seen == [({container_id}, [container_id])]
+    assert not world.rt.store.intents
+    assert not list((world.tmp / "root/pods" / pod_id / "creating").glob("*"))
+    # A create that fails drops its intent too.
+    world.journal.fail_at["agent.create_container"] = StepFailed("no")
+    with pytest.raises(StepFailed):
+        run(world.containers.create(pod_id, container_config("other")))
+    assert not world.rt.store.intents
+
+
+def test_recovery_finishes_creates_that_a_crash_cut_short(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    recorded = run(world.containers.create(pod_id, container_config("recorded")))
+    cut = run(world.containers.create(pod_id, container_config("cut")))
+    # As a vmrtd killed after the agent made "cut" (no record yet) and after
+    # "recorded" had its record (its intent not yet dropped) leaves them.
+    world.rt.store.add_intent(pod_id, recorded)
+    world.rt.store.remove_container(cut)
+    world.rt.store.add_intent(pod_id, cut)
+    survivor = world.drivers.made[pod_id]
+    run(recovery.detach_all(world.rt))
+    drivers = FakeDrivers(world.journal)
+    drivers.alive[pod_id] = survivor
+    after = world.restart(drivers)
+    recovery.load(after.rt)
+    assert set(after.rt.store.intents) == {recorded, cut}
+    run(recovery.settle(after.rt))
+    run(recovery.adopt(after.rt))
+    assert survivor.agent is not None and set(survivor.agent.processes) == {recorded}
+    assert not after.rt.container_dir(cut).exists()
+    assert not any(p.startswith(f"{cut}/") for p in survivor.share.placed)
+    assert after.rt.container(recorded).state == ContainerState.CREATED
+    assert not after.rt.store.intents
+    assert not list((world.tmp / "root/pods" / pod_id / "creating").glob("*"))
+
+
+def test_calls_on_a_pod_being_adopted_wait_for_it(world: World,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    container_id = run(world.containers.create(pod_id, container_config()))
+    survivor = world.drivers.made[pod_id]
+    run(recovery.detach_all(world.rt))
+    release = asyncio.Event()
+
+    class Slow(FakeDrivers):
+        async def adopt(self, *args):  # type: ignore[no-untyped-def]
+            await release.wait()
+            return await super().adopt(*args)
+
+    drivers = Slow(world.journal)
+    drivers.alive[pod_id] = survivor
+    after = world.restart(drivers)
+    recovery.load(after.rt)
+
+    async def scenario() -> None:
+        adoption = asyncio.create_task(recovery.adopt(after.rt))
+        waiting = asyncio.create_task(after.rt.settled(container_id=container_id[:12]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        # Calls on other objects (and on none) do not wait.
+        await asyncio.wait_for(after.rt.settled(pod_id="f" * 64), 0.05)
+        await asyncio.wait_for(after.rt.settled(), 0.05)
+        monkeypatch.setattr(core, "ADOPTION_WAIT", 0.01)
+        with pytest.raises(UnavailableError, match="still being recovered"):
+            await after.rt.settled(pod_id=pod_id)
+        release.set()
+        await asyncio.wait_for(waiting, 1)
+        assert pod_id in after.rt.sandboxes  # adopted by the time the call goes on
+        await adoption
+
+    run(scenario())
+    assert not after.rt.adoptions
+
+
+def test_recovery_leaves_the_vms_of_pods_started_meanwhile(world: World) -> None:
+    """CRI is served while recovery runs: a pod that a new RunPodSandbox is
+    starting has a VM that no adopted pod claims, and it is not a leak."""
+    after = world.restart()
+    recovery.load(after.rt)
+    config = pod_config(after, "new")
+    starting = PodRecord.new("a" * 64, config, "vmrt", time.time_ns(),
+                             vm=VMState(settings=after.rt.vm_config("vmrt", config)))
+    after.rt.store.add_pod(starting)
+    after.drivers.processes = {4242: "a" * 32, 999: "b" * 32}
+    run(recovery.adopt(after.rt))
+    assert after.drivers.reclaimed == [999]

@@ -83,11 +83,20 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     await context.abort(code, message)
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+Prepare = Callable[[Any], Awaitable[None]]
+
+
+async def _nothing(request: Any) -> None:
+    return None
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]],
+                prepare: Prepare) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.monotonic()
         try:
             async with asyncio.timeout(_deadline(context)):
+                await prepare(request)
                 reply = await behavior(request, context)
         except asyncio.CancelledError:
             # gRPC cancels the handler when the caller goes away or its
@@ -117,6 +126,13 @@ def _wrap_stream(method: str,
 
 
 class ErrorBoundary(grpc.aio.ServerInterceptor):
+    """``prepare`` is awaited before each unary handler, under the caller's
+    deadline and inside the error mapping (vmrtd waits there for a pod that
+    recovery is still adopting)."""
+
+    def __init__(self, prepare: Prepare = _nothing) -> None:
+        self.prepare = prepare
+
     async def intercept_service(self, continuation: Any,
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
@@ -125,7 +141,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
+                _wrap_unary(method, handler.unary_unary, self.prepare),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:

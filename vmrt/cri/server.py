@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cri_api.v1 import api_pb2_grpc as api_grpc
@@ -30,6 +32,13 @@ class ImageServicer(ImageRPCs, api_grpc.ImageServiceServicer):
     pass
 
 
+def _adoption_wait(runtime: Runtime) -> Callable[[Any], Awaitable[None]]:
+    async def prepare(request: Any) -> None:
+        await runtime.settled(getattr(request, "pod_sandbox_id", ""),
+                              getattr(request, "container_id", ""))
+    return prepare
+
+
 async def serve(runtime: Runtime, socket_path: str,
                 stream_server: StreamServer) -> grpc.aio.Server:
     path = Path(socket_path)
@@ -37,7 +46,7 @@ async def serve(runtime: Runtime, socket_path: str,
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     server = grpc.aio.server(
-        interceptors=[ErrorBoundary()],
+        interceptors=[ErrorBoundary(_adoption_wait(runtime))],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE)],
     )

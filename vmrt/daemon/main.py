@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from pathlib import Path
 
+from vmrt import crashpoint
 from vmrt.config import Config, ConfigError, load
 from vmrt.cri.server import serve
 from vmrt.errors import VmrtError
@@ -19,8 +21,8 @@ from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.images.archive import ensure_builtin_busybox
 from vmrt.network.firewall import protect_node_loopback
+from vmrt.runtime import recovery
 from vmrt.runtime.core import Runtime
-from vmrt.runtime.recovery import detach_all, recover
 from vmrt.runtime.streams import StreamService
 from vmrt.streaming.server import StreamServer
 
@@ -44,7 +46,8 @@ async def run(config: Config, image: GuestImage) -> None:
     choose_accel(config.hypervisor.accel)
     if config.cni.protect_node_loopback:
         await protect_node_loopback()
-    await recover(runtime)
+    recovery.load(runtime)
+    await recovery.settle(runtime)
     streaming = StreamServer(StreamService(runtime), config.cri.stream_address,
                              config.cri.stream_port, config.cri.stream_idle_timeout)
     try:
@@ -54,8 +57,10 @@ async def run(config: Config, image: GuestImage) -> None:
                           f"{config.cri.stream_address}:{config.cri.stream_port}: "
                           f"{exc.strerror or exc}") from None
     server = await serve(runtime, config.cri.socket, streaming)
-    log.info("serving CRI on %s, streaming on %s (%d pods recovered)", config.cri.socket,
-             streaming.base_url, len(runtime.sandboxes))
+    # Served from here on; calls on a pod still being adopted wait for it.
+    adoption = asyncio.create_task(recovery.adopt(runtime), name="recovery")
+    log.info("serving CRI on %s, streaming on %s (%d pods being recovered)",
+             config.cri.socket, streaming.base_url, len(runtime.adoptions))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signo in (signal.SIGTERM, signal.SIGINT):
@@ -66,7 +71,10 @@ async def run(config: Config, image: GuestImage) -> None:
     # Open exec and attach sessions end here; their processes are killed
     # (exec) or left running (attach), as when their clients disconnect.
     await streaming.stop()
-    await detach_all(runtime)
+    # Adoption is left to finish (each pod's is bounded), so that every VM is let go of.
+    with contextlib.suppress(Exception):
+        await adoption
+    await recovery.detach_all(runtime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s vmrtd %(levelname)s %(name)s: %(message)s")
     logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
     try:
+        crashpoint.configured()
         config = load(args.config)
         image_dir = config.hypervisor.image or default_image_dir(config.storage.root)
         image = GuestImage.load(Path(image_dir).resolve())

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt import crashpoint
 from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
 from vmrt.hypervisor.spec import NetSpec
@@ -153,6 +154,7 @@ class PodNetworking:
         name = netns_name(pod_id)
         path = await link.create_netns(name)
         push_cleanup(undo, link.remove_netns, name)
+        crashpoint.reached("run", "netns")
         meta = config.metadata
         dns = {"nameservers": list(config.dns_config.servers),
                "search": list(config.dns_config.searches),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt import crashpoint
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentapi import AgentError
 from vmrt.aio import push_cleanup
@@ -111,12 +112,19 @@ class ContainerService:
                             config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
                             image: ImageRecord) -> None:
         """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
+        store = self.rt.store
+        # The intent first, on disk: whatever a crash leaves from here on,
+        # a restarted vmrtd finds by it and removes.
+        store.add_intent(live.id, container_id)
+        crashpoint.reached("create", "intent")
         async with contextlib.AsyncExitStack() as undo:
+            undo.callback(store.drop_intent, container_id)  # undone last
             share = live.share
             undo.callback(share.release, container_id)
             push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
             rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
             shared = self._mounts(config.mounts, share, container_id)
+            crashpoint.reached("create", "rootfs")
             spec = ocispec.build(
                 config=config, pod_config=pod_config, image_config=image.config,
                 image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
@@ -133,8 +141,11 @@ class ContainerService:
                 pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
                                 stdin_once=config.stdin_once,
                                 acked_output=bool(log_path)))
-            self.rt.store.add_container(record)
+            crashpoint.reached("create", "agent-created")
+            store.add_container(record)
+            crashpoint.reached("create", "recorded")
             undo.pop_all()
+        store.drop_intent(container_id)
 
     def _rootfs(self, container_id: str, layers: list[Path], share: Share) -> str:
         """overlayfs on the host: the image's layers read-only below, a private upper dir."""

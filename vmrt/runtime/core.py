@@ -8,6 +8,8 @@ pod's running parts are its ``PodSandbox``. ``Runtime`` is the sandboxes'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -18,7 +20,13 @@ from typing import TypeVar
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.config import Config
-from vmrt.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from vmrt.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    VmrtError,
+)
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.images.registry import RegistryClient
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+ADOPTION_WAIT = 60.0
+
 
 class Runtime:
     def __init__(self, config: Config, guest_image: GuestImage,
@@ -65,6 +75,8 @@ class Runtime:
         self.drivers: Drivers = drivers or QemuDrivers(self.state, config.cgroups.root)
         self.events = EventBus()
         self.sandboxes: dict[str, PodSandbox] = {}
+        # READY pods that recovery is still reattaching to (set when adopted).
+        self.adoptions: dict[str, asyncio.Event] = {}
         self.pod_names = NameIndex("pod sandbox")
         self.container_names = NameIndex("container")
 
@@ -75,6 +87,27 @@ class Runtime:
 
     def container(self, container_id: str) -> ContainerRecord:
         return _lookup(self.store.containers, container_id, "container", "container_id")
+
+    async def settled(self, pod_id: str = "", container_id: str = "") -> None:
+        """After a restart CRI is served while pods are still being adopted: a
+        call on one of them (named by its id or a container's) waits for it,
+        up to ``ADOPTION_WAIT``, then fails UNAVAILABLE."""
+        if not self.adoptions:
+            return
+        with contextlib.suppress(VmrtError):
+            if container_id:
+                pod_id = self.container(container_id).pod_id
+            elif pod_id:
+                pod_id = self.pod(pod_id).id
+        event = self.adoptions.get(pod_id)
+        if event is None:
+            return
+        try:
+            async with asyncio.timeout(ADOPTION_WAIT):
+                await event.wait()
+        except TimeoutError:
+            raise UnavailableError(f"pod sandbox {pod_id} is still being recovered after a "
+                                   "vmrtd restart; try again") from None
 
     def ready_sandbox(self, pod: PodRecord) -> PodSandbox:
         sandbox = self.sandboxes.get(pod.id)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt import crashpoint
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.aio import push_cleanup
 from vmrt.errors import NotFoundError
@@ -74,6 +75,7 @@ class PodService:
         """
         store = self.rt.store
         store.add_pod(record)
+        crashpoint.reached("run", "recorded")
         failed: BaseException | None = None
         try:
             async with contextlib.AsyncExitStack() as undo:
@@ -108,6 +110,7 @@ class PodService:
 
         network = await self.rt.networking.setup(record.id, config, undo, remember)
         remember(network.state)
+        crashpoint.reached("run", "network")
         vm = self.rt.drivers.create(record.id, image, vm_config, network.nic)
         await vm.start(
             hostname=ocispec.pod_hostname(config),
@@ -117,6 +120,7 @@ class PodService:
             sysctls=sorted(config.linux.sysctls.items()),
         )
         push_cleanup(undo, vm.destroy)
+        crashpoint.reached("run", "vm-started")
         sandbox = PodSandbox(record, vm, self.rt)
         iface = network.interface
         await sandbox.agent.configure_network(pb.ConfigureNetworkRequest(
@@ -125,10 +129,12 @@ class PodService:
             routes=[pb.Route(destination=r.destination, gateway=r.gateway,
                              interface=r.interface) for r in network.routes],
             pod_ips=network.state.ips))
+        crashpoint.reached("run", "configured")
         running = VMState(settings=vm_config, pid=vm.pid, start_time=vm.start_time,
                           boot_seconds=round(vm.timings.get("setup", 0.0), 3))
         store.update_pod(record, lambda s: dataclasses.replace(
             s, state=PodState.READY, vm=running))
+        crashpoint.reached("run", "ready")
         return sandbox, network
 
     # -- stop and remove ----------------------------------------------------
@@ -160,8 +166,11 @@ class PodService:
                        if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
             with contextlib.suppress(Exception):
                 await sandbox.kill_containers(running)
+            crashpoint.reached("stop", "killed")
             await self.rt.pod_lost(pod, "the pod sandbox was stopped")
+            crashpoint.reached("stop", "vm-gone")
             await self._teardown_network(pod)
+            crashpoint.reached("stop", "network-down")
             return True
 
     async def _teardown_network(self, pod: PodRecord) -> None:

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import enum
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +28,14 @@ SCHEMA_VERSION = 1
 T = TypeVar("T")
 M = TypeVar("M", "PodMeta", "ContainerMeta")
 S = TypeVar("S", "PodStatus", "ContainerStatus")
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def is_object_id(text: str) -> bool:
+    """The form of the ids vmrt gives pods and containers (64 hex digits)."""
+    return _OBJECT_ID.fullmatch(text) is not None
 
 
 class PodState(enum.StrEnum):

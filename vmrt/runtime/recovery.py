@@ -11,7 +11,9 @@ a crash, and is killed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from vmrt.guest.image import GuestImage
 from vmrt.runtime.core import Runtime
@@ -23,25 +25,68 @@ log = logging.getLogger(__name__)
 
 
 async def recover(rt: Runtime) -> None:
+    """Everything at once (what tests and tools call); vmrtd serves between the two halves."""
+    load(rt)
+    await settle(rt)
+    await adopt(rt)
+
+
+def load(rt: Runtime) -> None:
+    """Read the records, and mark every READY pod as being adopted: from here
+    on CRI can be served, and calls on those pods wait for ``adopt``."""
     rt.store.load()
     rt.rebuild_names()
-    ready = []
+    for pod in rt.store.pods.values():
+        if pod.state == PodState.READY:
+            rt.adoptions[pod.id] = asyncio.Event()
+
+
+async def settle(rt: Runtime) -> None:
+    """Undo what was half-done: pods that were starting, leftovers of stopped pods."""
     for pod in list(rt.store.pods.values()):
         if pod.state == PodState.STARTING:
             log.warning("pod %s was half-started when vmrtd stopped; removing it", pod.id[:12])
             await _discard(rt, pod)
-        elif pod.state == PodState.READY:
-            ready.append(pod)
-        else:
+        elif pod.state != PodState.READY:
             await rt.drivers.clean(pod.id)
-    # All at once: each waits mostly on its own guest's agent.
-    outcomes = await asyncio.gather(*(_reattach(rt, pod) for pod in ready),
+            _forget_intents(rt, pod.id)
+
+
+async def adopt(rt: Runtime) -> None:
+    """Reattach to every READY pod's VM, all at once (each waits mostly on its
+    own guest's agent), then kill the VMs and sweep the directories no record claims."""
+    ready = [rt.store.pods[pod_id] for pod_id in rt.adoptions if pod_id in rt.store.pods]
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(_adopt_one(rt, pod) for pod in ready),
                                     return_exceptions=True)
     for pod, outcome in zip(ready, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             log.error("pod %s: recovery failed: %r", pod.id[:12], outcome)
+    if ready:
+        log.info("recovered %d pod(s) in %.1f s (%d ready)", len(ready),
+                 time.monotonic() - started, len(rt.sandboxes))
     await _kill_leaked_vms(rt)
     await _sweep_container_dirs(rt)
+
+
+async def _adopt_one(rt: Runtime, pod: PodRecord) -> None:
+    try:
+        await _reattach(rt, pod)
+    finally:
+        _forget_intents(rt, pod.id)  # what reattaching did not resolve had no VM to resolve in
+        event = rt.adoptions.pop(pod.id, None)
+        if event is not None:
+            event.set()
+
+
+def _forget_intents(rt: Runtime, pod_id: str) -> None:
+    """Intents of a pod whose VM is gone: nothing of them is left in a guest,
+    and ``_sweep_container_dirs`` removes their directories."""
+    for container_id in rt.store.pod_intents(pod_id):
+        if container_id not in rt.store.containers:
+            log.warning("container %s of pod %s was being created when vmrtd stopped; "
+                        "removed", container_id[:12], pod_id[:12])
+        rt.store.drop_intent(container_id)
 
 
 async def _discard(rt: Runtime, pod: PodRecord) -> None:
@@ -78,6 +123,7 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
         return
     sandbox = PodSandbox(pod, vm, rt)
     rt.sandboxes[pod.id] = sandbox
+    await _finish_creates(rt, sandbox)
     try:
         await sandbox.reconcile()
         await sandbox.sweep_unclaimed()
@@ -91,9 +137,27 @@ async def _reattach(rt: Runtime, pod: PodRecord) -> None:
     log.info("pod %s reattached to its VM (pid %s)", pod.id[:12], vm_state.pid)
 
 
+async def _finish_creates(rt: Runtime, sandbox: PodSandbox) -> None:
+    """CreateContainers that a crash cut short: a container with a record is
+    kept; one without is removed from the guest, the share and the host."""
+    for container_id in rt.store.pod_intents(sandbox.id):
+        if container_id not in rt.store.containers:
+            log.warning("pod %s: container %s was being created when vmrtd stopped; "
+                        "removing it", sandbox.id[:12], container_id[:12])
+            with contextlib.suppress(Exception):
+                await sandbox.agent.remove_container(container_id, force=True)
+            sandbox.share.release(container_id)
+            await remove_tree_async(rt.container_dir(container_id))
+        rt.store.drop_intent(container_id)
+
+
 async def _kill_leaked_vms(rt: Runtime) -> None:
+    # CRI is being served: pods that new RunPodSandbox calls are starting
+    # have VMs (and records) of their own.
+    claimed = set(rt.sandboxes) | {pod.id for pod in rt.store.pods.values()
+                                   if pod.state == PodState.STARTING}
     for pid, dir_name in rt.drivers.running().items():
-        if any(pod_id.startswith(dir_name) for pod_id in rt.sandboxes):
+        if any(pod_id.startswith(dir_name) for pod_id in claimed):
             continue
         if any(pod_id.startswith(dir_name) for pod_id in rt.store.unreadable):
             log.error("QEMU %d belongs to pod %s, whose record is unreadable; left running",
@@ -114,7 +178,8 @@ async def _sweep_container_dirs(rt: Runtime) -> None:
         return
     directory = rt.root / "containers"
     for entry in sorted(directory.iterdir()) if directory.is_dir() else []:
-        if entry.name not in rt.store.containers:
+        # An intent is a CreateContainer under way (CRI is being served).
+        if entry.name not in rt.store.containers and entry.name not in rt.store.intents:
             log.warning("removing %s, which no container record claims", entry)
             await remove_tree_async(entry)
 

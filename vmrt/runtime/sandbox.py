@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -22,7 +21,7 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentapi import Agent, AgentError
 from vmrt.errors import FailedPreconditionError
 from vmrt.runtime.logs import CRILogWriter, LogPump
-from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
+from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord, is_object_id
 from vmrt.sandbox.driver import Sandbox, Share
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ WATCHDOG_INTERVAL = 2.0
 PROBE_TIMEOUT = 5.0
 PROBE_MISSES = 2
 MAX_SWEEP = 256
-_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class Ledger(Protocol):
@@ -164,7 +162,7 @@ class PodSandbox:
                 break
             with contextlib.suppress(AgentError):
                 await self.agent.remove_container(proc.container_id, force=True)
-            if _CONTAINER_ID.fullmatch(proc.container_id):  # one of ours: its share entry too
+            if is_object_id(proc.container_id):  # one of ours: its share entry too
                 self.share.release(proc.container_id)
             swept.append(proc.container_id)
         if swept:

@@ -24,10 +24,12 @@ from vmrt.runtime.records import (
     PodRecord,
     PodStatus,
     check_transition,
+    is_object_id,
 )
 from vmrt.sandbox.persist import read_json, remove, write_json
 
 log = logging.getLogger(__name__)
+
 
 
 class RecordStore:
@@ -40,12 +42,19 @@ class RecordStore:
         # Pods whose record could not be read: left on disk for a person to
         # look at, and their VMs left alone (not killed as leaked).
         self.unreadable: set[str] = set()
+        # CreateContainer's intents: container id -> pod id, written before
+        # anything of the container exists and dropped once its record does
+        # (or its parts are gone). What a crash leaves here, recovery removes.
+        self.intents: dict[str, str] = {}
 
     def _pod_file(self, pod_id: str) -> Path:
         return self.root / pod_id / "pod.json"
 
     def _container_file(self, meta: ContainerMeta) -> Path:
         return self.root / meta.pod_id / "containers" / f"{meta.id}.json"
+
+    def _intent_file(self, pod_id: str, container_id: str) -> Path:
+        return self.root / pod_id / "creating" / f"{container_id}.json"
 
     def load(self) -> None:
         if not self.root.exists():
@@ -67,6 +76,10 @@ class RecordStore:
                               container_file, exc)
                     continue
                 self.containers[container.id] = container
+            for intent in sorted((pod_file.parent / "creating").glob("*.json")):
+                # The name is what matters (the file may be cut short by a crash).
+                if is_object_id(intent.stem):
+                    self.intents[intent.stem] = pod.id
 
     # -- creation and removal -------------------------------------------
 
@@ -80,9 +93,27 @@ class RecordStore:
         write_json(self._container_file(container.meta), container.to_dict())
         self.containers[container.id] = container
 
+    def add_intent(self, pod_id: str, container_id: str) -> None:
+        """CreateContainer is about to make ``container_id`` in ``pod_id``."""
+        if self.pods.get(pod_id) is None:
+            raise NotFoundError(f"pod sandbox {pod_id} was removed")
+        write_json(self._intent_file(pod_id, container_id),
+                   {"id": container_id, "pod_id": pod_id})
+        self.intents[container_id] = pod_id
+
+    def drop_intent(self, container_id: str) -> None:
+        pod_id = self.intents.pop(container_id, None)
+        if pod_id is not None:
+            remove(self._intent_file(pod_id, container_id))
+
+    def pod_intents(self, pod_id: str) -> list[str]:
+        return [c for c, p in self.intents.items() if p == pod_id]
+
     def remove_pod(self, pod_id: str) -> None:
         for container in self.pod_containers(pod_id):
             self.containers.pop(container.id, None)
+        for container_id in self.pod_intents(pod_id):
+            self.intents.pop(container_id, None)
         self.pods.pop(pod_id, None)
         shutil.rmtree(self.root / pod_id, ignore_errors=True)
 
