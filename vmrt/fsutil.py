@@ -8,6 +8,8 @@ symlink and never enters a mount that was left behind.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from vmrt import safefs
@@ -36,3 +38,15 @@ def remove_tree(path: Path) -> None:
         safefs.remove_tree(path)
     except (OSError, safefs.UnsafePathError) as exc:
         raise RemoveError(f"cannot delete {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """An OSError that names no file (a write to a full disk through a file
+    object) is raised again naming ``path``, so the caller's error says where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -55,6 +56,7 @@ class Daemon:
             f"[runtime_handlers.vmrt]\n[runtime_handlers.tiny]\nmemory_mib = 96\n"
             f"boot_timeout = 60.0\n{extra_config}")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # added to vmrtd's environment at the next start
         self.channel: grpc.Channel | None = None
         self.runtime: api_grpc.RuntimeServiceStub
         self.images: api_grpc.ImageServiceStub
@@ -63,7 +65,8 @@ class Daemon:
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmrt.daemon.main", "--config", str(self.config), "--debug"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env})
         deadline = time.monotonic() + 60
         while not self.socket.exists():
             if self.proc.poll() is not None:

@@ -29,6 +29,7 @@ from vmrt.errors import (
     UnavailableError,
     VmrtError,
 )
+from vmrt.fsutil import naming
 from vmrt.images.manifest import ACCEPT
 from vmrt.images.reference import Reference
 
@@ -238,7 +239,7 @@ class RegistryClient:
             h = hashlib.sha256()
             received = 0
             started = time.monotonic()
-            with partial.open("wb") as out:
+            with naming(partial), partial.open("wb") as out:
                 async for chunk in response.aiter_bytes(CHUNK):
                     received += len(chunk)
                     if received > size:

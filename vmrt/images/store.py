@@ -33,7 +33,7 @@ import zstandard
 
 from vmrt import safefs
 from vmrt.errors import InvalidArgumentError, NotFoundError
-from vmrt.fsutil import RemoveError, private_dir, remove_tree
+from vmrt.fsutil import RemoveError, naming, private_dir, remove_tree
 from vmrt.images import manifest as mf
 from vmrt.images.reference import Reference, parse
 from vmrt.images.registry import Credentials, Endpoint, IntegrityError, RegistryClient
@@ -398,7 +398,7 @@ class ImageStore:
         remove_tree(work)
         work.mkdir()
         try:
-            with open_layer(blob, media_type) as stream:
+            with naming(work), open_layer(blob, media_type) as stream:
                 actual, _size = unpack(stream, str(work))
             if actual != diff_id:
                 raise IntegrityError(f"layer {blob.name[:12]} unpacks to {actual}, but the image "

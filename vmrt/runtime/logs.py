@@ -145,7 +145,10 @@ class LogPump:
             flusher.cancel()
             with contextlib.suppress(BaseException):
                 await flusher
-            self._save(dict(self.offsets))
+            try:
+                self._save(dict(self.offsets))
+            except OSError as exc:
+                log.warning("log of %s: cannot save its offsets: %s", self._id[:12], exc)
 
     async def _flush_every(self, interval: float) -> None:
         while True:
@@ -156,13 +159,22 @@ class LogPump:
                 if exc.code.name != "NOT_FOUND":
                     log.warning("log of %s: cannot trim the guest's spool: %s",
                                 self._id[:12], exc)
+            except OSError as exc:  # a full disk: the offsets are saved at a later try
+                log.warning("log of %s: cannot save its offsets: %s", self._id[:12], exc)
 
     async def flush(self) -> None:
         """Record the offsets, then let the guest forget what is in the file."""
         offsets = dict(self.offsets)
-        if offsets != self._saved:
-            self._save(offsets)
-            self._saved = offsets
+        try:
+            if offsets != self._saved:
+                self._save(offsets)
+                self._saved = offsets
+        finally:
+            # The bytes are in the log file, saved offsets or not: a restart
+            # that resumes from older offsets finds them trimmed and skips on.
+            await self._trim(offsets)
+
+    async def _trim(self, offsets: dict[str, int]) -> None:
         for name, stream in (("stdout", pb.STDOUT), ("stderr", pb.STDERR)):
             if offsets[name] > self._trimmed[name]:
                 await self._agent.trim_output(self._id, stream, offsets[name])

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vmrt.fsutil import naming
+
 
 def write_json(path: Path, data: Any, fsync: bool = True) -> None:
     """``fsync=False`` still replaces atomically; it only skips the disk flush,
@@ -22,14 +24,15 @@ def write_json(path: Path, data: Any, fsync: bool = True) -> None:
     payload = json.dumps(data, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(payload)
-        while view:  # a short write (a disk filling up) must not pass for a whole one
-            written = os.write(fd, view)
-            if written <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
+        with naming(path):  # the error says which record could not be written
+            view = memoryview(payload)
+            while view:  # a short write (a disk filling up) must not pass for a whole one
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
