@@ -46,17 +46,21 @@ def vmrtd_counts(daemon: Daemon) -> dict[str, int]:
             "tasks": streaming["tasks"], "rss_kib": rss}
 
 
-def node_counts(daemon: Daemon) -> dict[str, int]:
+def node_counts(daemon: Daemon, made: list[str]) -> dict[str, int]:
+    """What the soak's own pods (``made``: every pod id it ran) left on the node."""
     from pyroute2 import IPRoute, netns
 
+    from vmrt.network.pod import netns_name, tap_name
+
     with IPRoute() as ipr:
-        taps = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+        links = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    namespaces = set(netns.listnetns())
     leases = daemon.network.ipam_dir
     return {
         "qemu": len(leaks.qemu_processes(str(daemon.state))),
         "mounts": len(leaks.mounts_under(daemon.state)),
-        "netns": sum(1 for name in netns.listnetns() if name.startswith("vmrt-")),
-        "taps": sum(1 for name in taps if name and name.startswith("vmrtap")),
+        "netns": sum(1 for pod_id in made if netns_name(pod_id) in namespaces),
+        "taps": sum(1 for pod_id in made if tap_name(pod_id) in links),
         "leases": sum(1 for p in leases.glob("*") if p.name[0].isdigit()) if leases.is_dir()
         else 0,
         "pod_records": sum(1 for _ in (daemon.root / "pods").glob("*")),
@@ -64,8 +68,8 @@ def node_counts(daemon: Daemon) -> dict[str, int]:
     }
 
 
-def counts(daemon: Daemon) -> dict[str, int]:
-    return {**node_counts(daemon), **vmrtd_counts(daemon)}
+def counts(daemon: Daemon, made: list[str]) -> dict[str, int]:
+    return {**node_counts(daemon, made), **vmrtd_counts(daemon)}
 
 
 async def echo_through_port_forward(daemon: Daemon, pod_id: str) -> None:
@@ -87,7 +91,7 @@ async def echo_through_port_forward(daemon: Daemon, pod_id: str) -> None:
         serving.cancel()
 
 
-def cycle(daemon: Daemon, times: dict[str, list[float]]) -> None:
+def cycle(daemon: Daemon, times: dict[str, list[float]], made: list[str]) -> None:
     def timed(step: str, fn):  # type: ignore[no-untyped-def]
         began = time.perf_counter()
         value = fn()
@@ -96,6 +100,7 @@ def cycle(daemon: Daemon, times: dict[str, list[float]]) -> None:
 
     config = daemon.pod_config()
     pod_id = timed("run_pod", lambda: daemon.run_pod(config))
+    made.append(pod_id)
     container = timed("create_start", lambda: daemon.run_container(
         pod_id, config, ["sh", "-c", f"nc -ll -p {ECHO} -e cat"]))
     reply = timed("exec_sync", lambda: daemon.exec(container, ["echo", "ok"]))
@@ -126,22 +131,23 @@ def main() -> int:
     image = common.guest_image(args.root)
     times: dict[str, list[float]] = {}
     errors: list[str] = []
+    made: list[str] = []
     began = time.monotonic()
     with common.vmrtd(image) as daemon:
-        start = counts(daemon)
+        start = counts(daemon, made)
         warm = start
         for n in range(args.cycles):
             try:
-                cycle(daemon, times)
+                cycle(daemon, times, made)
             except Exception as exc:
                 errors.append(f"cycle {n}: {exc!r}")
                 print(f"cycle {n}: {exc!r}", file=sys.stderr)
             if n + 1 == args.warmup:
-                warm = counts(daemon)
+                warm = counts(daemon, made)
             if (n + 1) % 10 == 0:
                 print(f"{n + 1}/{args.cycles} cycles, {len(errors)} errors", file=sys.stderr)
         time.sleep(2)  # the last teardown's tasks end
-        end = counts(daemon)
+        end = counts(daemon, made)
     return common.write_result(args.output, {
         "cycles": args.cycles, "errors": len(errors), "error_list": errors[:20],
         "seconds": round(time.monotonic() - began),

@@ -122,3 +122,31 @@ def _try_run(daemon: Daemon) -> object:
         return daemon.run_pod()
     except Exception as exc:
         return exc
+
+
+def test_a_stalled_vm_is_given_its_time_and_the_rest_is_served_meanwhile(
+        own_vmrtd: Daemon) -> None:
+    """A VM that does not answer while vmrtd restarts (its QEMU stopped):
+    CRI is served at once, a call on that pod waits for its adoption, and
+    once the VM moves again it is adopted, not killed."""
+    daemon = own_vmrtd
+    config = daemon.pod_config()
+    pod_id = daemon.run_pod(config)
+    container = daemon.run_container(pod_id, config, ["sleep", "300"])
+    qemu = daemon.qemu_pid(pod_id)
+    daemon.stop(signal.SIGKILL)
+    os.kill(qemu, signal.SIGSTOP)
+    try:
+        daemon.start()  # returns when Version answers: before the pod is adopted
+        pods = daemon.runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10).items
+        assert [p.id for p in pods] == [pod_id]
+        waiting = daemon.runtime.PodSandboxStatus.future(
+            api.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=120)
+        time.sleep(8)
+        assert not waiting.done(), "a call on a pod being adopted should wait for it"
+    finally:
+        os.kill(qemu, signal.SIGCONT)
+    assert waiting.result().status.state == api.SANDBOX_READY
+    assert daemon.exec(container, ["echo", "adopted"]).stdout == b"adopted\n"
+    assert leaks.qemu_processes(str(daemon.state)) == [qemu]
+    assert "recovered 1 pod(s)" in daemon.log_file.read_text()
