@@ -781,3 +781,45 @@ def test_recovery_leaves_the_vms_of_pods_started_meanwhile(world: World) -> None
     after.drivers.processes = {4242: "a" * 32, 999: "b" * 32}
     run(recovery.adopt(after.rt))
     assert after.drivers.reclaimed == [999]
+
+
+def test_a_log_pump_outlives_a_full_disk(tmp_path: Path) -> None:
+    """Saving the offsets fails with ENOSPC: the pump goes on, the guest's
+    spool is still trimmed (the bytes are in the file), and the offsets are
+    saved once the disk has room again."""
+    from vmrt.runtime.logs import CRILogWriter, LogPump
+
+    trimmed: list[tuple[int, int]] = []
+    saved: list[dict[str, int]] = []
+    full = [True]
+
+    class Agent:
+        async def follow_output(self, container_id, exec_id, stream, offset=0,  # type: ignore[no-untyped-def]
+                                trim_sent=False):
+            if stream == pb.STDOUT:
+                yield pb.OutputChunk(offset=0, data=b"hello\n")
+                await asyncio.sleep(3600)  # the container runs on
+
+        async def trim_output(self, container_id, stream, offset, exec_id=""):  # type: ignore[no-untyped-def]
+            trimmed.append((stream, offset))
+
+    def save(offsets: dict[str, int]) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device", "/root/pods/p/c.json")
+        saved.append(offsets)
+
+    async def scenario() -> None:
+        pump = LogPump(Agent(), "c" * 64, CRILogWriter(str(tmp_path), "c.log"),  # type: ignore[arg-type]
+                       {"stdout": 0, "stderr": 0}, save)
+        pump.start()
+        await asyncio.sleep(0.5)  # two flushes against a full disk
+        assert trimmed == [(pb.STDOUT, 6)] and not saved
+        assert pump._task is not None and not pump._task.done()
+        full[0] = False
+        await asyncio.sleep(0.5)
+        assert saved and saved[-1] == {"stdout": 6, "stderr": 0}
+        full[0] = True
+        await pump.stop()  # the last save fails too, and is only logged
+
+    run(scenario())
+    assert (tmp_path / "c.log").read_text().endswith(" stdout F hello\n")
