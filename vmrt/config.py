@@ -66,6 +66,9 @@ class HypervisorConfig:
     # Seconds without traffic before vmrtd PINGs a guest's agent (the
     # watchdog's cheap probe); 0 turns the pings off.
     agent_keepalive_s: float = 10.0
+    # Node-wide (only in [hypervisor]): how far the full sizes of all VMs may
+    # exceed the node's memory (see vmrt.runtime.sizing.admit); 1.0: not at all.
+    memory_overcommit: float = 1.0
 
     def validate(self, where: str) -> None:
         if self.accel not in ("auto", "kvm", "tcg"):
@@ -83,6 +86,9 @@ class HypervisorConfig:
             raise ConfigError(f"{where}.qemu_capabilities: {problem}")
         if self.agent_keepalive_s < 0:
             raise ConfigError(f"{where}.agent_keepalive_s: {self.agent_keepalive_s} is negative")
+        if self.memory_overcommit <= 0:
+            raise ConfigError(f"{where}.memory_overcommit: {self.memory_overcommit} is not "
+                              "positive")
         if self.max_memory_mib < 0:
             raise ConfigError(f"{where}.max_memory_mib: {self.max_memory_mib} is negative")
         if self.max_memory_mib and self.max_memory_mib < self.memory_mib:
@@ -194,13 +200,19 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+NODE_WIDE = frozenset({"memory_overcommit"})  # [hypervisor] keys a handler cannot override
+
+
 def _validate_handlers(config: Config) -> None:
-    allowed = {f.name for f in dataclasses.fields(HypervisorConfig)}
+    allowed = {f.name for f in dataclasses.fields(HypervisorConfig)} - NODE_WIDE
     hints = typing.get_type_hints(HypervisorConfig)
     for name, overrides in config.runtime_handlers.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"runtime_handlers.{name}: expected a table")
         for key, value in overrides.items():
+            if key in NODE_WIDE:
+                raise ConfigError(f"runtime_handlers.{name}.{key}: is node-wide; set it in "
+                                  "[hypervisor]")
             if key not in allowed:
                 raise ConfigError(f"unknown key runtime_handlers.{name}.{key} "
                                   f"(known: {', '.join(sorted(allowed))})")

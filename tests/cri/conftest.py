@@ -30,7 +30,7 @@ class Daemon:
     """One vmrtd process with its own socket, root and state directories."""
 
     def __init__(self, base: Path, image_dir: Path, extra_config: str = "",
-                 cri_config: str = "") -> None:
+                 cri_config: str = "", hypervisor_config: str = "") -> None:
         self.base = base
         self.socket = base / "vmrt.sock"
         self.root = base / "root"
@@ -51,7 +51,7 @@ class Daemon:
         self.config.write_text(
             f'[cri]\nsocket = "{self.socket}"\n{cri_config}'
             f'[storage]\nroot = "{self.root}"\nstate = "{self.state}"\n'
-            f'[hypervisor]\nimage = "{image_dir}"\n'
+            f'[hypervisor]\nimage = "{image_dir}"\n{hypervisor_config}'
             f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = ["/usr/lib/cni"]\n'
             f"[runtime_handlers.vmrt]\n[runtime_handlers.tiny]\nmemory_mib = 96\n"
             f"boot_timeout = 60.0\n{extra_config}")

@@ -30,14 +30,16 @@ from vmrt.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from vmrt.guest.image import GuestImage
 from vmrt.images.store import ImageStore
-from vmrt.runtime import core, recovery
+from vmrt.runtime import core, recovery, sizing
 from vmrt.runtime import sandbox as sandbox_mod
 from vmrt.runtime.containers import ContainerService
 from vmrt.runtime.core import Runtime
+from vmrt.runtime.logs import CRILogWriter, LogPump
 from vmrt.runtime.names import NameIndex
 from vmrt.runtime.pods import PodService
 from vmrt.runtime.records import (
@@ -787,8 +789,6 @@ def test_a_log_pump_outlives_a_full_disk(tmp_path: Path) -> None:
     """Saving the offsets fails with ENOSPC: the pump goes on, the guest's
     spool is still trimmed (the bytes are in the file), and the offsets are
     saved once the disk has room again."""
-    from vmrt.runtime.logs import CRILogWriter, LogPump
-
     trimmed: list[tuple[int, int]] = []
     saved: list[dict[str, int]] = []
     full = [True]
@@ -823,3 +823,35 @@ def test_a_log_pump_outlives_a_full_disk(tmp_path: Path) -> None:
 
     run(scenario())
     assert (tmp_path / "c.log").read_text().endswith(" stdout F hello\n")
+
+
+def test_admission_counts_full_vm_sizes(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod is refused (RESOURCE_EXHAUSTED, saying why) when the node
+    cannot hold its VM at full size next to the others."""
+    figures = {"MemTotal": 600, "MemAvailable": 500}
+    monkeypatch.setattr(sizing, "meminfo_mib", lambda key: figures[key])
+    first = run(world.pods.run(pod_config(world, "first"), "vmrt"))  # 256 of 600
+    run(world.pods.run(pod_config(world, "second"), "vmrt"))  # 512 of 600
+    with pytest.raises(ResourceExhaustedError,
+                       match=r"VMs already take 512 MiB of the node's 600 MiB "
+                             r"\(hypervisor.memory_overcommit = 1\)"):
+        run(world.pods.run(pod_config(world, "third"), "vmrt"))
+    assert len(world.rt.store.pods) == 2  # nothing of it was made
+    # A stopped pod's VM no longer counts.
+    run(world.pods.stop(first))
+    third = run(world.pods.run(pod_config(world, "third"), "vmrt"))
+    assert world.rt.pod(third).state == PodState.READY
+    # MemAvailable bounds the new VM alone.
+    run(world.pods.stop(third))
+    figures["MemAvailable"] = 200
+    with pytest.raises(ResourceExhaustedError, match="only 200 MiB of memory is available"):
+        run(world.pods.run(pod_config(world, "fourth"), "vmrt"))
+
+
+def test_overhead_is_not_guest_memory(world: World) -> None:
+    config = pod_config(world)
+    config.linux.resources.memory_limit_in_bytes = 64 << 20
+    config.linux.overhead.memory_limit_in_bytes = 32 << 20
+    config.linux.overhead.cpu_quota, config.linux.overhead.cpu_period = 100_000, 100_000
+    vm = world.rt.vm_config("vmrt", config)
+    assert (vm.memory_mib, vm.vcpus) == (256 + 64, 1)

@@ -140,6 +140,11 @@ class Runtime:
         return sizing.vm_config(self.config, handler, pod_config, pod_id,
                                 str(self.guest_image_for(handler).directory))
 
+    def committed_memory_mib(self) -> int:
+        """The full guest RAM of every pod whose VM is or may be running."""
+        return sum(pod.vm.settings.memory_mib for pod in self.store.pods.values()
+                   if pod.vm is not None and pod.state in (PodState.STARTING, PodState.READY))
+
     def guest_image_for(self, handler: str) -> GuestImage:
         image_dir = self.config.handler(handler).image
         return GuestImage.load(image_dir) if image_dir else self.guest_image

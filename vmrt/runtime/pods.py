@@ -19,7 +19,7 @@ from vmrt.aio import push_cleanup
 from vmrt.errors import NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState, PreparedNetwork
-from vmrt.runtime import ocispec
+from vmrt.runtime import ocispec, sizing
 from vmrt.runtime.core import Runtime, container_key
 from vmrt.runtime.records import ContainerState, PodRecord, PodState, VMState
 from vmrt.runtime.sandbox import PodSandbox
@@ -49,6 +49,7 @@ class PodService:
         pod_id = secrets.token_hex(32)
         image = self.rt.guest_image_for(handler)
         vm_config = self.rt.vm_config(handler, config, pod_id)
+        sizing.admit(self.rt.config, vm_config, self.rt.committed_memory_mib())
         # The VM's settings are in the record before the VM exists: a
         # vmrtd that dies while it boots leaves what recovery needs to undo it.
         record = PodRecord.new(pod_id, config, handler, time.time_ns(),
@@ -74,6 +75,7 @@ class PodService:
         holds what StopPodSandbox / RemovePodSandbox need to try again.
         """
         store = self.rt.store
+        # No await since the admission: two concurrent runs cannot both fit in one gap.
         store.add_pod(record)
         crashpoint.reached("run", "recorded")
         failed: BaseException | None = None
