@@ -153,9 +153,9 @@ async def _finish_creates(rt: Runtime, sandbox: PodSandbox) -> None:
 
 async def _kill_leaked_vms(rt: Runtime) -> None:
     # CRI is being served: pods that new RunPodSandbox calls are starting
-    # have VMs (and records) of their own.
+    # (or have just made ready) have VMs and records of their own.
     claimed = set(rt.sandboxes) | {pod.id for pod in rt.store.pods.values()
-                                   if pod.state == PodState.STARTING}
+                                   if pod.state in (PodState.STARTING, PodState.READY)}
     for pid, dir_name in rt.drivers.running().items():
         if any(pod_id.startswith(dir_name) for pod_id in claimed):
             continue
