@@ -37,6 +37,14 @@ def write_result(path: Path, result: object) -> int:
     return 0
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def guest_image(root: str) -> GuestImage:
     """The default guest image under a vmrt root."""
     return GuestImage.load(default_image_dir(root).resolve())

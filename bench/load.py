@@ -33,9 +33,7 @@ from tests.helpers import leaks
 
 def rss_kib(daemon: Daemon) -> int:
     assert daemon.proc is not None
-    status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmRSS"))
+    return common.rss_kib(daemon.proc.pid)
 
 
 def exec_loop(daemon: Daemon, container: str, until: float, latencies: list[float],

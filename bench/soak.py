@@ -38,8 +38,7 @@ ECHO = 5002
 def vmrtd_counts(daemon: Daemon) -> dict[str, int]:
     assert daemon.proc is not None
     pid = daemon.proc.pid
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    rss = common.rss_kib(pid)
     reply = daemon.runtime.Status(api.StatusRequest(verbose=True), timeout=30)
     streaming = json.loads(reply.info["streaming"])
     return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": streaming["threads"],
