@@ -59,7 +59,10 @@ F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
 class VM:
     """One QEMU with its QMP and agent sockets in ``directory``."""
 
+    made: list[VM] = []  # every VM of the run, killed at the end whatever happens
+
     def __init__(self, directory: Path, name: str) -> None:
+        VM.made.append(self)
         self.directory = directory / name
         self.directory.mkdir()
         (self.directory / "share").mkdir()
@@ -246,6 +249,10 @@ async def probe(runs: int, image_root: str) -> dict[str, object]:
         })
         return result
     finally:
+        for vm in VM.made:
+            if vm.proc is not None and vm.proc.poll() is None:
+                vm.proc.kill()
+                vm.proc.wait()
         ram.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
