@@ -59,6 +59,9 @@ def vmrtd(image: GuestImage, extra_config: str = "") -> Iterator[Daemon]:
     try:
         daemon.start()
         yield daemon
+    except BaseException:
+        daemon.dump("bench")  # vmrtd's log and the consoles, in test-artifacts/
+        raise
     finally:
         daemon.cleanup()
         leaks.remove_cgroup_parent(daemon.cgroup_parent)
