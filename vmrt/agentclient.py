@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -140,11 +141,25 @@ class AgentClient:
 
     # -- the sandbox ------------------------------------------------------
 
+    async def _health_until(self, timeout: float) -> pb.HealthResponse:
+        """Health until it answers or ``timeout`` passes. A connection that
+        breaks meanwhile (a keepalive PING unanswered by a guest still
+        booting on a loaded host) is not the end: the next one is tried."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await self._unary("Health", pb.HealthRequest(), pb.HealthResponse,
+                                         timeout=max(remaining, 0.001), wait_for_ready=True)
+            except AgentError as exc:
+                if exc.code != grpc.StatusCode.UNAVAILABLE or remaining < 1.0:
+                    raise
+                log.debug("agent Health: %s; trying again", exc)
+                await asyncio.sleep(0.2)
+
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         """Health with wait-for-ready, abandoned as soon as the VM exits."""
-        health = asyncio.ensure_future(self._unary(
-            "Health", pb.HealthRequest(), pb.HealthResponse, timeout=timeout,
-            wait_for_ready=True))
+        health = asyncio.ensure_future(self._health_until(timeout))
         died = asyncio.ensure_future(vm_exited)
         try:
             done, _ = await asyncio.wait({health, died}, return_when=asyncio.FIRST_COMPLETED)

@@ -55,3 +55,42 @@ def test_pump_copies_both_ways_and_reports_who_hung_up() -> None:
     assert result == ["host hung up"]
     for s in (outer, inner, server):
         s.close()
+
+
+def test_the_boot_wait_survives_a_broken_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest still booting on a loaded host can miss a keepalive PING, and
+    gRPC then ends the connection (UNAVAILABLE "ping timeout"): the boot wait
+    tries again until its deadline instead of failing the pod. Other errors end it."""
+    import asyncio
+
+    import grpc
+
+    from vmrt.agent.v1 import agent_pb2 as pb
+    from vmrt.agentapi import AgentError
+    from vmrt.agentclient import AgentClient
+
+    async def scenario() -> None:
+        client = AgentClient("unix:///nonexistent/agent.sock")
+        calls: list[float] = []
+        outcomes = [AgentError("Health", grpc.StatusCode.UNAVAILABLE, "ping timeout"),
+                    AgentError("Health", grpc.StatusCode.UNAVAILABLE, "Socket closed"),
+                    pb.HealthResponse(agent_version="ok")]
+
+        async def unary(method, request, reply_type, timeout=None, wait_for_ready=False):  # type: ignore[no-untyped-def]
+            calls.append(timeout)
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        monkeypatch.setattr(client, "_unary", unary)
+        never = asyncio.get_running_loop().create_future()
+        health = await client.wait_ready(30, never)
+        assert health.agent_version == "ok" and len(calls) == 3
+        assert all(0 < t <= 30 for t in calls)
+        outcomes[:] = [AgentError("Health", grpc.StatusCode.INTERNAL, "bad")]
+        with pytest.raises(AgentError, match="bad"):
+            await client.wait_ready(30, never)
+        await client.close()
+
+    asyncio.run(scenario())

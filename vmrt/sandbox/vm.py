@@ -203,6 +203,7 @@ class SandboxVM:
 
     async def _wait_ready(self) -> None:
         assert self.agent is not None
+        began = time.monotonic()
         try:
             self.health = await self.agent.wait_ready(self.config.boot_timeout,
                                                       self.qemu.wait_exit())
@@ -213,8 +214,9 @@ class SandboxVM:
             if not self.qemu.alive:
                 await self.qemu.console_drained()
                 raise self.died("the VM exited while booting") from None
-            raise VMDied(f"the guest agent did not answer within "
-                         f"{self.config.boot_timeout:.0f} s: {exc}",
+            raise VMDied(f"the guest agent did not answer in "
+                         f"{time.monotonic() - began:.0f} s (boot_timeout "
+                         f"{self.config.boot_timeout:.0f} s): {exc}",
                          self.qemu.console_tail()) from None
 
     def died(self, what: str) -> VMDied:
