@@ -37,6 +37,12 @@ def write_result(path: Path, result: object) -> int:
     return 0
 
 
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0.5, 0.99) of ``samples`` by rank; 0.0 for none."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
 def rss_kib(pid: int) -> int:
     """A process's resident memory (VmRSS) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

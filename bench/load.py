@@ -51,11 +51,6 @@ def exec_loop(daemon: Daemon, container: str, until: float, latencies: list[floa
         latencies.append(time.perf_counter() - began)
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
-
-
 def recover_all(daemon: Daemon, pods: dict[str, str]) -> dict[str, object]:
     """SIGKILL vmrtd with every pod running; the restart's times."""
     before = sorted(leaks.qemu_processes(str(daemon.state)))
@@ -119,7 +114,7 @@ def main() -> int:
         result.update({
             "exec_calls": len(latencies), "errors": len(errors), "error_list": errors[:20],
             "exec_seconds": {"p50": round(statistics.median(latencies), 3) if latencies else 0,
-                             "p99": percentile(latencies, 0.99),
+                             "p99": round(common.percentile(latencies, 0.99), 3),
                              "max": round(max(latencies), 3) if latencies else 0},
             "vmrtd_rss_kib": {"start": rss_start, "end": rss_end},
             "watchdog_false_positives": {

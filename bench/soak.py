@@ -26,10 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cri_api.v1 import api_pb2 as api
+from pyroute2 import IPRoute, netns
 
 from bench import common
 from tests.cri.conftest import Daemon
 from tests.helpers import leaks
+from vmrt.network.pod import netns_name, tap_name
 from vmrt.streaming import client
 
 ECHO = 5002
@@ -47,10 +49,6 @@ def vmrtd_counts(daemon: Daemon) -> dict[str, int]:
 
 def node_counts(daemon: Daemon, made: list[str]) -> dict[str, int]:
     """What the soak's own pods (``made``: every pod id it ran) left on the node."""
-    from pyroute2 import IPRoute, netns
-
-    from vmrt.network.pod import netns_name, tap_name
-
     with IPRoute() as ipr:
         links = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     namespaces = set(netns.listnetns())

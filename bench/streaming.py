@@ -45,10 +45,8 @@ ROUND_TRIPS = 200
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"p50_ms": ordered[len(ordered) // 2],
-            "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-            "n": len(ordered)}
+    return {"p50_ms": common.percentile(samples, 0.5),
+            "p99_ms": common.percentile(samples, 0.99), "n": len(samples)}
 
 
 async def streaming_exec(daemon: Daemon, cid: str) -> float:
