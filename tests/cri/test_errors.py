@@ -239,7 +239,8 @@ def test_a_hung_guest_is_declared_dead_by_the_watchdog(vmrtd: Daemon) -> None:
     started = time.monotonic()
     os.kill(pid, signal.SIGSTOP)  # the guest hangs; QEMU is still there
     try:
-        reason = wait_for(lambda: vmrtd.notready_reason(pod_id), timeout=90)
+        # About a minute: keepalive, its PING timeout, three missed probes.
+        reason = wait_for(lambda: vmrtd.notready_reason(pod_id), timeout=150)
         assert reason
     finally:
         with contextlib.suppress(ProcessLookupError):

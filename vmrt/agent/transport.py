@@ -3,11 +3,13 @@
 gRPC cannot serve on a character device, so the agent's gRPC server listens
 on a unix socket inside the guest and a pump thread joins it to the host:
 
-* **virtio-serial** (hosts without vhost-vsock): one port, one host
-  connection at a time. While no host is connected the port polls as
-  POLLHUP and reads return 0 at once, so we sleep-poll instead of spinning.
-  Every host connection gets a fresh inner connection, so a host that
-  reconnects always starts a clean HTTP/2 session.
+* **virtio-serial** (hosts without vhost-vsock): one port, one byte stream
+  for the VM's life, carrying frames (``vmrt.agent.framing``): each host
+  session begins with a HELLO and gets a fresh inner connection, so a host
+  that reconnects always starts a clean HTTP/2 session, whatever bytes of
+  the last one are still on the line. While no host is connected the port
+  polls as POLLHUP and reads return 0 at once, so we sleep-poll instead of
+  spinning.
 * **vsock** (KVM hosts): a listening AF_VSOCK socket; each accepted host
   connection is pumped to its own inner connection.
 """
@@ -22,6 +24,8 @@ import select
 import socket
 import threading
 import time
+
+from vmrt.agent import framing
 
 log = logging.getLogger(__name__)
 
@@ -45,46 +49,12 @@ def find_serial_port(name: str, sys_dir: str = "/sys/class/virtio-ports") -> str
     raise FileNotFoundError(f"no virtio-serial port named {name!r} in {sys_dir}")
 
 
-# Every HTTP/2 client connection begins with this (RFC 9113, section 3.4).
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-class _PrefaceSync:
-    """Drops host bytes until the start of an HTTP/2 connection.
-
-    A serial port has no connection boundaries: bytes of a host connection
-    that ended (a client that gave up mid-handshake, a daemon that
-    restarted) can still be in flight when the next one starts. Every inner
-    connection therefore begins at a client preface, never mid-stream.
-    """
-
-    def __init__(self) -> None:
-        self.synced = False
-        self._held = b""
-
-    def feed(self, data: bytes) -> bytes:
-        if self.synced:
-            return data
-        data = self._held + data
-        start = data.find(HTTP2_PREFACE)
-        if start >= 0:
-            self.synced = True
-            self._held = b""
-            if start:
-                log.debug("dropped %d stale bytes before the HTTP/2 preface", start)
-            return data[start:]
-        # Keep a tail that may be the beginning of a split preface.
-        self._held = data[-(len(HTTP2_PREFACE) - 1):]
-        return b""
-
-
 def _pump(outer: int, inner: socket.socket) -> str:
     """Copy bytes both ways until either side hangs up."""
     inner.setblocking(False)
     inner_fd = inner.fileno()
     to_inner = bytearray()
     to_outer = bytearray()
-    sync = _PrefaceSync()
     poller = select.poll()
     while True:
         # Read from a side only while what we read last has gone out: this
@@ -100,7 +70,7 @@ def _pump(outer: int, inner: socket.socket) -> str:
                     if data == b"":
                         return "host hung up"
                     if data:
-                        to_inner += sync.feed(data)
+                        to_inner += data
                 elif events & (select.POLLHUP | select.POLLERR) and not to_outer:
                     return "host hung up"
                 if events & select.POLLOUT and to_outer:
@@ -172,26 +142,115 @@ def _host_connected(fd: int) -> bool:
     return bool(mask & select.POLLIN) or not mask & select.POLLHUP
 
 
-def serve_serial(port_path: str, inner_path: str) -> None:
-    """Forever: wait for a host on the port, pump it to a fresh inner connection."""
-    fd = os.open(port_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    while True:
-        if not _host_connected(fd):
-            time.sleep(HOST_POLL_INTERVAL)
-            continue
-        try:
-            inner = _connect_inner(inner_path)
-        except OSError as exc:
-            log.warning("cannot reach the local gRPC server: %s", exc)
-            time.sleep(0.1)
-            continue
-        log.debug("host connected on %s", port_path)
-        with inner:
+class SerialLink:
+    """The guest's end of the framed serial line: one inner connection per
+    host session, bytes both ways as DATA frames."""
+
+    def __init__(self, fd: int, inner_path: str) -> None:
+        self.fd = fd
+        self.inner_path = inner_path
+        self.sync = framing.GuestSync()
+        self.inner: socket.socket | None = None
+        self.to_inner = bytearray()
+        self.to_outer = bytearray()
+        self.sessions = 0
+
+    def run(self) -> None:
+        while True:
+            if not _host_connected(self.fd):
+                self._host_gone()
+                time.sleep(HOST_POLL_INTERVAL)
+                continue
+            self.step()
+
+    def step(self, timeout_ms: int | None = None) -> None:
+        """Wait for the line or the inner connection, then move bytes once."""
+        poller = select.poll()
+        # Read from a side only while what we read last has gone out: this
+        # bounds memory and passes back-pressure through.
+        poller.register(self.fd, (0 if self.to_inner else select.POLLIN)
+                        | (select.POLLOUT if self.to_outer else 0))
+        if self.inner is not None:
+            poller.register(self.inner.fileno(), (0 if self.to_outer else select.POLLIN)
+                            | (select.POLLOUT if self.to_inner else 0))
+        inner = self.inner
+        for fd, events in poller.poll(timeout_ms):
+            if fd == self.fd:
+                if events & select.POLLIN:
+                    data = _read(self.fd)
+                    if data == b"":
+                        self._host_gone()
+                        return
+                    if data:
+                        for kind, payload in self.sync.feed(data):
+                            self._frame(kind, payload)
+                elif events & (select.POLLHUP | select.POLLERR):
+                    self._host_gone()
+                    return
+                if events & select.POLLOUT and self.to_outer:
+                    del self.to_outer[: _write(self.fd, self.to_outer)]
+            elif self.inner is not None and self.inner is inner and fd == inner.fileno():
+                # (Not for an inner connection a HELLO just replaced: the
+                # new one may have the old one's fd number.)
+                if events & select.POLLIN:
+                    data = _recv(self.inner)
+                    if data == b"":
+                        self._inner_closed()
+                        continue
+                    if data:
+                        self.to_outer += framing.data_frames(data)
+                elif events & (select.POLLHUP | select.POLLERR):
+                    self._inner_closed()
+                    continue
+                if events & select.POLLOUT and self.to_inner:
+                    with contextlib.suppress(BlockingIOError):
+                        del self.to_inner[: self.inner.send(self.to_inner)]
+
+    def _frame(self, kind: int, payload: bytes) -> None:
+        if kind == framing.HELLO:
+            self._close_inner()
+            # What is left of the last session's bytes to the host goes:
+            # the host drops all it gets before this session's WELCOME.
+            self.to_outer.clear()
             try:
-                ended_by = _pump(fd, inner)
+                self.inner = _connect_inner(self.inner_path)
+                self.inner.setblocking(False)
             except OSError as exc:
-                ended_by = f"error {exc}"
-        log.debug("host connection on %s ended: %s", port_path, ended_by)
+                # No WELCOME: the host says HELLO again.
+                log.warning("cannot reach the local gRPC server: %s", exc)
+                return
+            self.sessions += 1
+            self.to_outer += framing.frame(framing.WELCOME, payload)
+        elif kind == framing.DATA:
+            if self.inner is not None:
+                self.to_inner += payload
+        elif kind == framing.END:
+            self._close_inner()
+        # A WELCOME from the host means nothing; it is dropped.
+
+    def _inner_closed(self) -> None:
+        """The gRPC server ended the session: tell the host."""
+        self._close_inner()
+        self.to_outer += framing.frame(framing.END)
+
+    def _close_inner(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        self.to_inner.clear()
+
+    def _host_gone(self) -> None:
+        if self.inner is not None or self.sync.synced:
+            log.debug("host hung up; %d byte(s) dropped out of step so far", self.sync.dropped)
+        self._close_inner()
+        self.to_outer.clear()
+        self.sync.reset()
+
+
+def serve_serial(port_path: str, inner_path: str) -> None:
+    """Forever: frames on the port, to a fresh inner connection per host session."""
+    fd = os.open(port_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    SerialLink(fd, inner_path).run()
 
 
 def serve_vsock(port: int, inner_path: str) -> None:

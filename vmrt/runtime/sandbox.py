@@ -31,9 +31,11 @@ PUMP_DRAIN_TIMEOUT = 10.0
 # The watchdog: while the connection is up (kept honest by keepalive pings)
 # nothing is sent; once it is down, Health probes of PROBE_TIMEOUT, and
 # PROBE_MISSES failed ones in a row while QEMU runs make the guest dead.
+# A hung guest is declared dead about a minute after it stopped: keepalive
+# (10 s) and its PING timeout (20 s), then three missed probes.
 WATCHDOG_INTERVAL = 2.0
-PROBE_TIMEOUT = 5.0
-PROBE_MISSES = 2
+PROBE_TIMEOUT = 10.0
+PROBE_MISSES = 3
 MAX_SWEEP = 256
 
 
