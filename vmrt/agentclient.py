@@ -120,14 +120,17 @@ class AgentClient:
     @classmethod
     def for_vm(cls, transport: str, agent_socket: str, vsock_cid: int = 0,
                vsock_port: int = 1024, connect_timeout: float = 20.0,
-               keepalive_s: float = KEEPALIVE_S) -> AgentClient:
+               keepalive_s: float = KEEPALIVE_S, adopted: bool = False) -> AgentClient:
         """A client of one VM's agent. On the serial transport, gRPC talks to
         a relay of ours (``relay.sock`` beside QEMU's ``agent_socket``) that
-        frames each connection as a session; called in a running event loop."""
+        frames each connection as a session; called in a running event loop.
+        ``adopted``: the VM was started by an earlier vmrtd, whose last
+        frame on the line may be cut short."""
         if transport != "serial":
             return cls(_target(transport, agent_socket, vsock_cid, vsock_port), connect_timeout,
                        keepalive_s)
-        relay = SerialRelay(Path(agent_socket), Path(agent_socket).with_name(RELAY_SOCKET))
+        relay = SerialRelay(Path(agent_socket), Path(agent_socket).with_name(RELAY_SOCKET),
+                            resync=adopted)
         relay.bind()
         client = cls(f"unix:{relay.listen_path}", connect_timeout, keepalive_s)
         client._relay = relay

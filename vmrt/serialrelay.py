@@ -35,9 +35,15 @@ HELLO_RESEND_MAX = 10.0
 
 
 class SerialRelay:
-    def __init__(self, port_path: Path, listen_path: Path) -> None:
+    """``resync``: the line may be in the middle of a frame of an earlier
+    vmrtd's (one that was killed mid-write): the first bytes on it are a
+    frame's worth of filler, so the guest is back in step before our HELLO.
+    """
+
+    def __init__(self, port_path: Path, listen_path: Path, resync: bool = False) -> None:
         self.port_path = port_path
         self.listen_path = listen_path
+        self.resync = resync
         self.sessions = 0
         self._listener: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -68,20 +74,19 @@ class SerialRelay:
         self._server = await asyncio.start_unix_server(self._client, sock=self._listener)
 
     async def close(self) -> None:
-        self._closed = True
+        async with self._port_lock:  # no line is opened after this
+            self._closed = True
         if self._server is not None:
             self._server.close()
         elif self._listener is not None:
             self._listener.close()
-        if self._session is not None:
-            await self._session.end()
+        self._end_session()
         if self._port_task is not None:
+            # Its end closes the line (a frame cut short there is what
+            # ``resync`` is for, in the next vmrtd).
             self._port_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._port_task
-        if self._port is not None:
-            self._port[1].close()
-            self._port = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.listen_path)
 
@@ -89,64 +94,80 @@ class SerialRelay:
 
     async def _line(self) -> asyncio.StreamWriter:
         async with self._port_lock:
+            if self._closed:
+                raise ConnectionAbortedError("the relay is closed")
             if self._port is None:
                 reader, writer = await asyncio.open_unix_connection(str(self.port_path))
                 self._port = (reader, writer)
                 self._sync.lose()
-                self._port_task = asyncio.create_task(self._read_line(reader),
+                if self.resync:
+                    # No magic in it: the guest skips it whatever state it is in.
+                    writer.write(bytes(framing.HEADER.size + framing.MAX_PAYLOAD))
+                self._port_task = asyncio.create_task(self._read_line(reader, writer),
                                                       name=f"serial-line {self.port_path}")
             return self._port[1]
 
-    async def _read_line(self, reader: asyncio.StreamReader) -> None:
-        """Everything the guest sends: frames to the session they belong to."""
+    async def _read_line(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        """Everything the guest sends, to the session it belongs to.
+
+        One read is handled at once for the session that was current when
+        it came (frames of a session that a newer one replaced meanwhile
+        are dropped), its DATA in one write, and then other tasks get their
+        turn: a guest that sends tiny frames costs its own pod time only.
+        """
         try:
             while data := await reader.read(READ_SIZE):
+                session = self._session
                 try:
                     frames = self._sync.feed(data)
                 except framing.FrameError as exc:
                     log.warning("%s: the guest broke the framing (%s); its session ends",
                                 self.port_path, exc)
-                    await self._end_session()
+                    self._end_session()
                     continue
+                payloads = []
                 for kind, payload in frames:
-                    await self._guest_frame(kind, payload)
+                    if session is None or session is not self._session:
+                        break
+                    if kind == framing.WELCOME:
+                        session.welcomed.set()
+                    elif kind == framing.DATA and session.welcomed.is_set():
+                        payloads.append(payload)
+                    elif kind == framing.END:
+                        self._end_session()
+                    # A HELLO from the guest means nothing.
+                if payloads and session is not None:
+                    await session.to_client(b"".join(payloads))
+                await asyncio.sleep(0)
         except (ConnectionError, OSError) as exc:
             log.debug("%s: line error: %s", self.port_path, exc)
         finally:
             # QEMU closed the line (it exited): the session cannot go on.
-            if self._port is not None:
-                self._port[1].close()
+            if self._port is not None and self._port[1] is writer:
                 self._port = None
-            await self._end_session()
+            writer.transport.abort()
+            self._end_session()
 
-    async def _guest_frame(self, kind: int, payload: bytes) -> None:
-        session = self._session
-        if kind == framing.WELCOME:
-            if session is not None:
-                session.welcomed.set()
-        elif kind == framing.DATA:
-            if session is not None and session.welcomed.is_set():
-                await session.to_client(payload)
-        elif kind == framing.END:
-            await self._end_session()
-        # A HELLO from the guest means nothing.
-
-    async def _end_session(self) -> None:
+    def _end_session(self) -> None:
         """No session: what the guest sends is dropped until the next WELCOME."""
         self._sync.lose()
         session, self._session = self._session, None
         if session is not None:
-            await session.end()
+            session.end()
 
     # -- gRPC's connections ------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(writer)
         if self._closed:
-            writer.close()
+            session.end()
             return
-        await self._end_session()  # a new connection supersedes the old one
-        session = _Session(reader, writer)
-        self._session = session
+        # A new connection supersedes the old one, at once (no await between).
+        old, self._session = self._session, session
+        self._sync.lose()
+        if old is not None:
+            old.end()
         try:
             line = await self._line()
             await self._hello(session, line)
@@ -164,28 +185,33 @@ class SerialRelay:
         finally:
             if self._session is session:
                 self._session = None
-            await session.end()
+                self._sync.lose()
+            session.end()
 
     async def _hello(self, session: _Session, line: asyncio.StreamWriter) -> None:
         """HELLO until the guest answers with the latest nonce."""
         wait = HELLO_RESEND
         while True:
+            if session.ended or self._session is not session:
+                raise ConnectionResetError("the session ended before the guest answered")
             nonce = os.urandom(framing.NONCE_SIZE)
             self._sync.expect(nonce)
             line.write(framing.frame(framing.HELLO, nonce))
-            await line.drain()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.welcomed.wait(), wait)
-            if session.ended:
-                raise ConnectionResetError("the session ended before the guest answered")
-            if session.welcomed.is_set():
+                # (The drain too: a guest that reads nothing holds it.)
+                await asyncio.wait_for(_drained_then(line, session.welcomed), wait)
+            if session.welcomed.is_set() and not session.ended:
                 return
             wait = min(wait * 2, HELLO_RESEND_MAX)
 
 
+async def _drained_then(line: asyncio.StreamWriter, event: asyncio.Event) -> None:
+    await line.drain()
+    await event.wait()
+
+
 class _Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.welcomed = asyncio.Event()
         self.ended = False
@@ -197,13 +223,11 @@ class _Session:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, OSError):
-            await self.end()
+            self.end()
 
-    async def end(self) -> None:
+    def end(self) -> None:
         if self.ended:
             return
         self.ended = True
         self.welcomed.set()  # wakes a HELLO wait
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+        self.writer.transport.abort()  # at once, unsent bytes or not

@@ -40,6 +40,8 @@ def test_frames_round_trip_split_anywhere() -> None:
     framing.MAGIC + bytes([9]) + (0).to_bytes(4, "big"),                 # unknown kind
     framing.MAGIC + bytes([DATA]) + (MAX_PAYLOAD + 1).to_bytes(4, "big"),  # too long
     framing.MAGIC + bytes([WELCOME]) + (3).to_bytes(4, "big") + b"abc",  # short nonce
+    framing.MAGIC + bytes([DATA]) + (0).to_bytes(4, "big"),  # empty: work for nothing
+    framing.MAGIC + bytes([END]) + (1).to_bytes(4, "big") + b"x",
 ])
 def test_the_parser_refuses_what_breaks_the_rules(bad: bytes) -> None:
     with pytest.raises(FrameError):
@@ -108,3 +110,14 @@ def test_neither_side_holds_more_than_a_frame() -> None:
     for _ in range(2):
         assert parser.feed(b"y" * 100_000) == []  # the frame is not complete yet
     assert len(parser._buf) <= MAX_PAYLOAD + framing.HEADER.size
+
+
+def test_the_filler_brings_back_a_guest_left_in_the_middle_of_a_frame() -> None:
+    """A vmrtd killed mid-frame left the guest waiting for the rest of a
+    256 KiB DATA frame; the next one's filler ends it, and its HELLO is seen."""
+    sync = GuestSync()
+    sync.feed(frame(HELLO, b"a" * 16))
+    sync.feed(framing.MAGIC + bytes([DATA]) + MAX_PAYLOAD.to_bytes(4, "big") + b"0123456789")
+    filler = bytes(framing.HEADER.size + MAX_PAYLOAD)
+    frames = sync.feed(filler + frame(HELLO, b"b" * 16))
+    assert frames[-1] == (HELLO, b"b" * 16)

@@ -100,7 +100,7 @@ def test_a_new_session_never_reads_the_last_ones_bytes(line: Line) -> None:
                      + framing.frame(framing.DATA, b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
                      + framing.frame(framing.DATA, b"cut short")[:6])
             for round in range(5):
-                await relay._end_session()  # as a keepalive timeout ends a connection
+                relay._end_session()  # as a keepalive timeout ends a connection
                 line.inject(stale)
                 assert (await probe_again(client)).agent_version == "relay-test", round
             assert relay.sessions == 6
@@ -142,6 +142,38 @@ def test_the_relay_survives_a_vmrtd_that_was_killed(line: Line, tmp_path: Path) 
         client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
         try:
             assert (await client.probe(10)).agent_version == "relay-test"
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_connections_at_once_leave_one_session_and_no_hello_storm(
+        line: Line, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two connections accepted in one turn: the later one is the session,
+    the earlier one ends, and nobody goes on saying HELLO."""
+    from vmrt import serialrelay
+    monkeypatch.setattr(serialrelay, "HELLO_RESEND", 0.2)
+    monkeypatch.setattr(serialrelay, "HELLO_RESEND_MAX", 0.2)
+
+    async def scenario() -> None:
+        client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
+        relay = client._relay
+        assert relay is not None
+        try:
+            await client.probe(10)
+            extra = [await asyncio.open_unix_connection(str(relay.listen_path)) for _ in range(2)]
+            await asyncio.sleep(1.0)
+            assert line.link is not None
+            settled = line.link.sessions
+            await asyncio.sleep(1.5)  # seven resend periods
+            assert line.link.sessions == settled
+            assert relay._session is not None and relay._session.welcomed.is_set()
+            first_reader, _ = extra[0]
+            assert await asyncio.wait_for(first_reader.read(), 5) == b""  # superseded: closed
+            for _, writer in extra:
+                writer.close()
+            assert (await probe_again(client)).agent_version == "relay-test"
         finally:
             await client.close()
 

@@ -16,8 +16,8 @@ Both ends therefore speak frames:
   ``WELCOME`` that carries its latest nonce, and drops every byte the guest
   sent before it, whatever they are: the nonce cannot be guessed, so stale
   bytes never pass for a new session's.
-* ``DATA`` (both ways): bytes of the current session, at most
-  ``MAX_PAYLOAD`` per frame.
+* ``DATA`` (both ways): bytes of the current session, 1 to ``MAX_PAYLOAD``
+  per frame (an empty one would cost the reader a frame's work for nothing).
 * ``END`` (both ways): this side's end of the session closed.
 
 The guest finds the stream's frame boundaries by scanning for a ``HELLO``
@@ -72,7 +72,8 @@ class Parser:
                 raise FrameError(f"bad magic {bytes(magic)!r}")
             if kind not in KINDS:
                 raise FrameError(f"unknown frame kind {kind}")
-            if length > MAX_PAYLOAD or (kind in (HELLO, WELCOME) and length != NONCE_SIZE):
+            if (length > MAX_PAYLOAD or (kind in (HELLO, WELCOME) and length != NONCE_SIZE)
+                    or (kind == DATA and length == 0) or (kind == END and length != 0)):
                 raise FrameError(f"{KINDS[kind]} frame of {length} bytes")
             if len(self._buf) < HEADER.size + length:
                 break

@@ -176,7 +176,7 @@ class SandboxVM:
         vm.qemu = await QemuVM.adopt(vm.spec, vm.directory, vm.qemu.name, pid, start_time)
         vm.agent = AgentClient.for_vm(config.transport, str(vm.qemu.agent_path),
                                       keepalive_s=config.agent_keepalive_s,
-                                      connect_timeout=connect_timeout)
+                                      connect_timeout=connect_timeout, adopted=True)
         try:
             vm.health = await asyncio.wait_for(
                 vm.agent.wait_ready(connect_timeout, vm.qemu.wait_exit()), connect_timeout * 2)
