@@ -64,10 +64,11 @@ class FakeAgent:
     def connected(self) -> bool:
         return not self.hung
 
-    async def probe(self, timeout: float) -> None:
+    async def probe(self, timeout: float) -> pb.HealthResponse:
         if self.hung:
             await asyncio.sleep(timeout)
             raise AgentError("Health", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return pb.HealthResponse(agent_version="fake")
 
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         return pb.HealthResponse(agent_version="fake")
