@@ -220,6 +220,7 @@ class FakeSandbox:
         self.start_time = 77
         self.alive = False
         self.timings: dict[str, float] = {}
+        self.from_template = ""
         self._gone = asyncio.Event()
         self.destroyed = False
         self.detached = False
@@ -261,6 +262,12 @@ class FakeSandbox:
 
 
 class FakeDrivers:
+    def load(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     def __init__(self, journal: Journal) -> None:
         self.j = journal
         self.made: dict[str, FakeSandbox] = {}

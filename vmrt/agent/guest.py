@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -17,6 +18,10 @@ from vmrt.agent.specfix import POD_DIR
 log = logging.getLogger(__name__)
 
 SIOCGIFFLAGS = 0x8913
+# linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MODULE_DIR = "/lib/modules"
@@ -145,6 +150,35 @@ class Guest:
             path = os.path.join(directory, "hosts")
             with open(path, "a") as f:
                 f.write(lines)
+
+    @staticmethod
+    def reseed(entropy: bytes) -> None:
+        """Mix host entropy into the pool, credited, and reseed the CRNG now
+        (a clone of a template would otherwise draw its siblings' numbers)."""
+        if not 16 <= len(entropy) <= 512:
+            raise InvalidArgument(f"entropy of {len(entropy)} bytes (16 to 512)")
+        padded = entropy + bytes(-len(entropy) % 4)
+        info = struct.pack("ii", len(entropy) * 8, len(entropy)) + padded
+        fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, RNDADDENTROPY, info)
+            fcntl.ioctl(fd, RNDRESEEDCRNG)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def set_machine_id(sandbox_id: str) -> None:
+        """/etc/machine-id from the sandbox id: one per pod, never a template's."""
+        digits = "".join(c for c in sandbox_id.lower() if c in "0123456789abcdef")
+        if len(digits) >= 32:
+            _write("/etc/machine-id", digits[:32] + "\n")
+
+    def set_mac(self, was: str, mac: str) -> None:
+        if not _MAC.fullmatch(mac):
+            raise InvalidArgument(f"invalid MAC address {mac!r}")
+        self.load_modules("net")
+        name = _interface_by_mac(was)
+        self.run(["/bin/ip", "link", "set", "dev", name, "address", mac])
 
     @staticmethod
     def set_clock(host_time_ns: int) -> None:

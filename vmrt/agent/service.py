@@ -117,6 +117,11 @@ class AgentService(pb_grpc.AgentServicer):
     @rpc
     def SetupSandbox(self, request: pb.SetupSandboxRequest, context: grpc.ServicerContext) -> Any:
         self._guest.set_clock(request.host_time_ns)
+        if request.entropy:
+            self._guest.reseed(request.entropy)
+        self._guest.set_machine_id(request.sandbox_id)
+        if request.nic_mac_was and request.nic_mac:
+            self._guest.set_mac(request.nic_mac_was, request.nic_mac)
         self._guest.bring_up_loopback()
         self._guest.set_hostname(request.hostname)
         # Always written: containers bind-mount the pod's resolv.conf.

@@ -49,7 +49,8 @@ def pod_info(pod: PodRecord, sandbox_dir: str) -> dict[str, str]:
     return {"info": json.dumps({
         "id": pod.id, "state": pod.state, "reason": pod.reason,
         "vm": {**pod.vm.settings.to_dict(), "pid": pod.vm.pid, "start_time": pod.vm.start_time,
-               "boot_seconds": pod.vm.boot_seconds} if pod.vm else None,
+               "boot_seconds": pod.vm.boot_seconds,
+               "from_template": pod.vm.template} if pod.vm else None,
         "runtimeHandler": pod.runtime_handler, "sandboxDir": sandbox_dir,
         "network": {"mode": network.mode, "netns": network.netns,
                     "network_name": network.network_name, "ips": network.ips},

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -148,7 +149,8 @@ class QemuVM:
                         stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
                         pass_fds=[s.fileno() for s in (qmp_sock, console_sock, agent_sock) if s]
                         + ([self.spec.net.tap_fd] if self.spec.net and self.spec.net.tap_fd >= 0
-                           else []),
+                           else [])
+                        + ([self.spec.memory.fd] if self.spec.memory else []),
                         start_new_session=True,
                         preexec_fn=_die_with_parent if die_with_parent else None,
                     )
@@ -298,6 +300,58 @@ class QemuVM:
         if self.panicked or "Kernel panic" in self.console_tail(60):
             how += "; the guest kernel panicked"
         return how
+
+    # -- saved state (templates) ---------------------------------------
+
+    async def _migration_setup(self, fd: int, name: str) -> None:
+        qmp = self._require_qmp()
+        # RAM in a shared file is not in the stream: it is the file.
+        await qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True}]})
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": name})
+
+    async def _migration_done(self, timeout: float) -> dict[str, object]:
+        qmp = self._require_qmp()
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await qmp.execute("query-migrate")
+            assert isinstance(info, dict)
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                raise VMError(f"{self.name}: migration {status}: "
+                              f"{info.get('error-desc', 'no reason given')}")
+            if not self.alive:
+                raise VMError(f"{self.name}: QEMU exited during the migration")
+            if time.monotonic() > deadline:
+                raise VMError(f"{self.name}: the migration did not finish in {timeout:.0f} s")
+            await asyncio.sleep(0.005)
+
+    async def save_state(self, fd: int, timeout: float = 60.0) -> None:
+        """Pause the guest and write its device state to ``fd`` (the RAM is
+        the shared file it runs in). The VM stays paused."""
+        qmp = self._require_qmp()
+        await qmp.execute("stop")
+        await self._migration_setup(fd, "state")
+        await qmp.execute("migrate-set-parameters", {"max-bandwidth": 8 << 30})
+        await qmp.execute("migrate", {"uri": "fd:state"})
+        await self._migration_done(timeout)
+
+    async def restore_state(self, fd: int, timeout: float = 60.0) -> None:
+        """Load a saved state from ``fd`` into a VM started with ``incoming``,
+        then run it."""
+        qmp = self._require_qmp()
+        await self._migration_setup(fd, "state")
+        await qmp.execute("migrate-incoming", {"uri": "fd:state"})
+        await self._migration_done(timeout)
+        await qmp.execute("cont")
+
+    def _require_qmp(self) -> QMPClient:
+        if self._qmp is None:
+            raise VMError(f"{self.name}: no QMP connection")
+        return self._qmp
 
     # -- shutdown -------------------------------------------------------
 

@@ -51,11 +51,22 @@ class Share:
 
 @dataclass(frozen=True)
 class NetSpec:
-    """The VM's one NIC: a tap, by fd, in the pod's netns."""
+    """The VM's one NIC: a tap, by fd, in the pod's netns; or, for a template
+    VM, a hub port that leads nowhere (the backend is not part of a VM's
+    saved state: its clones get their taps)."""
 
-    mode: str  # tap
+    mode: str  # tap or hub
     mac: str
     tap_fd: int = -1
+
+
+@dataclass(frozen=True)
+class GuestMemory:
+    """Guest RAM in a file that QEMU inherits as ``fd``: ``shared`` (a template
+    VM, whose RAM must land in the file) or private copy-on-write (a clone)."""
+
+    fd: int
+    shared: bool
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,9 @@ class VMSpec:
     tsc_khz: int | None = None
     debug: bool = False
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
+    memory: GuestMemory | None = None
+    # Start paused, waiting for a saved state (migrate-incoming).
+    incoming: bool = False
 
     def validate(self) -> None:
         problem = vm_settings_problem(self.memory_mib, self.vcpus, self.machine,
@@ -162,8 +176,10 @@ def opt(value: object) -> str:
 def _netdev(net: NetSpec) -> str:
     if not _MAC.fullmatch(net.mac):
         raise SpecError(f"NIC MAC address {net.mac!r} is not of the form xx:xx:xx:xx:xx:xx")
+    if net.mode == "hub":
+        return "hubport,id=net0,hubid=0"
     if net.mode != "tap":
-        raise SpecError(f"network mode {net.mode!r} is not tap")
+        raise SpecError(f"network mode {net.mode!r} is not tap or hub")
     if not isinstance(net.tap_fd, int) or net.tap_fd < 0:
         raise SpecError("a tap NIC needs the tap's fd")
     return f"tap,id=net0,fd={net.tap_fd},vhost=off"
@@ -178,7 +194,16 @@ def machine_args(spec: VMSpec) -> list[str]:
     spec.validate()
     machine = "microvm,acpi=on" if spec.machine == "microvm" else spec.machine
     accel = "kvm" if spec.accel == "kvm" else f"tcg,tb-size={spec.tb_size_mib}"
+    memory: list[str] = []
+    if spec.memory is not None:
+        if not isinstance(spec.memory.fd, int) or spec.memory.fd < 0:
+            raise SpecError("guest memory in a file needs the file's fd")
+        machine += ",memory-backend=mem"
+        memory = ["-object", f"memory-backend-file,id=mem,size={spec.memory_mib}M,"
+                  f"mem-path=/proc/self/fd/{spec.memory.fd},"
+                  f"share={'on' if spec.memory.shared else 'off'}"]
     return [
+        *memory,
         "-machine", machine,
         "-accel", accel,
         "-cpu", _cpu(spec),
@@ -231,4 +256,6 @@ def build_argv(spec: VMSpec, endpoints: VMEndpoints, name: str,
             f"{readonly}",
             "-device", f"virtio-9p-{bus},fsdev=fs{index},mount_tag={share.tag}",
         ]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
     return argv

@@ -72,7 +72,10 @@ class Runtime:
         self.cni = CNI(config.cni.conf_dir, list(config.cni.bin_dirs))
         self.networking: Networking = networking or PodNetworking(
             self.cni, config.cni.host_network_subnet)
-        self.drivers: Drivers = drivers or QemuDrivers(self.state, config.cgroups.root)
+        # Templates are kept on the root's disk: the state directory is
+        # usually a tmpfs, where a saved guest RAM would cost its size twice.
+        self.drivers: Drivers = drivers or QemuDrivers(self.state, config.cgroups.root,
+                                                       self.root / "templates")
         self.events = EventBus()
         self.sandboxes: dict[str, PodSandbox] = {}
         # READY pods that recovery is still reattaching to (set when adopted).

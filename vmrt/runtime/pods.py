@@ -133,7 +133,8 @@ class PodService:
             pod_ips=network.state.ips))
         crashpoint.reached("run", "configured")
         running = VMState(settings=vm_config, pid=vm.pid, start_time=vm.start_time,
-                          boot_seconds=round(vm.timings.get("setup", 0.0), 3))
+                          boot_seconds=round(vm.timings.get("setup", 0.0), 3),
+                          template=vm.from_template)
         store.update_pod(record, lambda s: dataclasses.replace(
             s, state=PodState.READY, vm=running))
         crashpoint.reached("run", "ready")

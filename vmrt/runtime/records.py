@@ -97,16 +97,20 @@ class VMState:
     pid: int = 0
     start_time: int = 0
     boot_seconds: float = 0.0
+    # The key of the template it was restored from; "": it booted.
+    template: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"settings": self.settings.to_dict(), "pid": self.pid,
-                "start_time": self.start_time, "boot_seconds": self.boot_seconds}
+                "start_time": self.start_time, "boot_seconds": self.boot_seconds,
+                "template": self.template}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VMState:
         return cls(settings=VMConfig.from_dict(data["settings"]), pid=int(data["pid"]),
                    start_time=int(data["start_time"]),
-                   boot_seconds=float(data["boot_seconds"]))
+                   boot_seconds=float(data["boot_seconds"]),
+                   template=str(data.get("template", "")))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def load(rt: Runtime) -> None:
     on CRI can be served, and calls on those pods wait for ``adopt``."""
     rt.store.load()
     rt.rebuild_names()
+    rt.drivers.load()
     for pod in rt.store.pods.values():
         if pod.state == PodState.READY:
             rt.adoptions[pod.id] = asyncio.Event()
@@ -189,3 +190,4 @@ async def detach_all(rt: Runtime) -> None:
     for sandbox in list(rt.sandboxes.values()):
         await sandbox.detach()
     rt.sandboxes.clear()
+    await rt.drivers.close()

@@ -3,8 +3,8 @@
 ``Sandbox`` is one sandbox as the runtime sees it: started or adopted, its
 agent, the share it puts containers' files in, its death. ``Drivers`` makes
 and finds them. ``vmrt.sandbox.vm`` implements both with QEMU; the unit
-tests' ``tests.fakes`` implements them in memory. A template-restore path is
-another way for the same driver to start a sandbox.
+tests' ``tests.fakes`` implements them in memory. A pod VM restored from a
+template (vmrt.sandbox.template) is the same driver's other way to start one.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ class Sandbox(Protocol):
     def agent(self) -> Agent | None: ...
 
     @property
+    def from_template(self) -> str:
+        """The key of the template it was restored from; "": it booted."""
+        ...
+
+    @property
     def alive(self) -> bool: ...
 
     @property
@@ -73,6 +78,14 @@ class Sandbox(Protocol):
 
 
 class Drivers(Protocol):
+    def load(self) -> None:
+        """What an earlier vmrtd kept for new sandboxes (VM templates)."""
+        ...
+
+    async def close(self) -> None:
+        """vmrtd is stopping: let go of what ``load`` and new sandboxes use."""
+        ...
+
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> Sandbox: ...
 

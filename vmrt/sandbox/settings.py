@@ -37,6 +37,8 @@ class VMConfig:
     image: str = ""
     # vmrt.agentclient's keepalive PINGs; 0: none.
     agent_keepalive_s: float = 10.0
+    # Start from a template when one is ready (vmrt.sandbox.template).
+    template: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

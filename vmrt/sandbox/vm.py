@@ -26,17 +26,17 @@ from vmrt.aio import push_cleanup
 from vmrt.errors import InvalidArgumentError
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
-from vmrt.hypervisor.accel import host_tsc_khz
 from vmrt.hypervisor.confine import Jail
 from vmrt.hypervisor.qemu import QemuVM, VMDied
-from vmrt.hypervisor.spec import NetSpec, Share, VMSpec
+from vmrt.hypervisor.spec import NetSpec
 from vmrt.sandbox import cgroups, mounts
 from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.share import SandboxShare
+from vmrt.sandbox.template import TEMPLATE_MAC, Template, Templates
+from vmrt.sandbox.vmspec import SHARE_TAG, vm_jail, vm_spec
 
 log = logging.getLogger(__name__)
 
-SHARE_TAG = "vmrt-share"
 _MEMORY_TROUBLE = re.compile(
     r"Initramfs unpacking failed|Out of memory|out of memory|oom-kill|"
     r"System is deadlocked on memory|Cannot allocate memory"
@@ -65,28 +65,25 @@ def _checked_id(value: str) -> str:
 
 class SandboxVM:
     def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
-                 config: VMConfig, net: NetSpec | None = None) -> None:
+                 config: VMConfig, net: NetSpec | None = None,
+                 template: Template | None = None) -> None:
         self.id = _checked_id(sandbox_id)
         self.directory = sandbox_dir(state_root, sandbox_id)
         self.share = SandboxShare(self.directory)
         self.shared = self.share.view
         self.image = image
         self.config = config
-        self.spec = VMSpec(
-            kernel=image.kernel,
-            initrd=image.initrd,
-            memory_mib=config.memory_mib,
-            vcpus=config.vcpus,
-            machine=config.machine,
-            accel=config.accel,
-            tb_size_mib=config.tb_size_mib,
-            agent_transport=config.transport,
-            shares=(Share(SHARE_TAG, self.shared),),
-            net=net,
-            tsc_khz=host_tsc_khz(),
-            debug=config.debug,
-            extra_cmdline=config.extra_cmdline,
-        )
+        self.template = template
+        self.nic_mac = net.mac if net is not None else ""
+        if template is not None:
+            # A clone: the template's devices, MAC included (SetupSandbox
+            # gives the guest its pod's), its RAM copy-on-write, its state.
+            if net is not None:
+                net = NetSpec(net.mode, TEMPLATE_MAC, net.tap_fd)
+            self.spec = vm_spec(image, config, self.shared, net, template.memory(),
+                                incoming=True)
+        else:
+            self.spec = vm_spec(image, config, self.shared, net)
         self.qemu = QemuVM(self.spec, self.directory, f"vmrt-{sandbox_id}",
                            config.qemu_binary, self._jail())
         self.agent: AgentClient | None = None
@@ -98,6 +95,10 @@ class SandboxVM:
     @property
     def alive(self) -> bool:
         return self.qemu.alive
+
+    @property
+    def from_template(self) -> str:
+        return self.template.key if self.template is not None else ""
 
     @property
     def pid(self) -> int:
@@ -119,19 +120,7 @@ class SandboxVM:
         return self.qemu.death_message()
 
     def _jail(self) -> Jail:
-        """QEMU sees the guest image, this sandbox's share and nothing else of the host."""
-        devices = []
-        if self.config.accel == "kvm":
-            devices.append("/dev/kvm")
-        if self.config.transport == "vsock":
-            devices.append("/dev/vhost-vsock")
-        return Jail(root=self.directory / "root",
-                    readonly=(self.image.kernel, self.image.initrd),
-                    writable=(self.shared,),
-                    cgroup_procs=tuple(self.config.cgroup.procs_files())
-                    if self.config.cgroup else (),
-                    capabilities=self.config.qemu_capabilities,
-                    devices=tuple(devices))
+        return vm_jail(self.directory, self.image, self.shared, self.config)
 
     # -- start ----------------------------------------------------------
 
@@ -151,6 +140,9 @@ class SandboxVM:
             await self.qemu.launch(die_with_parent=die_with_parent)
             push_cleanup(undo, self.qemu.kill)
             self.timings["launched"] = time.monotonic() - t0
+            if self.template is not None:
+                await self._restore(self.template)
+                self.timings["restored"] = time.monotonic() - t0
             self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path),
                                             keepalive_s=self.config.agent_keepalive_s)
             push_cleanup(undo, self._close_agent)
@@ -161,11 +153,29 @@ class SandboxVM:
                 hostname=hostname,
                 dns=dns,
                 sysctls=[pb.SysctlEntry(key=k, value=v) for k, v in sysctls],
+                # The clock and the CRNG: a clone has its template's.
                 host_time_ns=time.time_ns(),
+                entropy=os.urandom(64),
                 share_tag=SHARE_TAG,
+                nic_mac_was=TEMPLATE_MAC if self.template is not None and self.nic_mac else "",
+                nic_mac=self.nic_mac if self.template is not None else "",
             ))
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
+
+    async def _restore(self, template: Template) -> None:
+        state = template.state_fd()
+        try:
+            await self.qemu.restore_state(state)
+        except Exception as exc:
+            if not self.qemu.alive:
+                await self.qemu.console_drained()
+                raise self.died(f"the VM exited while restoring template {template.key}"
+                                ) from None
+            raise VMDied(f"restoring template {template.key} failed: {exc}",
+                         self.qemu.console_tail()) from None
+        finally:
+            os.close(state)
 
     @classmethod
     async def adopt(cls, sandbox_id: str, state_root: Path, image: GuestImage,
@@ -276,13 +286,24 @@ async def remove_sandbox_dir(directory: Path) -> None:
 class QemuDrivers:
     """Sandboxes as QEMU VMs, in directories under ``<state>/sandboxes``."""
 
-    def __init__(self, state_root: Path, cgroup_root: str = "/sys/fs/cgroup") -> None:
+    def __init__(self, state_root: Path, cgroup_root: str = "/sys/fs/cgroup",
+                 templates_root: Path | None = None) -> None:
         self.state_root = state_root
         self.cgroup_root = cgroup_root
+        self.templates = Templates(templates_root or state_root / "templates")
+
+    def load(self) -> None:
+        self.templates.load()
+
+    async def close(self) -> None:
+        await self.templates.close()
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> SandboxVM:
-        return SandboxVM(sandbox_id, self.state_root, image, config, net=net)
+        """A clone of the template for these settings when one is ready, else
+        a VM that boots (and, with ``template`` on, a template built meanwhile)."""
+        template = self.templates.lookup(image, config, net is not None)
+        return SandboxVM(sandbox_id, self.state_root, image, config, net=net, template=template)
 
     async def adopt(self, sandbox_id: str, image: GuestImage, config: VMConfig, pid: int,
                     start_time: int) -> SandboxVM:

@@ -49,20 +49,26 @@ class DnsConfig(_message.Message):
     def __init__(self, servers: _Optional[_Iterable[str]] = ..., searches: _Optional[_Iterable[str]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetupSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "hostname", "dns", "sysctls", "host_time_ns", "share_tag")
+    __slots__ = ("sandbox_id", "hostname", "dns", "sysctls", "host_time_ns", "share_tag", "entropy", "nic_mac_was", "nic_mac")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     SYSCTLS_FIELD_NUMBER: _ClassVar[int]
     HOST_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     SHARE_TAG_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    NIC_MAC_WAS_FIELD_NUMBER: _ClassVar[int]
+    NIC_MAC_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     hostname: str
     dns: DnsConfig
     sysctls: _containers.RepeatedCompositeFieldContainer[SysctlEntry]
     host_time_ns: int
     share_tag: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[DnsConfig, _Mapping]] = ..., sysctls: _Optional[_Iterable[_Union[SysctlEntry, _Mapping]]] = ..., host_time_ns: _Optional[int] = ..., share_tag: _Optional[str] = ...) -> None: ...
+    entropy: bytes
+    nic_mac_was: str
+    nic_mac: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[DnsConfig, _Mapping]] = ..., sysctls: _Optional[_Iterable[_Union[SysctlEntry, _Mapping]]] = ..., host_time_ns: _Optional[int] = ..., share_tag: _Optional[str] = ..., entropy: _Optional[bytes] = ..., nic_mac_was: _Optional[str] = ..., nic_mac: _Optional[str] = ...) -> None: ...
 
 class SetupSandboxResponse(_message.Message):
     __slots__ = ()

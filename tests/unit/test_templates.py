@@ -1,0 +1,156 @@
+"""The template store's logic, without QEMU: keys, background builds, the
+cold fallback, retries, loading what an earlier vmrtd saved, eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vmrt.guest.image import GuestImage
+from vmrt.sandbox import template as tmpl
+from vmrt.sandbox.settings import VMConfig
+
+
+def image(tmp_path: Path, name: str = "img") -> GuestImage:
+    root = tmp_path / name
+    root.mkdir(exist_ok=True)
+    return GuestImage(directory=root, kernel=root / "vmlinuz", initrd=root / "initrd",
+                      marker_initrd=root / "m", busybox_rootfs=root / "bb",
+                      kernel_release="6.1", manifest={})
+
+
+def test_the_key_follows_everything_a_restore_depends_on(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpl, "qemu_version", lambda binary: "QEMU emulator version 7.2.0")
+    monkeypatch.setattr("vmrt.sandbox.vmspec.host_tsc_khz", lambda: 2000000)
+    config = VMConfig(template=True)
+    key = tmpl.template_key(image(tmp_path), config, True)
+    assert key == tmpl.template_key(image(tmp_path), config, True)
+    changed = [
+        tmpl.template_key(image(tmp_path, "other"), config, True),
+        tmpl.template_key(image(tmp_path), config, False),
+        tmpl.template_key(image(tmp_path), dataclasses.replace(config, memory_mib=512), True),
+        tmpl.template_key(image(tmp_path), dataclasses.replace(config, extra_cmdline=("x=1",)),
+                          True),
+    ]
+    # What differs between pods of one handler does not: the cgroup, the timeout.
+    from vmrt.sandbox.cgroups import PodCgroup
+    assert key == tmpl.template_key(image(tmp_path), dataclasses.replace(
+        config, boot_timeout=5.0, cgroup=PodCgroup("cgroupfs", "/kubepods/pod1/vmrt-x")), True)
+    monkeypatch.setattr(tmpl, "qemu_version", lambda binary: "QEMU emulator version 8.2.0")
+    changed.append(tmpl.template_key(image(tmp_path), config, True))
+    assert len({key, *changed}) == 6
+
+
+def fake_template(directory: Path, key: str, memory_mib: int = 1) -> tmpl.Template:
+    directory.mkdir(parents=True, exist_ok=True)
+    memfd = tmpl._new_memfd(memory_mib << 20)
+    os.pwrite(memfd, b"guest", 4096)
+    tmpl._seal(memfd)
+    tmpl._save_sparse(memfd, memory_mib << 20, directory / "ram")
+    (directory / "state").write_bytes(b"state")
+    (directory / "ready.json").write_text(json.dumps({
+        "format": tmpl.TEMPLATE_FORMAT, "key": key, "memory_mib": memory_mib,
+        "with_net": True}))
+    return tmpl.Template(key, directory, memfd, memory_mib, True)
+
+
+def test_a_pod_boots_cold_until_the_background_build_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpl, "template_key", lambda image, config, with_net: "k1")
+    gate = asyncio.Event()
+    builds: list[str] = []
+
+    async def build(directory: Path, key: str, image: GuestImage, config: VMConfig,
+                    with_net: bool) -> tmpl.Template:
+        builds.append(key)
+        await gate.wait()
+        return fake_template(directory, key)
+
+    monkeypatch.setattr(tmpl, "build", build)
+
+    async def scenario() -> None:
+        store = tmpl.Templates(tmp_path / "templates")
+        config = VMConfig(template=True)
+        assert store.lookup(image(tmp_path), config, True) is None
+        assert store.lookup(image(tmp_path), config, True) is None  # one build, not two
+        await asyncio.sleep(0)
+        assert builds == ["k1"]
+        assert store.lookup(image(tmp_path), VMConfig(template=False), True) is None
+        gate.set()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        found = store.lookup(image(tmp_path), config, True)
+        assert found is not None and found.key == "k1"
+        # The clone's view of it: private mapping of the sealed memfd.
+        assert found.memory().fd == found.memfd and not found.memory().shared
+        with pytest.raises(PermissionError):
+            os.pwrite(os.open(f"/proc/self/fd/{found.memfd}", os.O_RDWR), b"x", 0)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_build_means_cold_boots_and_a_retry_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpl, "template_key", lambda image, config, with_net: "k2")
+    calls: list[int] = []
+
+    async def build(*args: object) -> tmpl.Template:
+        calls.append(1)
+        raise RuntimeError("QEMU said no")
+
+    monkeypatch.setattr(tmpl, "build", build)
+
+    async def scenario() -> None:
+        store = tmpl.Templates(tmp_path / "templates")
+        config = VMConfig(template=True)
+        assert store.lookup(image(tmp_path), config, True) is None
+        await asyncio.sleep(0.05)
+        assert store.failure("k2") == "QEMU said no"
+        assert store.lookup(image(tmp_path), config, True) is None
+        await asyncio.sleep(0.05)
+        assert len(calls) == 1  # not again before BUILD_RETRY
+        monkeypatch.setattr(tmpl, "BUILD_RETRY", 0.0)
+        store.lookup(image(tmp_path), config, True)
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_load_takes_what_was_saved_and_removes_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    fake_template(root / "good", "good").close()
+    fake_template(root / "half", "half").close()
+    (root / "half" / "ready.json").unlink()  # the build was cut short
+    fake_template(root / "liar", "someone-else").close()
+    store = tmpl.Templates(root)
+    store.load()
+    assert set(store.ready) == {"good"}
+    assert sorted(p.name for p in root.iterdir()) == ["good"]
+    loaded = store.ready["good"]
+    assert os.pread(loaded.memfd, 5, 4096) == b"guest"
+    with pytest.raises(PermissionError):
+        os.pwrite(os.open(f"/proc/self/fd/{loaded.memfd}", os.O_RDWR), b"x", 0)
+    asyncio.run(store.close())
+
+
+def test_eviction_keeps_the_most_recently_used(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpl, "MAX_TEMPLATES", 2)
+    store = tmpl.Templates(tmp_path / "templates")
+    for used, key in enumerate(("a", "b", "c")):
+        template = fake_template(tmp_path / "templates" / key, key)
+        template.used = float(used)
+        store.ready[key] = template
+    store._evict()
+    assert set(store.ready) == {"b", "c"}
+    assert not (tmp_path / "templates" / "a").exists()
+    asyncio.run(store.close())
