@@ -5,11 +5,13 @@ and owns its clock, CRNG, MAC, address, hostname and machine id."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, _daemon, _short_dir, wait_for
 from tests.network.test_pod_network import SERVE, fetch, pod_ip
@@ -30,8 +32,12 @@ def template_ready(daemon: Daemon) -> bool:
     return "template " in (log := daemon.log_file.read_text()) and " ready in " in log
 
 
+# The guest's machine id is the agent's /etc, not the container image's.
 IDENTITY = ("cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' '; "
-            "cat /sys/class/net/eth0/address; hostname; cat /etc/machine-id; date +%s")
+            "cat /sys/class/net/eth0/address; hostname; nsenter -t 1 -m cat /etc/machine-id; "
+            "date +%s")
+GUEST_ROOT = api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+    privileged=True, namespace_options=api.NamespaceOption(pid=api.NODE)))
 
 
 def test_clones_run_like_booted_pods_and_share_no_identity(vmrtd: Daemon) -> None:
@@ -63,12 +69,15 @@ def test_clones_run_like_booted_pods_and_share_no_identity(vmrtd: Daemon) -> Non
 
     seen = []
     for pod_id, config in clones:
-        server = vmrtd.run_container(pod_id, config, SERVE)
+        vmrtd.run_container(pod_id, config, SERVE)
+        probe = vmrtd.run_container(pod_id, config, ["sleep", "600"], linux=GUEST_ROOT)
         ip = pod_ip(vmrtd, pod_id)
         # Its network: reached from the host at its own address, and it
         # reaches its gateway with the MAC the CNI plugin gave its interface.
         assert fetch(f"http://{ip}:8080/").strip() == config.hostname
-        out = vmrtd.exec(server, ["sh", "-c", IDENTITY]).stdout.decode().split()
+        reply = vmrtd.exec(probe, ["sh", "-c", IDENTITY])
+        out = reply.stdout.decode().split()
+        assert len(out) == 6, reply
         uuid, random_bytes, mac, hostname, machine_id, clock = out
         assert hostname == config.hostname
         assert machine_id == pod_id[:32]
@@ -77,3 +86,25 @@ def test_clones_run_like_booted_pods_and_share_no_identity(vmrtd: Daemon) -> Non
         seen.append((uuid, random_bytes, mac, ip, machine_id))
     for a, b in zip(seen[0], seen[1], strict=True):
         assert a != b, seen
+
+
+def test_clones_and_the_template_survive_a_vmrtd_that_was_killed(vmrtd: Daemon) -> None:
+    """After a SIGKILL, the clones are adopted (their framed serial line
+    resynced past whatever the dead vmrtd left on it), and the template is
+    loaded from disk: the next pod is a clone at once."""
+    if not template_ready(vmrtd):  # run alone: make the template first
+        vmrtd.run_pod(vmrtd.pod_config(), handler=HANDLER)
+        assert wait_for(lambda: template_ready(vmrtd), timeout=300, interval=1.0)
+    config = vmrtd.pod_config()
+    clone = vmrtd.run_pod(config, handler=HANDLER)
+    assert vmrtd.pod_info(clone)["vm"]["from_template"]
+    container = vmrtd.run_container(clone, config, ["sleep", "600"])
+    pid = vmrtd.qemu_pid(clone)
+    vmrtd.stop(signal.SIGKILL)
+    vmrtd.start()
+    assert "loaded 1 VM template(s)" in vmrtd.log_file.read_text()
+    assert wait_for(lambda: vmrtd.exec(container, ["echo", "adopted"]).stdout == b"adopted\n",
+                    timeout=60)
+    assert vmrtd.qemu_pid(clone) == pid
+    after = vmrtd.run_pod(vmrtd.pod_config(), handler=HANDLER)
+    assert vmrtd.pod_info(after)["vm"]["from_template"]

@@ -56,7 +56,7 @@ def fake_template(directory: Path, key: str, memory_mib: int = 1) -> tmpl.Templa
     (directory / "state").write_bytes(b"state")
     (directory / "ready.json").write_text(json.dumps({
         "format": tmpl.TEMPLATE_FORMAT, "key": key, "memory_mib": memory_mib,
-        "with_net": True}))
+        "with_net": True, "image": str(directory.parent)}))
     return tmpl.Template(key, directory, memfd, memory_mib, True)
 
 
@@ -131,6 +131,9 @@ def test_load_takes_what_was_saved_and_removes_the_rest(tmp_path: Path) -> None:
     fake_template(root / "half", "half").close()
     (root / "half" / "ready.json").unlink()  # the build was cut short
     fake_template(root / "liar", "someone-else").close()
+    fake_template(root / "orphan", "orphan").close()
+    meta = json.loads((root / "orphan" / "ready.json").read_text())
+    (root / "orphan" / "ready.json").write_text(json.dumps({**meta, "image": "/nonexistent"}))
     store = tmpl.Templates(root)
     store.load()
     assert set(store.ready) == {"good"}

@@ -177,6 +177,8 @@ class Templates:
                 meta = json.loads((directory / "ready.json").read_text())
                 if meta.get("format") != TEMPLATE_FORMAT or meta.get("key") != directory.name:
                     raise ValueError("an old format")
+                if not Path(str(meta.get("image", ""))).is_dir():
+                    raise ValueError("its guest image is gone")
                 memfd = _load_memfd(directory / "ram", int(meta["memory_mib"]) << 20)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.info("template %s is not usable (%s); removed", directory.name, exc)
