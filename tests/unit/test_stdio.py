@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,35 @@ def test_follow_stops_when_the_caller_goes_away(tmp_path: Path) -> None:
     alive[0] = False
     reader.join(5)
     assert not reader.is_alive()
+
+
+def test_an_idle_follower_sleeps_until_its_caller_goes_away(tmp_path: Path) -> None:
+    """With gRPC's add_callback, an idle reader does not wake to poll: it asks
+    keep_going only when woken (here: never before the caller's end)."""
+    spool = OutputSpool(str(tmp_path / "out"))
+    asked = []
+    alive = [True]
+    callbacks: list[Callable[[], None]] = []
+
+    def keep_going() -> bool:
+        asked.append(1)
+        return alive[0]
+
+    def on_cancel(callback: Callable[[], None]) -> bool:
+        callbacks.append(callback)
+        return True
+
+    reader = threading.Thread(target=lambda: list(spool.read_from(
+        0, follow=True, keep_going=keep_going, on_cancel=on_cancel)))
+    reader.start()
+    time.sleep(2.5)  # the old reader asked twice in this time
+    assert asked == [] and reader.is_alive()
+    alive[0] = False
+    callbacks[0]()
+    reader.join(5)
+    assert not reader.is_alive() and asked == [1]
+    # A caller that is gone already: add_callback says False, nothing is read.
+    assert list(spool.read_from(0, follow=True, on_cancel=lambda cb: False)) == []
 
 
 def test_destroy_removes_the_files(tmp_path: Path) -> None:

@@ -40,6 +40,18 @@ def _become_subreaper() -> None:
         log.warning("cannot become a child subreaper: errno %d", ctypes.get_errno())
 
 
+def quiet_grpc_server() -> None:
+    """gRPC's sync server wakes once a second to see whether the Python
+    server object was garbage-collected; the agent's lives as long as the
+    guest. Each wake-up of an idle guest is QEMU work under TCG, so once an
+    hour is enough (grpc._server's constant; if a release drops it, nothing
+    breaks, the wake-ups come back)."""
+    import grpc._server as internals
+
+    if hasattr(internals, "_DEALLOCATED_SERVER_CHECK_PERIOD_S"):
+        internals._DEALLOCATED_SERVER_CHECK_PERIOD_S = 3600.0
+
+
 def main() -> None:
     with open("/proc/cmdline") as f:
         config = parse_cmdline(f.read())
@@ -74,6 +86,7 @@ def main() -> None:
                  ("grpc.http2.max_ping_strikes", 0)])
     agent_pb2_grpc.add_AgentServicer_to_server(service, server)
     server.add_insecure_port(f"unix:{config.grpc_socket}")
+    quiet_grpc_server()
     server.start()
     log.debug("gRPC server started at %.3fs", _uptime())
 

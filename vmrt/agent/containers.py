@@ -257,9 +257,10 @@ class ContainerManager:
     def read_output(
         self, container_id: str, exec_id: str, stream: int, offset: int, follow: bool,
         keep_going: Callable[[], bool], trim_sent: bool = False,
+        on_cancel: Callable[[Callable[[], None]], bool] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         spool = self.get(container_id).process(exec_id).io.spool(stream)
-        for chunk_offset, data in spool.read_from(offset, follow, keep_going):
+        for chunk_offset, data in spool.read_from(offset, follow, keep_going, on_cancel):
             yield chunk_offset, data
             # The caller asked for the next chunk: it has this one.
             if trim_sent:

@@ -20,6 +20,7 @@ from vmrt.agent.events import EventBus
 from vmrt.agent.guest import Guest
 from vmrt.agent.model import ExitEvent, Process
 from vmrt.agent.portforward import forward
+from vmrt.agent.stdio import IDLE_RECHECK
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc
 
@@ -245,7 +246,7 @@ class AgentService(pb_grpc.AgentServicer):
             raise InvalidArgument(f"negative offset {request.offset}")
         chunks = self._containers.read_output(
             request.container_id, request.exec_id, request.stream, request.offset,
-            request.follow, context.is_active, request.trim_sent,
+            request.follow, context.is_active, request.trim_sent, context.add_callback,
         )
         for offset, data in chunks:
             yield pb.OutputChunk(offset=offset, data=data)
@@ -301,12 +302,16 @@ class AgentService(pb_grpc.AgentServicer):
     @rpc
     def GetEvents(self, request: pb.GetEventsRequest, context: grpc.ServicerContext) -> Any:
         subscription = self._events.subscribe()
+        # Woken by an event or by the caller's end (None), not each second.
+        context.add_callback(lambda: subscription.put(None))
         try:
             while context.is_active():
                 try:
-                    event: ExitEvent = subscription.get(timeout=1.0)
+                    event: ExitEvent | None = subscription.get(timeout=IDLE_RECHECK)
                 except queue.Empty:
                     continue
+                if event is None:
+                    break
                 status = pb.ExitStatus(
                     exit_code=event.exit.exit_code,
                     signal=event.exit.signal,

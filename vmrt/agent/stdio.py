@@ -35,6 +35,9 @@ CHUNK = 64 * 1024
 # Output the host has not taken yet, per stream: past this the process waits.
 SPOOL_LIMIT = 4 * 1024 * 1024
 SEGMENT = 1024 * 1024
+# How long an idle follower sleeps before it looks again whether its caller
+# is still there, when it will also be woken on the caller's end.
+IDLE_RECHECK = 300.0
 STDIN_WRITE_TIMEOUT = 30.0
 # crun's console sockets live here, not in the bundle: a unix socket path
 # has at most 107 bytes, and bundle paths with 64-character ids come close.
@@ -135,16 +138,30 @@ class OutputSpool:
             self._closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Readers look at ``keep_going`` again (their caller went away)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def read_from(
-        self, offset: int, follow: bool, keep_going: Callable[[], bool] = lambda: True
+        self, offset: int, follow: bool, keep_going: Callable[[], bool] = lambda: True,
+        on_cancel: Callable[[Callable[[], None]], bool] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, data) from ``offset`` on; with ``follow``, until closed and
         drained. Bytes already forgotten are skipped: the first chunk may start
-        later than asked."""
+        later than asked. ``on_cancel`` registers a callback for when the
+        caller goes away (gRPC's ``add_callback``): a reader then sleeps
+        until there is something to do, instead of waking each second to
+        ask ``keep_going`` (an idle guest's wake-ups are QEMU's work)."""
+        patience = 1.0
+        if on_cancel is not None:
+            if not on_cancel(self.wake):
+                return  # gone already
+            patience = IDLE_RECHECK
         while True:
             with self._cond:
                 while follow and offset >= self._size and not self._closed:
-                    self._cond.wait(timeout=1.0)
+                    self._cond.wait(timeout=patience)
                     if not keep_going():
                         return
                 if self._destroyed:
