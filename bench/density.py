@@ -130,8 +130,8 @@ def main() -> int:
         with ThreadPoolExecutor(args.parallel) as pool:
             timed = list(pool.map(lambda _: timed_pod(daemon, "tmpl"), range(args.parallel)))
         latencies = [seconds for _, seconds in timed]
-        result["parallel_template_s"] = {"p50": round(common.percentile(latencies, 50), 3),
-                                         "p99": round(common.percentile(latencies, 99), 3)}
+        result["parallel_template_s"] = {"p50": round(common.percentile(latencies, 0.5), 3),
+                                         "p99": round(common.percentile(latencies, 0.99), 3)}
         for pod_id, _ in timed:
             remove(daemon, pod_id)
 
