@@ -855,3 +855,29 @@ def test_overhead_is_not_guest_memory(world: World) -> None:
     config.linux.overhead.cpu_quota, config.linux.overhead.cpu_period = 100_000, 100_000
     vm = world.rt.vm_config("vmrt", config)
     assert (vm.memory_mib, vm.vcpus) == (256 + 64, 1)
+
+
+def test_stats_asked_twice_in_a_moment_cost_the_guest_one_answer(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kubelet's ListPodSandboxStats and ListContainerStats of one sweep ask
+    the same guest for the same containers: the second is the first answer
+    (its own timestamp kept), and a later one asks again."""
+    from vmrt.runtime import sandbox as sandbox_mod
+
+    pod_id, container_id, agent = started(world)
+    asked: list[str] = []
+    answer = agent.container_stats
+
+    async def counted(cid: str):  # type: ignore[no-untyped-def]
+        asked.append(cid)
+        return await answer(cid)
+
+    monkeypatch.setattr(agent, "container_stats", counted)
+    sandbox = world.rt.sandboxes[pod_id]
+    first = run(sandbox.usage(container_id))
+    assert run(sandbox.usage(container_id)) is first
+    run(sandbox.usage(""))
+    assert asked == [container_id, ""]
+    monkeypatch.setattr(sandbox_mod, "STATS_TTL", 0.0)
+    run(sandbox.usage(container_id))
+    assert asked == [container_id, "", container_id]

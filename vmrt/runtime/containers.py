@@ -279,7 +279,7 @@ class ContainerService:
         sandbox = self.rt.sandboxes.get(container.pod_id)
         if sandbox is None or container.state != ContainerState.RUNNING:
             return None
-        return await sandbox.agent.container_stats(container.id)
+        return await sandbox.usage(container.id)
 
     def list(self, flt: ContainerFilter) -> list[ContainerRecord]:
         found = []

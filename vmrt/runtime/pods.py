@@ -205,7 +205,7 @@ class PodService:
         sandbox = self.rt.sandboxes.get(pod.id)
         if sandbox is None:
             return None
-        return await sandbox.agent.container_stats("")
+        return await sandbox.usage("")
 
     def list(self, flt: PodFilter) -> list[PodRecord]:
         pods = []

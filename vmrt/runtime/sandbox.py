@@ -37,6 +37,11 @@ WATCHDOG_INTERVAL = 2.0
 PROBE_TIMEOUT = 10.0
 PROBE_MISSES = 3
 MAX_SWEEP = 256
+# Stats of one container (or the pod, "") asked again within this long are
+# the last answer, with its own timestamp: kubelet asks ListPodSandboxStats
+# and ListContainerStats for the same containers moments apart, and each
+# guest answer costs an idle guest a wake-up under TCG.
+STATS_TTL = 2.0
 
 
 class Ledger(Protocol):
@@ -59,6 +64,7 @@ class PodSandbox:
         self.record = record
         self.vm = vm
         self.ledger = ledger
+        self._usage: dict[str, tuple[float, pb.ContainerStatsResponse]] = {}
         # Orders CreateContainer, StopPodSandbox and the VM's death.
         self.lock = asyncio.Lock()
         self._pumps: dict[str, LogPump] = {}
@@ -171,6 +177,19 @@ class PodSandbox:
             log.warning("pod %s: removed %d container(s) that no record claims: %s",
                         self.id[:12], len(swept), ", ".join(c[:12] for c in swept[:10]))
         return swept
+
+    async def usage(self, container_id: str) -> pb.ContainerStatsResponse:
+        """The agent's stats of a container ("": the whole pod), at most
+        STATS_TTL old."""
+        now = time.monotonic()
+        cached = self._usage.get(container_id)
+        if cached is not None and now - cached[0] < STATS_TTL:
+            return cached[1]
+        reply = await self.agent.container_stats(container_id)
+        self._usage[container_id] = (now, reply)
+        if len(self._usage) > 4 * MAX_SWEEP:  # ids of containers long gone
+            self._usage = {k: v for k, v in self._usage.items() if now - v[0] < STATS_TTL}
+        return reply
 
     async def _watchdog(self) -> None:
         """A guest that stops answering (hung kernel, stopped QEMU, dead agent)
