@@ -11,6 +11,7 @@ from concurrent import futures
 
 import grpc
 
+from vmrt.agent import slack
 from vmrt.agent.config import parse_cmdline
 from vmrt.agent.containers import ContainerManager
 from vmrt.agent.crun import Crun
@@ -61,6 +62,7 @@ def main() -> None:
         format="vmrt-agent: %(levelname)s %(name)s: %(message)s",
     )
     log.debug("imports done at %.3fs", _uptime())
+    slack.relax_agent()
     _become_subreaper()
     table = ProcessTable()
     table.start()
@@ -88,6 +90,7 @@ def main() -> None:
     server.add_insecure_port(f"unix:{config.grpc_socket}")
     quiet_grpc_server()
     server.start()
+    slack.relax_agent()  # gRPC's core threads, whoever started them
     log.debug("gRPC server started at %.3fs", _uptime())
 
     if config.transport == "vsock":
@@ -103,8 +106,11 @@ def main() -> None:
     ready_at = _uptime()
     print(f"vmrt-agent: ready at {ready_at:.3f}s ({config.transport})", file=sys.stderr,
           flush=True)
-    while True:
-        server.wait_for_termination()
+    # Not server.wait_for_termination(): it wakes ten times a second to
+    # look at its event (grpc._common.wait), and each wake-up of an idle
+    # guest is QEMU's work under TCG. The server never ends; this waits
+    # without a timeout.
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

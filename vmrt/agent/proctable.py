@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vmrt.agent import slack
+
 log = logging.getLogger(__name__)
 
 
@@ -112,7 +114,7 @@ class ProcessTable:
         ]
         # Holding the lock across the spawn means the reaper cannot file the
         # status as unclaimed between the fork and the claim.
-        with self._lock:
+        with self._lock, slack.default_for_children():
             pid = os.posix_spawnp(
                 argv[0],
                 list(argv),
