@@ -17,6 +17,9 @@ declared memory makes a VM of another size, so another template). Then:
    poller runs (ListPodSandbox and ListContainers every second,
    ListPodSandboxStats and ListContainerStats every 10 s).
 
+The JSON also has where a start's time goes, cold and from a template
+(medians of the steps vmrtd logs for each pod it starts).
+
 Usage: bench/density.py [--runs 5] [--parallel 20] [--pods 20] [--seconds 30]
 """
 
@@ -55,6 +58,20 @@ def timed_pod(daemon: Daemon, handler: str, sized: bool = False) -> tuple[str, f
     began = time.monotonic()
     pod_id = daemon.run_pod(config, handler=handler)
     return pod_id, time.monotonic() - began
+
+
+def step_medians(daemon: Daemon, marker: str) -> dict[str, float]:
+    """Medians of vmrtd's "pod ... started ... in T s: step t, ..." lines:
+    network (CNI and the tap), then the VM's launched / restored /
+    agent_ready / setup (seconds since the VM's start), and configured
+    (since the network was up: the VM and the agent's ConfigureNetwork)."""
+    steps: dict[str, list[float]] = {}
+    for line in daemon.log_file.read_text().splitlines():
+        if marker in line and ": " in line.split(marker, 1)[1]:
+            for item in line.split(marker, 1)[1].split(": ", 1)[1].split(", "):
+                name, value = item.rsplit(" ", 1)
+                steps.setdefault(name, []).append(float(value))
+    return {name: round(statistics.median(values), 3) for name, values in steps.items()}
 
 
 def remove(daemon: Daemon, pod_id: str) -> None:
@@ -124,6 +141,8 @@ def main() -> int:
                 f"{k} {v[-1]:.2f}s" for k, v in samples.items()), file=sys.stderr)
         median = {k: statistics.median(v) for k, v in samples.items()}
         result["start_s"] = {"samples": samples, "median": median}
+        result["template_start_steps_s"] = step_medians(daemon, " from a template in ")
+        result["cold_start_steps_s"] = step_medians(daemon, " started in ")
         result["start_ratio_to_bare"] = {k: round(v / median["bare"], 3)
                                          for k, v in median.items()}
 
