@@ -258,6 +258,39 @@ def test_forged_exit_event_for_another_pods_container_is_ignored(
                                    timeout=60)
 
 
+def test_raw_bytes_on_the_serial_line_cost_the_guest_its_own_session_only(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
+    """Guest root writes its own bytes on the agent's serial line, outside
+    the framing (an HTTP/2 preface, then a header that claims a 4 GiB frame):
+    vmrtd's relay ends that pod's session and reconnects; the pod stays
+    READY and answers, and another pod never notices."""
+    bystander_id, bystander_config = pod
+    bystander = vmrtd.run_container(bystander_id, bystander_config, ["sleep", "600"])
+    hostile_config = vmrtd.pod_config()
+    hostile_pod = vmrtd.run_pod(hostile_config, handler="forge")
+    own = vmrtd.run_container(hostile_pod, hostile_config, ["sleep", "600"])
+    evil = attacker(vmrtd, (hostile_pod, hostile_config))
+    garbage = r"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\366vm\003\377\377\377\377zzzzzzzz"
+    # Later, in the background: the exec that arms it must get its answer.
+    armed = in_agent(vmrtd, evil, f"(sleep 1; printf '{garbage}' > /run/vmrt/test/forge-serial)"
+                                  " >/dev/null 2>&1 & echo armed")
+    assert armed.stdout == b"armed\n", armed.stderr
+    assert wait_for(lambda: "the guest broke the framing" in vmrtd.log_file.read_text(),
+                    timeout=30), vmrtd.log_file.read_text()[-2000:]
+
+    def answers(container: str) -> bool:
+        try:
+            return vmrtd.exec(container, ["echo", "ok"]).stdout == b"ok\n"
+        except grpc.RpcError:
+            return False  # the call that was in flight on the broken session
+
+    assert wait_for(lambda: answers(own), timeout=60)
+    assert vmrtd.notready_reason(hostile_pod) == ""
+    assert answers(bystander)
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=hostile_pod),
+                                   timeout=60)
+
+
 def node_address() -> str:
     """An IPv4 address of this node that is not loopback (the tests' own
     network namespaces and bridges aside)."""

@@ -6,10 +6,11 @@ with bytes of theirs still on the line, do not poison the next one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agent.v1 import agent_pb2_grpc as pb_grpc
 from vmrt.agentapi import AgentError
 from vmrt.agentclient import AgentClient
+from vmrt.serialrelay import SerialRelay
 
 
 class _Health(pb_grpc.AgentServicer):
@@ -70,6 +72,17 @@ class Line:
         self.server.stop(0)
 
 
+@contextlib.asynccontextmanager
+async def relayed(line: Line) -> AsyncIterator[tuple[AgentClient, SerialRelay]]:
+    """An agent client through a relay to ``line``; closed afterwards."""
+    client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
+    assert client._relay is not None
+    try:
+        yield client, client._relay
+    finally:
+        await client.close()
+
+
 async def probe_again(client: AgentClient) -> pb.HealthResponse:
     """Health, once more if the first call went out on the connection that
     just ended (gRPC fails a call in flight with UNAVAILABLE, as it should)."""
@@ -89,10 +102,7 @@ def line(tmp_path: Path) -> Iterator[Line]:
 
 def test_a_new_session_never_reads_the_last_ones_bytes(line: Line) -> None:
     async def scenario() -> None:
-        client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
-        assert client._relay is not None
-        relay = client._relay
-        try:
+        async with relayed(line) as (client, relay):
             assert (await client.probe(10)).agent_version == "relay-test"
             # HTTP/2 bytes of a session that is over: a PING and a
             # SETTINGS ack, in DATA frames, and half a frame.
@@ -106,8 +116,6 @@ def test_a_new_session_never_reads_the_last_ones_bytes(line: Line) -> None:
             assert relay.sessions == 6
             assert relay._sync.dropped >= 5 * len(stale) - 5 * 6  # the stale bytes went nowhere
             assert line.link is not None and line.link.sessions >= 6
-        finally:
-            await client.close()
         assert not relay.listen_path.exists()
 
     asyncio.run(scenario())
@@ -115,10 +123,7 @@ def test_a_new_session_never_reads_the_last_ones_bytes(line: Line) -> None:
 
 def test_a_guest_that_breaks_the_framing_loses_its_session_only(line: Line) -> None:
     async def scenario() -> None:
-        client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
-        relay = client._relay
-        assert relay is not None
-        try:
+        async with relayed(line) as (client, relay):
             await client.probe(10)
             # A header that claims 4 GiB.
             line.inject(framing.MAGIC + bytes([framing.DATA]) + b"\xff\xff\xff\xff" + b"z" * 1000)
@@ -128,8 +133,6 @@ def test_a_guest_that_breaks_the_framing_loses_its_session_only(line: Line) -> N
                 await asyncio.sleep(0.05)
             assert (await probe_again(client)).agent_version == "relay-test"
             assert relay.sessions == 2
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
 
@@ -139,11 +142,8 @@ def test_the_relay_survives_a_vmrtd_that_was_killed(line: Line, tmp_path: Path) 
     (tmp_path / "relay.sock").write_bytes(b"")
 
     async def scenario() -> None:
-        client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
-        try:
+        async with relayed(line) as (client, _):
             assert (await client.probe(10)).agent_version == "relay-test"
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
 
@@ -157,10 +157,7 @@ def test_connections_at_once_leave_one_session_and_no_hello_storm(
     monkeypatch.setattr(serialrelay, "HELLO_RESEND_MAX", 0.2)
 
     async def scenario() -> None:
-        client = AgentClient.for_vm("serial", str(line.chardev), keepalive_s=0)
-        relay = client._relay
-        assert relay is not None
-        try:
+        async with relayed(line) as (client, relay):
             await client.probe(10)
             extra = [await asyncio.open_unix_connection(str(relay.listen_path)) for _ in range(2)]
             await asyncio.sleep(1.0)
@@ -174,7 +171,5 @@ def test_connections_at_once_leave_one_session_and_no_hello_storm(
             for _, writer in extra:
                 writer.close()
             assert (await probe_again(client)).agent_version == "relay-test"
-        finally:
-            await client.close()
 
     asyncio.run(scenario())

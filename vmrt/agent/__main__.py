@@ -99,8 +99,13 @@ def main() -> None:
         )
     else:
         port = find_serial_port(config.serial_name)
+        forged = -1
+        if config.test_forged_events:
+            from vmrt.agent.testhooks import open_serial_forger
+
+            forged = open_serial_forger()
         bridge = threading.Thread(
-            target=serve_serial, args=(port, config.grpc_socket), daemon=True
+            target=serve_serial, args=(port, config.grpc_socket, forged), daemon=True
         )
     bridge.start()
     ready_at = _uptime()

@@ -5,6 +5,10 @@ from the FIFO ``FORGE_FIFO`` and publishes each as an exit event of that
 container, exactly as it would a real one. It lets a test play the hostile
 guest that sends the host lies over the real channel; a guest that owns its
 kernel can do the same without this hook, so it opens nothing new.
+
+The same setting opens ``SERIAL_FIFO``: bytes written to it go out on the
+agent's serial line as they are, outside any frame (what a guest that owns
+the port could write), for tests of the host's relay.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ from vmrt.agent.proctable import ExitInfo
 log = logging.getLogger(__name__)
 
 FORGE_FIFO = "/run/vmrt/test/forge-event"
+SERIAL_FIFO = "/run/vmrt/test/forge-serial"
+
+
+def open_serial_forger() -> int:
+    """The read end of SERIAL_FIFO, non-blocking and never at EOF (O_RDWR)."""
+    os.makedirs(os.path.dirname(SERIAL_FIFO), exist_ok=True)
+    if not os.path.exists(SERIAL_FIFO):
+        os.mkfifo(SERIAL_FIFO, 0o600)
+    log.warning("test hook: raw bytes from %s go out on the serial line", SERIAL_FIFO)
+    return os.open(SERIAL_FIFO, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def start_event_forger(events: EventBus) -> None:

@@ -146,9 +146,11 @@ class SerialLink:
     """The guest's end of the framed serial line: one inner connection per
     host session, bytes both ways as DATA frames."""
 
-    def __init__(self, fd: int, inner_path: str) -> None:
+    def __init__(self, fd: int, inner_path: str, forged_fd: int = -1) -> None:
         self.fd = fd
         self.inner_path = inner_path
+        # Test hook (vmrt.agent.testhooks): raw bytes for the line, unframed.
+        self.forged_fd = forged_fd
         self.sync = framing.GuestSync()
         self.inner: socket.socket | None = None
         self.to_inner = bytearray()
@@ -173,9 +175,13 @@ class SerialLink:
         if self.inner is not None:
             poller.register(self.inner.fileno(), (0 if self.to_outer else select.POLLIN)
                             | (select.POLLOUT if self.to_inner else 0))
+        if self.forged_fd >= 0:
+            poller.register(self.forged_fd, 0 if self.to_outer else select.POLLIN)
         inner = self.inner
         for fd, events in poller.poll(timeout_ms):
-            if fd == self.fd:
+            if fd == self.forged_fd:
+                self.to_outer += _read(fd) or b""
+            elif fd == self.fd:
                 if events & select.POLLIN:
                     data = _read(self.fd)
                     if data == b"":
@@ -247,10 +253,10 @@ class SerialLink:
         self.sync.reset()
 
 
-def serve_serial(port_path: str, inner_path: str) -> None:
+def serve_serial(port_path: str, inner_path: str, forged_fd: int = -1) -> None:
     """Forever: frames on the port, to a fresh inner connection per host session."""
     fd = os.open(port_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    SerialLink(fd, inner_path).run()
+    SerialLink(fd, inner_path, forged_fd).run()
 
 
 def serve_vsock(port: int, inner_path: str) -> None:

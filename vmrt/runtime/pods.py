@@ -135,7 +135,7 @@ class PodService:
             pod_ips=network.state.ips))
         crashpoint.reached("run", "configured")
         # Where the start's time went (bench/density.py reads this line).
-        steps = {"network": networked - began, **{k: v for k, v in vm.timings.items()},
+        steps = {"network": networked - began, **vm.timings,
                  "configured": time.monotonic() - networked}
         log.info("pod %s started%s in %.2f s: %s", record.id[:12],
                  " from a template" if vm.from_template else "", time.monotonic() - began,

@@ -186,9 +186,9 @@ class PodSandbox:
         if cached is not None and now - cached[0] < STATS_TTL:
             return cached[1]
         reply = await self.agent.container_stats(container_id)
+        # Only fresh answers are kept (a removed container's goes with time).
+        self._usage = {k: v for k, v in self._usage.items() if now - v[0] < STATS_TTL}
         self._usage[container_id] = (now, reply)
-        if len(self._usage) > 4 * MAX_SWEEP:  # ids of containers long gone
-            self._usage = {k: v for k, v in self._usage.items() if now - v[0] < STATS_TTL}
         return reply
 
     async def _watchdog(self) -> None:

@@ -206,18 +206,6 @@ class Templates:
                                                       name=f"template {key}")
         return None
 
-    async def wait_built(self, image: GuestImage, config: VMConfig, with_net: bool,
-                         timeout: float) -> Template:
-        """For tests and tools: start a build if needed and wait for it."""
-        self.lookup(image, config, with_net)
-        key = template_key(image, config, with_net)
-        task = self._building.get(key)
-        if task is not None:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        if key not in self.ready:
-            raise RuntimeError(f"template {key} failed: {self._failed.get(key, (0, '?'))[1]}")
-        return self.ready[key]
-
     def failure(self, key: str) -> str:
         return self._failed.get(key, (0.0, ""))[1]
 

@@ -148,6 +148,8 @@ class SandboxVM:
             push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
+            # A clone's NIC has the template's MAC until the agent sets its pod's.
+            clone_mac = self.nic_mac if self.template is not None else ""
             await self.agent.setup_sandbox(pb.SetupSandboxRequest(
                 sandbox_id=self.id,
                 hostname=hostname,
@@ -157,8 +159,8 @@ class SandboxVM:
                 host_time_ns=time.time_ns(),
                 entropy=os.urandom(64),
                 share_tag=SHARE_TAG,
-                nic_mac_was=TEMPLATE_MAC if self.template is not None and self.nic_mac else "",
-                nic_mac=self.nic_mac if self.template is not None else "",
+                nic_mac_was=TEMPLATE_MAC if clone_mac else "",
+                nic_mac=clone_mac,
             ))
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
