@@ -44,7 +44,7 @@ from vmrt.hypervisor.accel import choose_accel
 from vmrt.runtime.sizing import meminfo_mib
 from vmrt.sandbox.settings import VMConfig
 
-HANDLERS = "[runtime_handlers.cold]\n[runtime_handlers.tmpl]\ntemplate = true\n"
+HANDLERS = "[runtime_handlers.cold]\ntemplate = false\n[runtime_handlers.tmpl]\ntemplate = true\n"
 SIZED = api.LinuxPodSandboxConfig(resources=api.LinuxContainerResources(
     memory_limit_in_bytes=128 << 20))
 

@@ -265,6 +265,9 @@ class FakeDrivers:
     def load(self) -> None:
         pass
 
+    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
+        self.warmed.append((image.directory, config.memory_mib, with_net))
+
     async def close(self) -> None:
         pass
 
@@ -276,6 +279,7 @@ class FakeDrivers:
         # pid -> directory name: sandbox processes on the "host".
         self.processes: dict[int, str] = {}
         self.reclaimed: list[int] = []
+        self.warmed: list[tuple[Path, int, bool]] = []
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> FakeSandbox:

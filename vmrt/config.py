@@ -67,10 +67,10 @@ class HypervisorConfig:
     # watchdog's cheap probe); 0 turns the pings off.
     agent_keepalive_s: float = 10.0
     # Start pods from a saved VM template (guest RAM shared copy-on-write
-    # between the pods of a handler; off for tenants who must not share pages
-    # with others). Off by default until every part of it is done (see
-    # docs/design-notes.md, "Templates").
-    template: bool = False
+    # between the pods of a handler). Turn it off for tenants who must not
+    # share memory pages with others: page sharing is a timing side channel
+    # (docs/design-notes.md, "VM templates").
+    template: bool = True
     # Node-wide (only in [hypervisor]): how far the full sizes of all VMs may
     # exceed the node's memory (see vmrt.runtime.sizing.admit); 1.0: not at all.
     memory_overcommit: float = 1.0

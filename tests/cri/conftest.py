@@ -48,6 +48,12 @@ class Daemon:
             extra_config += f'[cgroups]\ndefault_parent = "{self.cgroup_parent}"\n'
         else:
             self.cgroup_parent = "/vmrt.slice"
+        if "template" not in hypervisor_config:
+            # Templates are on by default; the suite boots its pods cold
+            # unless a test asks (a background template build per daemon
+            # would cost each of them a VM's boot and RAM): the template
+            # tests and critest run vmrtd's default.
+            hypervisor_config += "template = false\n"
         self.config.write_text(
             f'[cri]\nsocket = "{self.socket}"\n{cri_config}'
             f'[storage]\nroot = "{self.root}"\nstate = "{self.state}"\n'

@@ -881,3 +881,17 @@ def test_stats_asked_twice_in_a_moment_cost_the_guest_one_answer(
     monkeypatch.setattr(sandbox_mod, "STATS_TTL", 0.0)
     run(sandbox.usage(container_id))
     assert asked == [container_id, "", container_id]
+
+
+def test_warm_starts_one_template_per_distinct_handler_that_uses_them(tmp_path: Path) -> None:
+    """At start-up (after adoption), vmrtd asks for the base-size template of
+    every handler with ``template`` on; handlers with the same VM share one,
+    and a handler that turned templates off, or cannot run, gets none."""
+    journal = Journal()
+    world = make_world(tmp_path, journal, FakeDrivers(journal))
+    world.rt.config = dataclasses.replace(world.rt.config, runtime_handlers={
+        "vmrt": {}, "same": {}, "big": {"memory_mib": 512}, "private": {"template": False},
+        "broken": {"image": str(tmp_path / "no-such-image")}})
+    world.rt.warm()
+    assert sorted(world.drivers.warmed) == [(tmp_path / "guest", 256, True),
+                                            (tmp_path / "guest", 512, True)]

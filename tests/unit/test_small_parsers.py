@@ -16,6 +16,8 @@ def test_agent_cmdline() -> None:
     assert config.vsock_port == 2000
     assert config.debug
     assert parse_cmdline("quiet").transport == "serial"
+    assert parse_cmdline("quiet").test_clock_offset == 0
+    assert parse_cmdline("vmrt.test_clock_offset=-3600").test_clock_offset == -3600
     with pytest.raises(ValueError, match=r"vmrt\.transport=tcp"):
         parse_cmdline("vmrt.transport=tcp")
 

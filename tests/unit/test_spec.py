@@ -115,6 +115,14 @@ def test_boot_modules_follow_machine_and_transport() -> None:
     assert "tsc_early_khz" not in kernel_cmdline(spec(tsc_khz=None))
 
 
+def test_a_vm_with_a_share_loads_9p_and_overlay_at_boot() -> None:
+    """So a template's saved memory has them and its clones skip the insmods."""
+    with_share = boot_modules(spec(shares=(Share("t", Path("/x")),)))
+    assert with_share[-8:] == ["netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "overlay",
+                               "pvpanic", "pvpanic-mmio"]
+    assert "9p" not in boot_modules(spec())
+
+
 def test_tap_networking() -> None:
     from vmrt.hypervisor.spec import NetSpec
 

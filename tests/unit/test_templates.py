@@ -157,3 +157,27 @@ def test_eviction_keeps_the_most_recently_used(tmp_path: Path,
     assert set(store.ready) == {"b", "c"}
     assert not (tmp_path / "templates" / "a").exists()
     asyncio.run(store.close())
+
+
+def test_sized_pods_are_rounded_up_to_a_size_class_only_when_templates_serve_them() -> None:
+    """A template serves one VM size: with templates on, a pod's memory limit
+    is rounded up to a power of two (64 MiB at least) so sizes repeat; with
+    them off, the VM gets exactly the handler's memory plus the limit."""
+    from cri_api.v1 import api_pb2 as api
+
+    from vmrt.config import Config, HypervisorConfig
+    from vmrt.runtime.sizing import size_class, vm_config
+
+    assert [size_class(m) for m in (1, 64, 65, 100, 128, 129, 1000, 1024)] == \
+        [64, 64, 128, 128, 128, 256, 1024, 1024]
+    config = Config(hypervisor=HypervisorConfig(accel="tcg", memory_mib=256),
+                    runtime_handlers={"shared": {"template": True},
+                                      "private": {"template": False}})
+    pod = api.PodSandboxConfig()
+    pod.linux.resources.memory_limit_in_bytes = 100 << 20
+    pod.linux.overhead.memory_limit_in_bytes = 500 << 20  # never guest RAM
+    assert vm_config(config, "shared", pod, "", "/img").memory_mib == 256 + 128
+    assert vm_config(config, "private", pod, "", "/img").memory_mib == 256 + 100
+    pod.linux.resources.memory_limit_in_bytes = 1 << 30
+    assert vm_config(config, "shared", pod, "", "/img").memory_mib == 256 + 1024
+    assert vm_config(config, "shared", api.PodSandboxConfig(), "", "/img").memory_mib == 256

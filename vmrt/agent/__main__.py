@@ -69,6 +69,10 @@ def main() -> None:
     guest = Guest(table)
     events = EventBus()
     containers = ContainerManager(table, Crun(table), events, guest.mount)
+    if config.test_clock_offset:
+        from vmrt.agent.testhooks import offset_clock
+
+        offset_clock(config.test_clock_offset)
     if config.test_forged_events:
         from vmrt.agent.testhooks import start_event_forger
 

@@ -21,6 +21,9 @@ class AgentConfig:
     grpc_socket: str = "/run/vmrt/agent.sock"
     # Test hooks (vmrt/agent/testhooks.py); never set in production.
     test_forged_events: bool = False
+    # Seconds added to the guest's clock at start (negative: behind), so a
+    # template saved now restores with the clock of one saved long ago.
+    test_clock_offset: int = 0
 
 
 def parse_cmdline(cmdline: str) -> AgentConfig:
@@ -38,4 +41,5 @@ def parse_cmdline(cmdline: str) -> AgentConfig:
         serial_name=values.get("serial_name", DEFAULT_SERIAL_NAME),
         debug=values.get("debug", "0") in ("1", "true", "yes"),
         test_forged_events=values.get("test_forged_events", "0") == "1",
+        test_clock_offset=int(values.get("test_clock_offset", "0")),
     )

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 
 from vmrt.agent.errors import CommandFailed, InvalidArgument
+from vmrt.agent.modules import MODULE_GROUPS
 from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.specfix import POD_DIR
 
@@ -26,12 +27,6 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MODULE_DIR = "/lib/modules"
 SHARE_MOUNT = "/run/vmrt/share"
-# Kernel modules each feature needs, in load order (dependencies first).
-MODULE_GROUPS: dict[str, tuple[str, ...]] = {
-    "9p": ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p"),
-    "overlay": ("overlay",),
-    "net": ("failover", "net_failover", "virtio_net"),
-}
 
 
 class Guest:

@@ -9,6 +9,10 @@ kernel can do the same without this hook, so it opens nothing new.
 The same setting opens ``SERIAL_FIFO``: bytes written to it go out on the
 agent's serial line as they are, outside any frame (what a guest that owns
 the port could write), for tests of the host's relay.
+
+``vmrt.test_clock_offset=SECONDS``: the agent moves the guest's clock by that
+much when it starts, so a VM template saved now has the clock of one saved
+SECONDS ago (a test of what a clone's clock is after restore).
 """
 
 from __future__ import annotations
@@ -53,3 +57,9 @@ def _forge(events: EventBus) -> None:
                                 finished_at_ns=time.time_ns())
                 log.warning("test hook: forging an exit of %s", container_id)
                 events.publish(ExitEvent(container_id, "", info, time.time_ns(), False))
+
+
+def offset_clock(seconds: int) -> None:
+    if seconds:
+        time.clock_settime(time.CLOCK_REALTIME, time.time() + seconds)
+        log.warning("test hook: the guest's clock moved by %d s", seconds)

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _adopt_then_warm(runtime: Runtime) -> None:
+    """The running pods first; then the templates (a boot each, if not on
+    disk) are built in the background."""
+    await recovery.adopt(runtime)
+    runtime.warm()
+
+
 async def run(config: Config, image: GuestImage) -> None:
     runtime = Runtime(config, image)
     runtime.images.remove_partials()
@@ -58,7 +65,7 @@ async def run(config: Config, image: GuestImage) -> None:
                           f"{exc.strerror or exc}") from None
     server = await serve(runtime, config.cri.socket, streaming)
     # Served from here on; calls on a pod still being adopted wait for it.
-    adoption = asyncio.create_task(recovery.adopt(runtime), name="recovery")
+    adoption = asyncio.create_task(_adopt_then_warm(runtime), name="recovery")
     log.info("serving CRI on %s, streaming on %s (%d pods being recovered)",
              config.cri.socket, streaming.base_url, len(runtime.adoptions))
     stop = asyncio.Event()

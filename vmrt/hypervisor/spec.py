@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmrt.agent.modules import MODULE_GROUPS
 from vmrt.errors import VmrtError
 
 MACHINES = ("microvm", "pc", "q35")
@@ -128,7 +129,12 @@ def boot_modules(spec: VMSpec) -> list[str]:
     else:
         modules += ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
     if spec.net is not None:
-        modules += ["failover", "net_failover", "virtio_net"]
+        modules += MODULE_GROUPS["net"]
+    if spec.shares:
+        # What the agent's SetupSandbox would otherwise insmod, one process
+        # each: loaded by init, it is already in a template's saved memory,
+        # so a clone starts without it (about 0.4 s under TCG).
+        modules += MODULE_GROUPS["9p"] + MODULE_GROUPS["overlay"]
     # The ISA pvpanic device (ACPI QEMU0001): a guest panic is QEMU's
     # GUEST_PANICKED event, not only a reboot that -no-reboot turns into an exit.
     modules += ["pvpanic", "pvpanic-mmio"]

@@ -143,6 +143,27 @@ class Runtime:
         return sizing.vm_config(self.config, handler, pod_config, pod_id,
                                 str(self.guest_image_for(handler).directory))
 
+    def warm(self) -> None:
+        """Start building the VM template of every handler that uses one, at
+        its base size (pods without declared resources), so that even the
+        first pods after start-up are clones. A handler whose image or
+        settings do not work is left to fail at its first pod, with the
+        error that RunPodSandbox reports."""
+        seen = set()
+        for handler in ("", *self.config.runtime_handlers):
+            if not self.config.handler(handler).template:
+                continue
+            try:
+                image = self.guest_image_for(handler)
+                settings = self.vm_config(handler, api.PodSandboxConfig())
+            except (VmrtError, OSError) as exc:
+                log.info("no VM template for handler %r: %s", handler, exc)
+                continue
+            if (image.directory, settings) not in seen:
+                seen.add((image.directory, settings))
+                # Every pod has a NIC (CNI's, or the hostNetwork pods' own).
+                self.drivers.warm(image, settings, with_net=True)
+
     def committed_memory_mib(self) -> int:
         """The full guest RAM of every pod whose VM is or may be running."""
         return sum(pod.vm.settings.memory_mib for pod in self.store.pods.values()

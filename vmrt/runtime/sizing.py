@@ -30,6 +30,17 @@ def host_memory_mib() -> int:
     return meminfo_mib("MemTotal")
 
 
+def size_class(mib: int) -> int:
+    """The memory a pod adds to its VM, rounded up to a size class (a power
+    of two, 64 MiB at least) when pods start from templates: a template
+    serves one VM size, so sizes must repeat for sized pods to start fast.
+    Kubernetes' usual limits (128Mi, 512Mi, 1Gi, ...) are classes already.
+    The rounding is guest RAM the pod's containers cannot use (their cgroup
+    in the guest has the pod's own limit); untouched, it costs the host
+    nothing, but admission counts it."""
+    return max(64, 1 << (max(mib, 1) - 1).bit_length())
+
+
 def vm_config(config: Config, handler: str, pod_config: api.PodSandboxConfig, pod_id: str,
               image_dir: str) -> VMConfig:
     """The handler's VM plus the pod's declared resources, in the pod's cgroup
@@ -43,7 +54,8 @@ def vm_config(config: Config, handler: str, pod_config: api.PodSandboxConfig, po
     cpus = float(hv.vcpus)
     resources = linux.resources
     if resources.memory_limit_in_bytes > 0:
-        memory += math.ceil(resources.memory_limit_in_bytes / MIB)
+        added = math.ceil(resources.memory_limit_in_bytes / MIB)
+        memory += size_class(added) if hv.template else added
     if resources.cpu_quota > 0 and resources.cpu_period > 0:
         cpus += resources.cpu_quota / resources.cpu_period
     limit = hv.max_memory_mib or host_memory_mib()

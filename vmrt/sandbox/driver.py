@@ -86,6 +86,11 @@ class Drivers(Protocol):
         """vmrtd is stopping: let go of what ``load`` and new sandboxes use."""
         ...
 
+    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
+        """Get ready, in the background, to create sandboxes of these settings
+        fast (a VM template); nothing if that is not how this driver works."""
+        ...
+
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> Sandbox: ...
 

@@ -300,6 +300,9 @@ class QemuDrivers:
     async def close(self) -> None:
         await self.templates.close()
 
+    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
+        self.templates.lookup(image, config, with_net)
+
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> SandboxVM:
         """A clone of the template for these settings when one is ready, else
