@@ -265,8 +265,8 @@ class FakeDrivers:
     def load(self) -> None:
         pass
 
-    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
-        self.warmed.append((image.directory, config.memory_mib, with_net))
+    def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
+        self.warmed = [(image.directory, config.memory_mib, net) for image, config, net in wanted]
 
     async def close(self) -> None:
         pass

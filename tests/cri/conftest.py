@@ -32,6 +32,7 @@ class Daemon:
     def __init__(self, base: Path, image_dir: Path, extra_config: str = "",
                  cri_config: str = "", hypervisor_config: str = "") -> None:
         self.base = base
+        self.image_dir = image_dir
         self.socket = base / "vmrt.sock"
         self.root = base / "root"
         self.state = base / "state"

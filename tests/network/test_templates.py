@@ -5,6 +5,9 @@ and owns its clock, CRNG, MAC, address, hostname and machine id."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -112,3 +115,42 @@ def test_clones_and_the_template_survive_a_vmrtd_that_was_killed(vmrtd: Daemon) 
     assert vmrtd.qemu_pid(clone) == pid
     after = vmrtd.run_pod(vmrtd.pod_config(), handler=HANDLER)
     assert vmrtd.pod_info(after)["vm"]["from_template"]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def test_a_new_guest_image_means_a_new_template_and_the_old_one_goes(vmrtd: Daemon) -> None:
+    """vmrtd restarted with another guest image (an upgrade, or a config
+    change): the old image's template is removed as stale at start-up, a new
+    one is built in the background, and clones come from it."""
+    if not template_ready(vmrtd):  # run alone: make the template first
+        vmrtd.run_pod(vmrtd.pod_config(), handler=HANDLER)
+        assert wait_for(lambda: template_ready(vmrtd), timeout=300, interval=1.0)
+    (old,) = [p.name for p in (vmrtd.root / "templates").iterdir()]
+    image = vmrtd.image_dir
+    new_image = vmrtd.base / "new-image"
+    shutil.copytree(image, new_image, copy_function=_link_or_copy)
+    text = vmrtd.config.read_text()
+    assert f'image = "{image}"' in text
+    vmrtd.stop()
+    vmrtd.config.write_text(text.replace(f'image = "{image}"', f'image = "{new_image}"'))
+    start = len(vmrtd.log_file.read_bytes())
+    vmrtd.start()
+
+    def since_restart() -> str:
+        return vmrtd.log_file.read_bytes()[start:].decode(errors="replace")
+
+    assert wait_for(lambda: re.search(r"template \w+ ready in", since_restart()),
+                    timeout=300, interval=1.0), \
+        since_restart()[-3000:]
+    assert f"template {old} is stale" in since_restart()
+    (new,) = [p.name for p in (vmrtd.root / "templates").iterdir()]
+    assert new != old
+    assert str(new_image) in (vmrtd.root / "templates" / new / "ready.json").read_text()
+    pod_id = vmrtd.run_pod(vmrtd.pod_config(), handler=HANDLER)
+    assert vmrtd.pod_info(pod_id)["vm"]["from_template"] == new

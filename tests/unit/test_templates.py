@@ -57,7 +57,7 @@ def fake_template(directory: Path, key: str, memory_mib: int = 1) -> tmpl.Templa
     (directory / "ready.json").write_text(json.dumps({
         "format": tmpl.TEMPLATE_FORMAT, "key": key, "memory_mib": memory_mib,
         "with_net": True, "image": str(directory.parent)}))
-    return tmpl.Template(key, directory, memfd, memory_mib, True)
+    return tmpl.Template(key, directory, memfd, memory_mib, True, str(directory.parent))
 
 
 def test_a_pod_boots_cold_until_the_background_build_is_done(
@@ -157,6 +157,18 @@ def test_eviction_keeps_the_most_recently_used(tmp_path: Path,
     assert set(store.ready) == {"b", "c"}
     assert not (tmp_path / "templates" / "a").exists()
     asyncio.run(store.close())
+
+
+def test_templates_of_images_no_handler_uses_are_removed(tmp_path: Path) -> None:
+    store = tmpl.Templates(tmp_path / "templates")
+    for key in ("current", "old"):
+        store.ready[key] = fake_template(tmp_path / "templates" / key, key)
+    store.ready["old"].image = str(tmp_path / "old-image")
+    store.prune({str(tmp_path / "templates")})
+    assert set(store.ready) == {"current"}
+    assert sorted(p.name for p in (tmp_path / "templates").iterdir()) == ["current"]
+    store.prune(set())  # no handler uses templates now
+    assert not store.ready and not list((tmp_path / "templates").iterdir())
 
 
 def test_sized_pods_are_rounded_up_to_a_size_class_only_when_templates_serve_them() -> None:

@@ -146,10 +146,11 @@ class Runtime:
     def warm(self) -> None:
         """Start building the VM template of every handler that uses one, at
         its base size (pods without declared resources), so that even the
-        first pods after start-up are clones. A handler whose image or
+        first pods after start-up are clones; templates of guest images no
+        handler uses are removed. A handler whose image or
         settings do not work is left to fail at its first pod, with the
         error that RunPodSandbox reports."""
-        seen = set()
+        wanted: list[tuple[GuestImage, VMConfig, bool]] = []
         for handler in ("", *self.config.runtime_handlers):
             if not self.config.handler(handler).template:
                 continue
@@ -159,10 +160,10 @@ class Runtime:
             except (VmrtError, OSError) as exc:
                 log.info("no VM template for handler %r: %s", handler, exc)
                 continue
-            if (image.directory, settings) not in seen:
-                seen.add((image.directory, settings))
-                # Every pod has a NIC (CNI's, or the hostNetwork pods' own).
-                self.drivers.warm(image, settings, with_net=True)
+            # Every pod has a NIC (CNI's, or the hostNetwork pods' own).
+            if (image, settings, True) not in wanted:
+                wanted.append((image, settings, True))
+        self.drivers.warm(wanted)
 
     def committed_memory_mib(self) -> int:
         """The full guest RAM of every pod whose VM is or may be running."""

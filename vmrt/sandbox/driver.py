@@ -86,9 +86,10 @@ class Drivers(Protocol):
         """vmrtd is stopping: let go of what ``load`` and new sandboxes use."""
         ...
 
-    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
-        """Get ready, in the background, to create sandboxes of these settings
-        fast (a VM template); nothing if that is not how this driver works."""
+    def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
+        """Get ready, in the background, to create sandboxes of these
+        settings (image, VM, with a NIC) fast, and let go of what was kept
+        for others (VM templates); nothing if that is not how this driver works."""
         ...
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,

@@ -145,6 +145,7 @@ class Template:
     memfd: int  # sealed
     memory_mib: int
     with_net: bool
+    image: str = ""  # the guest image's directory
     used: float = 0.0
 
     def state_fd(self) -> int:
@@ -186,7 +187,7 @@ class Templates:
                 continue
             self.ready[directory.name] = Template(directory.name, directory, memfd,
                                                   int(meta["memory_mib"]),
-                                                  bool(meta["with_net"]))
+                                                  bool(meta["with_net"]), str(meta["image"]))
         if self.ready:
             log.info("loaded %d VM template(s)", len(self.ready))
 
@@ -228,12 +229,24 @@ class Templates:
                  template.memory_mib)
         self._evict()
 
+    def prune(self, images: set[str]) -> None:
+        """Remove the templates of guest images no handler uses any more (an
+        upgrade or a config change brought new ones); what depends on the
+        rest of the settings is in the key, and the least used go by _evict."""
+        for template in list(self.ready.values()):
+            if template.image not in images:
+                log.info("template %s is stale (its guest image %s is no handler's now); "
+                         "removed", template.key, template.image)
+                self._remove(template)
+
+    def _remove(self, template: Template) -> None:
+        del self.ready[template.key]
+        template.close()  # running clones keep their own mapping
+        shutil.rmtree(template.directory, ignore_errors=True)
+
     def _evict(self) -> None:
         while len(self.ready) > MAX_TEMPLATES:
-            oldest = min(self.ready.values(), key=lambda t: t.used)
-            del self.ready[oldest.key]
-            oldest.close()  # running clones keep their own mapping
-            shutil.rmtree(oldest.directory, ignore_errors=True)
+            self._remove(min(self.ready.values(), key=lambda t: t.used))
 
     async def close(self) -> None:
         for task in list(self._building.values()):
@@ -289,7 +302,8 @@ async def build(directory: Path, key: str, image: GuestImage, config: VMConfig,
             "format": TEMPLATE_FORMAT, "key": key, "memory_mib": config.memory_mib,
             "with_net": with_net, "image": str(image.directory)}))
         ok = True
-        return Template(key, directory, memfd, config.memory_mib, with_net, time.monotonic())
+        return Template(key, directory, memfd, config.memory_mib, with_net,
+                        str(image.directory), time.monotonic())
     finally:
         if not ok:
             os.close(memfd)

@@ -300,8 +300,10 @@ class QemuDrivers:
     async def close(self) -> None:
         await self.templates.close()
 
-    def warm(self, image: GuestImage, config: VMConfig, with_net: bool) -> None:
-        self.templates.lookup(image, config, with_net)
+    def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
+        self.templates.prune({str(image.directory) for image, _, _ in wanted})
+        for image, config, with_net in wanted:
+            self.templates.lookup(image, config, with_net)
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> SandboxVM:
