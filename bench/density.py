@@ -38,7 +38,7 @@ from cri_api.v1 import api_pb2 as api
 
 from bench import common
 from bench.boot import bare_boot
-from bench.idle import TICK, pss_kib, ticks
+from bench.idle import TICK, pss_breakdown_kib, pss_kib, ticks
 from tests.cri.conftest import Daemon, wait_for
 from vmrt.hypervisor.accel import choose_accel
 from vmrt.runtime.sizing import meminfo_mib
@@ -172,7 +172,11 @@ def main() -> int:
             stop.set()
             poll.join(30)
             pss = [pss_kib(p) / 1024 for p in pids]
+            parts = [pss_breakdown_kib(p, config.memory_mib, config.tb_size_mib) for p in pids]
             result[f"idle_{kind}"] = {
+                "pss_mib_per_qemu_by_part": {
+                    part: round(statistics.mean(p[part] for p in parts) / 1024, 1)
+                    for part in parts[0]},
                 "pss_mib_per_qemu": round(statistics.mean(pss), 1),
                 "mem_available_drop_mib_per_pod": round(drop, 1),
                 "qemu_cpu_percent_per_pod": round(statistics.mean(qemu), 3),
