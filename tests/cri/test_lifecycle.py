@@ -355,3 +355,33 @@ def test_containers_keep_the_kernels_timer_slack(vmrtd: Daemon) -> None:
     log = (vmrtd.logs / config.metadata.name / vmrtd.status(container).log_path)
     assert wait_for(lambda: b" stdout F 50000\n" in log.read_bytes(), timeout=10), \
         log.read_bytes()  # the container's own process
+
+
+def _qemu_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_a_guest_frees_goes_back_to_the_host(vmrtd: Daemon) -> None:
+    """Free-page reporting (a handler without templates): 96 MiB written to a
+    tmpfs in the guest grow QEMU's RSS; once removed, the guest reports the
+    free pages and QEMU's RSS falls back."""
+    config = vmrtd.pod_config()
+    pod_id = vmrtd.run_pod(config)
+    privileged = api.LinuxContainerConfig(
+        security_context=api.LinuxContainerSecurityContext(privileged=True))
+    container = vmrtd.run_container(pod_id, config, ["sleep", "600"], linux=privileged)
+    pid = vmrtd.qemu_pid(pod_id)
+    fill = vmrtd.exec(container, ["sh", "-c", "mkdir -p /fill && mount -t tmpfs -o size=120m "
+                                  "fill /fill && dd if=/dev/zero of=/fill/f bs=1M count=96"],
+                      timeout=120)
+    assert fill.exit_code == 0, fill
+    filled = _qemu_rss_mib(pid)
+    empty = vmrtd.exec(container, ["sh", "-c", "rm /fill/f && umount /fill"])
+    assert empty.exit_code == 0, empty
+    assert wait_for(lambda: _qemu_rss_mib(pid) < filled - 64, timeout=60, interval=1.0), \
+        f"QEMU's RSS {filled:.0f} MiB with the tmpfs full, {_qemu_rss_mib(pid):.0f} MiB after"
+    print(f"QEMU RSS: {filled:.0f} MiB full, {_qemu_rss_mib(pid):.0f} MiB once freed")
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

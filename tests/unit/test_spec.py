@@ -115,6 +115,22 @@ def test_boot_modules_follow_machine_and_transport() -> None:
     assert "tsc_early_khz" not in kernel_cmdline(spec(tsc_khz=None))
 
 
+def test_free_page_reporting_is_a_balloon_for_ram_qemu_owns_alone() -> None:
+    from vmrt.hypervisor.spec import GuestMemory
+
+    argv = build_argv(spec(free_page_reporting=True), ENDPOINTS, "n")
+    assert "virtio-balloon-device,free-page-reporting=on" in option(argv, "-device")
+    assert "virtio_balloon" in boot_modules(spec(free_page_reporting=True))
+    assert "virtio_balloon" not in boot_modules(spec())
+    assert not any("balloon" in d for d in option(build_argv(spec(), ENDPOINTS, "n"), "-device"))
+    pci = build_argv(spec(machine="q35", free_page_reporting=True), ENDPOINTS, "n")
+    assert "virtio-balloon-pci,free-page-reporting=on" in option(pci, "-device")
+    # On a template's file QEMU 7.2 would discard by punching holes in it.
+    with pytest.raises(SpecError, match="free-page reporting"):
+        build_argv(spec(free_page_reporting=True, memory=GuestMemory(5, shared=False)),
+                   ENDPOINTS, "n")
+
+
 def test_a_vm_with_a_share_loads_9p_and_overlay_at_boot() -> None:
     """So a template's saved memory has them and its clones skip the insmods."""
     with_share = boot_modules(spec(shares=(Share("t", Path("/x")),)))

@@ -33,6 +33,9 @@ def vm_spec(image: GuestImage, config: VMConfig, share: Path, net: NetSpec | Non
         extra_cmdline=config.extra_cmdline,
         memory=memory,
         incoming=incoming,
+        # Handlers without templates: their pods' guest RAM is each QEMU's
+        # own (a template handler's cold fallback keeps the template's argv).
+        free_page_reporting=memory is None and not config.template,
     )
 
 
