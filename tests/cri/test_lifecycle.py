@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -358,7 +359,7 @@ def test_containers_keep_the_kernels_timer_slack(vmrtd: Daemon) -> None:
 
 
 def _qemu_rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
