@@ -87,11 +87,21 @@ def test_a_pod_boots_cold_until_the_background_build_is_done(
             await asyncio.sleep(0.01)
         found = store.lookup(image(tmp_path), config, True)
         assert found is not None and found.key == "k1"
-        # The clone's view of it: private mapping of the sealed memfd.
-        assert found.memory().fd == found.memfd and not found.memory().shared
+        # The clone's view of it: its own fds, a private mapping of the sealed memfd.
+        claim = found.claim()
+        assert claim.memory().fd not in (found.memfd, -1) and not claim.memory().shared
+        assert os.fstat(claim.memfd).st_ino == os.fstat(found.memfd).st_ino
         with pytest.raises(PermissionError):
-            os.pwrite(os.open(f"/proc/self/fd/{found.memfd}", os.O_RDWR), b"x", 0)
+            os.pwrite(os.open(f"/proc/self/fd/{claim.memfd}", os.O_RDWR), b"x", 0)
+        # Evicted or pruned while the clone starts: the clone's fds stay.
         await store.close()
+        assert found.memfd == -1
+        assert os.pread(claim.memfd, 5, 4096) == b"guest"
+        assert os.read(claim.state, 5) == b"state"
+        claim.release()
+        assert (claim.memfd, claim.state) == (-1, -1)
+        with pytest.raises(OSError):
+            found.claim()  # let go of: the pod boots cold
 
     asyncio.run(scenario())
 

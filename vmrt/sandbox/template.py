@@ -139,6 +139,29 @@ def _load_memfd(path: Path, size: int) -> int:
 
 
 @dataclass
+class Claim:
+    """What one clone holds of its template while it starts: its own
+    descriptors of the sealed memory and of the saved state. The template
+    may be evicted or pruned meanwhile; the clone's fds stay open (had it
+    used the template's, their numbers could be reused for another file
+    before QEMU inherited them, and QEMU would map that file as guest RAM)."""
+
+    key: str
+    memfd: int
+    state: int
+
+    def memory(self) -> GuestMemory:
+        return GuestMemory(self.memfd, shared=False)
+
+    def release(self) -> None:
+        """Once QEMU has its own copies (after the restore, or a failure)."""
+        for fd in (self.memfd, self.state):
+            if fd >= 0:
+                os.close(fd)
+        self.memfd = self.state = -1
+
+
+@dataclass
 class Template:
     key: str
     directory: Path
@@ -148,11 +171,17 @@ class Template:
     image: str = ""  # the guest image's directory
     used: float = 0.0
 
-    def state_fd(self) -> int:
-        return os.open(self.directory / "state", os.O_RDONLY | os.O_CLOEXEC)
-
-    def memory(self) -> GuestMemory:
-        return GuestMemory(self.memfd, shared=False)
+    def claim(self) -> Claim:
+        """OSError when the template went meanwhile (the caller boots cold)."""
+        if self.memfd < 0:
+            raise OSError(f"template {self.key} was let go of")
+        memfd = os.dup(self.memfd)
+        try:
+            state = os.open(self.directory / "state", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(memfd)
+            raise
+        return Claim(self.key, memfd, state)
 
     def close(self) -> None:
         if self.memfd >= 0:

@@ -32,7 +32,7 @@ from vmrt.hypervisor.spec import NetSpec
 from vmrt.sandbox import cgroups, mounts
 from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.share import SandboxShare
-from vmrt.sandbox.template import TEMPLATE_MAC, Template, Templates
+from vmrt.sandbox.template import TEMPLATE_MAC, Claim, Templates
 from vmrt.sandbox.vmspec import SHARE_TAG, vm_jail, vm_spec
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _checked_id(value: str) -> str:
 class SandboxVM:
     def __init__(self, sandbox_id: str, state_root: Path, image: GuestImage,
                  config: VMConfig, net: NetSpec | None = None,
-                 template: Template | None = None) -> None:
+                 template: Claim | None = None) -> None:
         self.id = _checked_id(sandbox_id)
         self.directory = sandbox_dir(state_root, sandbox_id)
         self.share = SandboxShare(self.directory)
@@ -127,6 +127,14 @@ class SandboxVM:
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = (),
                     die_with_parent: bool = False) -> None:
+        try:
+            await self._start(hostname, dns, sysctls, die_with_parent)
+        finally:
+            if self.template is not None:
+                self.template.release()  # QEMU has its own copies, or is gone
+
+    async def _start(self, hostname: str, dns: pb.DnsConfig | None,
+                     sysctls: Iterable[tuple[str, str]], die_with_parent: bool) -> None:
         t0 = time.monotonic()
         async with contextlib.AsyncExitStack() as undo:
             private_dir(self.directory.parent)
@@ -142,6 +150,7 @@ class SandboxVM:
             self.timings["launched"] = time.monotonic() - t0
             if self.template is not None:
                 await self._restore(self.template)
+                self.template.release()
                 self.timings["restored"] = time.monotonic() - t0
             self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path),
                                             keepalive_s=self.config.agent_keepalive_s)
@@ -165,10 +174,9 @@ class SandboxVM:
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
 
-    async def _restore(self, template: Template) -> None:
-        state = template.state_fd()
+    async def _restore(self, template: Claim) -> None:
         try:
-            await self.qemu.restore_state(state)
+            await self.qemu.restore_state(template.state)
         except Exception as exc:
             if not self.qemu.alive:
                 await self.qemu.console_drained()
@@ -176,8 +184,6 @@ class SandboxVM:
                                 ) from None
             raise VMDied(f"restoring template {template.key} failed: {exc}",
                          self.qemu.console_tail()) from None
-        finally:
-            os.close(state)
 
     @classmethod
     async def adopt(cls, sandbox_id: str, state_root: Path, image: GuestImage,
@@ -310,7 +316,14 @@ class QemuDrivers:
         """A clone of the template for these settings when one is ready, else
         a VM that boots (and, with ``template`` on, a template built meanwhile)."""
         template = self.templates.lookup(image, config, net is not None)
-        return SandboxVM(sandbox_id, self.state_root, image, config, net=net, template=template)
+        claim = None
+        if template is not None:
+            try:
+                claim = template.claim()
+            except OSError as exc:
+                log.warning("template %s cannot be used now (%s); the pod boots cold",
+                            template.key, exc)
+        return SandboxVM(sandbox_id, self.state_root, image, config, net=net, template=claim)
 
     async def adopt(self, sandbox_id: str, image: GuestImage, config: VMConfig, pid: int,
                     start_time: int) -> SandboxVM:
