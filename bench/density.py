@@ -119,7 +119,8 @@ def main() -> int:
     result: dict[str, object] = {"runs": args.runs, "parallel": args.parallel,
                                  "pods": args.pods, "seconds": args.seconds}
     with common.vmrtd(image, HANDLERS) as daemon:
-        # The templates: the first pod of each size boots cold and starts one.
+        # The templates: vmrtd builds the base size's at start-up, and the
+        # first sized pod (cold) starts the other's.
         for sized, count in ((False, 1), (True, 2)):
             pod_id, _ = timed_pod(daemon, "tmpl", sized)
             assert wait_for(lambda c=count: templates_ready(daemon, c), timeout=600,
@@ -172,7 +173,8 @@ def main() -> int:
             stop.set()
             poll.join(30)
             pss = [pss_kib(p) / 1024 for p in pids]
-            parts = [pss_breakdown_kib(p, config.memory_mib, config.tb_size_mib) for p in pids]
+            parts = [pss_breakdown_kib(p, daemon.pod_info(i)["vm"]["memory_mib"])
+                     for i, p in zip(ids, pids, strict=True)]
             result[f"idle_{kind}"] = {
                 "pss_mib_per_qemu_by_part": {
                     part: round(statistics.mean(p[part] for p in parts) / 1024, 1)

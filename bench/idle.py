@@ -39,22 +39,22 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def pss_breakdown_kib(pid: int, guest_mib: int, tb_mib: int) -> dict[str, int]:
-    """A QEMU's PSS by what the memory is: the guest's RAM (the template's
+def pss_breakdown_kib(pid: int, guest_mib: int) -> dict[str, int]:
+    """A QEMU's PSS by what the memory is: the guest's RAM (a template's
     memfd, or the anonymous mapping of the guest's size), TCG's translation
-    cache (the anonymous executable mapping of tb-size), and the rest
-    (QEMU's heap, stacks, libraries)."""
+    cache (anonymous executable mappings: one per vCPU thread under MTTCG),
+    and the rest (QEMU's heap, stacks, libraries)."""
     parts = {"guest_ram": 0, "translation_cache": 0, "qemu": 0}
     kind = "qemu"
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         words = line.split()
         if words and "-" in words[0] and len(words) >= 5:  # a mapping's header
             start, end = (int(x, 16) for x in words[0].split("-"))
-            size_mib = (end - start) >> 20
             name = words[5] if len(words) > 5 else ""
-            if name.startswith("/memfd:") or (not name and size_mib == guest_mib):
+            if name.startswith("/memfd:vmrt-template") or (
+                    not name and (end - start) >> 20 == guest_mib):
                 kind = "guest_ram"
-            elif not name and "x" in words[1] and size_mib >= tb_mib * 0.9:
+            elif not name and "x" in words[1]:
                 kind = "translation_cache"
             else:
                 kind = "qemu"

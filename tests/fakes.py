@@ -265,9 +265,6 @@ class FakeDrivers:
     def load(self) -> None:
         pass
 
-    def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
-        self.warmed = [(image.directory, config.memory_mib, net) for image, config, net in wanted]
-
     async def close(self) -> None:
         pass
 
@@ -280,6 +277,9 @@ class FakeDrivers:
         self.processes: dict[int, str] = {}
         self.reclaimed: list[int] = []
         self.warmed: list[tuple[Path, int, bool]] = []
+
+    def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
+        self.warmed = [(image.directory, config.memory_mib, net) for image, config, net in wanted]
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> FakeSandbox:

@@ -52,10 +52,12 @@ def test_clones_run_like_booted_pods_and_share_no_identity(vmrtd: Daemon) -> Non
     first_config = vmrtd.pod_config()
     ready_before = template_ready(vmrtd)  # vmrtd starts building it at start-up
     first = vmrtd.run_pod(first_config, handler=HANDLER)
-    if not ready_before:
-        assert vmrtd.pod_info(first)["vm"]["from_template"] == ""  # not ready yet: cold
-    console = sandbox_dir(vmrtd.state, first) / "console.log"
-    assert f"the guest's clock moved by {-AGE} s" in console.read_text(errors="replace")
+    if not ready_before and not vmrtd.pod_info(first)["vm"]["from_template"]:
+        # Cold (on this machine the build takes longer than the test takes
+        # to get here): its console shows the hook at work, so the template,
+        # booted the same way, was saved with a clock an hour behind.
+        console = sandbox_dir(vmrtd.state, first) / "console.log"
+        assert f"the guest's clock moved by {-AGE} s" in console.read_text(errors="replace")
     assert wait_for(lambda: template_ready(vmrtd), timeout=300, interval=1.0), \
         vmrtd.log_file.read_text()[-3000:]
     templates = list((vmrtd.root / "templates").iterdir())

@@ -42,6 +42,10 @@ def test_the_key_follows_everything_a_restore_depends_on(tmp_path: Path,
     from vmrt.sandbox.cgroups import PodCgroup
     assert key == tmpl.template_key(image(tmp_path), dataclasses.replace(
         config, boot_timeout=5.0, cgroup=PodCgroup("cgroupfs", "/kubepods/pod1/vmrt-x")), True)
+    # Nor the host's "cpu MHz" of the moment (cpufreq moves it): a restored
+    # guest does not read its command line again.
+    monkeypatch.setattr("vmrt.sandbox.vmspec.host_tsc_khz", lambda: 2400123)
+    assert key == tmpl.template_key(image(tmp_path), config, True)
     monkeypatch.setattr(tmpl, "qemu_version", lambda binary: "QEMU emulator version 8.2.0")
     changed.append(tmpl.template_key(image(tmp_path), config, True))
     assert len({key, *changed}) == 6
@@ -144,6 +148,11 @@ def test_load_takes_what_was_saved_and_removes_the_rest(tmp_path: Path) -> None:
     fake_template(root / "orphan", "orphan").close()
     meta = json.loads((root / "orphan" / "ready.json").read_text())
     (root / "orphan" / "ready.json").write_text(json.dumps({**meta, "image": "/nonexistent"}))
+    fake_template(root / "noimage", "noimage").close()
+    (root / "noimage" / "ready.json").write_text(json.dumps(
+        {k: v for k, v in {**meta, "key": "noimage"}.items() if k != "image"}))
+    fake_template(root / "listed", "listed").close()
+    (root / "listed" / "ready.json").write_text("[1, 2]")
     store = tmpl.Templates(root)
     store.load()
     assert set(store.ready) == {"good"}
@@ -203,3 +212,45 @@ def test_sized_pods_are_rounded_up_to_a_size_class_only_when_templates_serve_the
     pod.linux.resources.memory_limit_in_bytes = 1 << 30
     assert vm_config(config, "shared", pod, "", "/img").memory_mib == 256 + 1024
     assert vm_config(config, "shared", api.PodSandboxConfig(), "", "/img").memory_mib == 256
+    # Rounded, it would be over the maximum: the exact size, which fits.
+    capped = Config(hypervisor=HypervisorConfig(accel="tcg", memory_mib=256,
+                                                max_memory_mib=256 + 1100))
+    assert vm_config(capped, "", pod, "", "/img").memory_mib == 256 + 1024
+    pod.linux.resources.memory_limit_in_bytes = 1030 << 20
+    assert vm_config(capped, "", pod, "", "/img").memory_mib == 256 + 1030
+
+
+def test_vms_get_free_page_reporting_only_when_their_ram_is_their_own(tmp_path: Path) -> None:
+    """A balloon for pods of handlers without templates; none for a template
+    VM, a clone, or the cold boot of a handler that uses templates (its
+    argv is a clone's, whose RAM is the template's file)."""
+    from vmrt.hypervisor.spec import GuestMemory
+    from vmrt.sandbox.vmspec import vm_spec
+
+    img, share = image(tmp_path), tmp_path / "share"
+    assert vm_spec(img, VMConfig(template=False), share, None).free_page_reporting
+    assert not vm_spec(img, VMConfig(template=True), share, None).free_page_reporting
+    for shared in (True, False):
+        assert not vm_spec(img, VMConfig(template=False), share, None,
+                           GuestMemory(5, shared=shared)).free_page_reporting
+
+
+def test_warm_prunes_then_builds_no_more_than_are_kept(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmrt.sandbox.vm import QemuDrivers
+
+    monkeypatch.setattr(tmpl, "MAX_TEMPLATES", 2)
+    monkeypatch.setattr("vmrt.sandbox.vm.MAX_TEMPLATES", 2)
+    drivers = QemuDrivers(tmp_path / "state", templates_root=tmp_path / "templates")
+    calls: list[object] = []
+    monkeypatch.setattr(drivers.templates, "prune", lambda images: calls.append(images))
+
+    def lookup(img: GuestImage, config: VMConfig, with_net: bool) -> None:
+        calls.append(config.memory_mib)
+        if config.memory_mib == 256:
+            raise OSError("no qemu")  # logged; the next one is still asked for
+
+    monkeypatch.setattr(drivers.templates, "lookup", lookup)
+    img = image(tmp_path)
+    drivers.warm([(img, VMConfig(memory_mib=m), True) for m in (256, 512, 1024)])
+    assert calls == [{str(img.directory.resolve())}, 256, 512]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
@@ -17,6 +18,7 @@ from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.specfix import POD_DIR
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 SIOCGIFFLAGS = 0x8913
 # linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
@@ -24,6 +26,9 @@ RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCSIFHWADDR = 0x8924
+ARPHRD_ETHER = 1
 IFF_UP = 0x1
 MODULE_DIR = "/lib/modules"
 SHARE_MOUNT = "/run/vmrt/share"
@@ -62,18 +67,12 @@ class Guest:
         self.load_modules("9p")
         self.load_modules("overlay")
         os.makedirs(SHARE_MOUNT, exist_ok=True)
-        self.mount([
-            "-t", "9p", "-o", "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
-            tag, SHARE_MOUNT,
-        ])
+        # mount(2) itself: one process fewer on a clone's way to ready.
+        _mount(tag, SHARE_MOUNT, "9p", "trans=virtio,version=9p2000.L,msize=512000,cache=mmap")
 
     @staticmethod
     def bring_up_loopback() -> None:
-        """``ip link set lo up`` without a process: SIOCSIFFLAGS on a socket."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            ifreq = struct.pack("16sH22x", b"lo", 0)
-            flags = struct.unpack("16sH22x", fcntl.ioctl(sock, SIOCGIFFLAGS, ifreq))[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+        link_up("lo")
 
     @staticmethod
     def set_hostname(hostname: str) -> None:
@@ -124,10 +123,10 @@ class Guest:
                 current = name
             renamed[name or current] = current
             if mtu:
-                self.run(["/bin/ip", "link", "set", "dev", current, "mtu", str(mtu)])
+                _ifreq_ioctl(SIOCSIFMTU, current, struct.pack("i20x", mtu))
             for address in addresses:
                 self.run(["/bin/ip", "addr", "add", address, "dev", current])
-            self.run(["/bin/ip", "link", "set", "dev", current, "up"])
+            link_up(current)
         for destination, gateway, device in routes:
             argv = ["/bin/ip", "route", "replace", destination]
             if gateway:
@@ -173,12 +172,38 @@ class Guest:
             raise InvalidArgument(f"invalid MAC address {mac!r}")
         self.load_modules("net")
         name = _interface_by_mac(was)
-        self.run(["/bin/ip", "link", "set", "dev", name, "address", mac])
+        address = bytes.fromhex(mac.replace(":", ""))
+        _ifreq_ioctl(SIOCSIFHWADDR, name, struct.pack("H6s16x", ARPHRD_ETHER, address))
 
     @staticmethod
     def set_clock(host_time_ns: int) -> None:
         if host_time_ns > 0:
             time.clock_settime_ns(time.CLOCK_REALTIME, host_time_ns)
+
+
+def _ifreq_ioctl(request: int, name: str, value: bytes) -> bytes:
+    """An interface ioctl: ``struct ifreq`` is the name (16 bytes) and a
+    24-byte union (``value``: flags, MTU or a sockaddr)."""
+    if len(name.encode()) > 15 or len(value) != 24:
+        raise InvalidArgument(f"invalid interface request for {name!r}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            return fcntl.ioctl(sock, request, struct.pack("16s", name.encode()) + value)
+        except OSError as exc:
+            raise CommandFailed(f"ioctl {request:#x} on {name}: {exc.strerror}") from None
+
+
+def link_up(name: str) -> None:
+    """``ip link set NAME up`` without a process."""
+    flags = struct.unpack("H22x", _ifreq_ioctl(SIOCGIFFLAGS, name, bytes(24))[16:])[0]
+    _ifreq_ioctl(SIOCSIFFLAGS, name, struct.pack("H22x", flags | IFF_UP))
+
+
+def _mount(source: str, target: str, fstype: str, options: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0,
+                   options.encode()) != 0:
+        errno = ctypes.get_errno()
+        raise CommandFailed(f"mount -t {fstype} {source} {target}: {os.strerror(errno)}")
 
 
 def _hosts(hostname: str) -> str:

@@ -42,7 +42,10 @@ async def _adopt_then_warm(runtime: Runtime) -> None:
     """The running pods first; then the templates (a boot each, if not on
     disk) are built in the background."""
     await recovery.adopt(runtime)
-    runtime.warm()
+    try:
+        runtime.warm()
+    except Exception:  # pods boot cold; never a reason to stop serving
+        log.exception("VM templates could not be prepared")
 
 
 async def run(config: Config, image: GuestImage) -> None:

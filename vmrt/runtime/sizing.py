@@ -34,10 +34,11 @@ def size_class(mib: int) -> int:
     """The memory a pod adds to its VM, rounded up to a size class (a power
     of two, 64 MiB at least) when pods start from templates: a template
     serves one VM size, so sizes must repeat for sized pods to start fast.
-    Kubernetes' usual limits (128Mi, 512Mi, 1Gi, ...) are classes already.
-    The rounding is guest RAM the pod's containers cannot use (their cgroup
-    in the guest has the pod's own limit); untouched, it costs the host
-    nothing, but admission counts it."""
+    Kubernetes' usual limits (128Mi, 512Mi, 1Gi, ...) are classes already
+    (a pod of several containers adds their sum, which is one less often).
+    The rounding is guest RAM the containers cannot use (each has its own
+    limit in the guest); untouched, it costs the host nothing, but
+    admission counts it. A rounded VM over the maximum gets the exact size."""
     return max(64, 1 << (max(mib, 1) - 1).bit_length())
 
 
@@ -53,12 +54,15 @@ def vm_config(config: Config, handler: str, pod_config: api.PodSandboxConfig, po
     memory = hv.memory_mib
     cpus = float(hv.vcpus)
     resources = linux.resources
+    limit = hv.max_memory_mib or host_memory_mib()
     if resources.memory_limit_in_bytes > 0:
         added = math.ceil(resources.memory_limit_in_bytes / MIB)
-        memory += size_class(added) if hv.template else added
+        memory += added
+        rounded = hv.memory_mib + size_class(added)
+        if hv.template and rounded <= limit:
+            memory = rounded  # else the exact size: a cold boot, but it fits
     if resources.cpu_quota > 0 and resources.cpu_period > 0:
         cpus += resources.cpu_quota / resources.cpu_period
-    limit = hv.max_memory_mib or host_memory_mib()
     if memory > limit:
         raise InvalidArgumentError(
             f"config.linux.resources.memory_limit_in_bytes "

@@ -76,14 +76,24 @@ def qemu_version(binary: str) -> str:
     return _versions[stamp]
 
 
+def image_id(image: GuestImage) -> str:
+    """The guest image's real directory (a configured path may be a symlink,
+    such as guest-images/default, that a rebuild moves)."""
+    return str(image.directory.resolve())
+
+
 def template_key(image: GuestImage, config: VMConfig, with_net: bool) -> str:
     placeholder = Path("/template")
     net = NetSpec("tap", TEMPLATE_MAC, tap_fd=9) if with_net else None
     spec = vm_spec(image, config, placeholder, net, GuestMemory(8, shared=False), incoming=True)
+    # The TSC's frequency is read from the host's "cpu MHz", which moves
+    # with cpufreq on bare metal; a restored guest calibrated long ago and
+    # never reads its command line again, so it is no part of the key.
+    spec = dataclasses.replace(spec, tsc_khz=0)
     argv = build_argv(spec, VMEndpoints(console_fd=5, qmp_fd=6, agent_fd=7), "template",
                       config.qemu_binary)
     h = hashlib.sha256()
-    for part in (f"format={TEMPLATE_FORMAT}", str(image.directory.resolve()),
+    for part in (f"format={TEMPLATE_FORMAT}", image_id(image),
                  qemu_version(config.qemu_binary), *argv):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:24]
@@ -197,6 +207,8 @@ class Templates:
         self.ready: dict[str, Template] = {}
         self._building: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, tuple[float, str]] = {}
+        # One build at a time: each is a VM's boot, outside any pod's cgroup.
+        self._builder = asyncio.Semaphore(1)
 
     def load(self) -> None:
         """Templates an earlier vmrtd saved; anything half-written is removed."""
@@ -205,18 +217,26 @@ class Templates:
         for directory in sorted(self.root.iterdir()):
             try:
                 meta = json.loads((directory / "ready.json").read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
                 if meta.get("format") != TEMPLATE_FORMAT or meta.get("key") != directory.name:
                     raise ValueError("an old format")
-                if not Path(str(meta.get("image", ""))).is_dir():
+                image = meta.get("image")
+                if not isinstance(image, str) or not os.path.isabs(image):
+                    raise ValueError("it names no guest image")
+                if not Path(image).is_dir():
                     raise ValueError("its guest image is gone")
-                memfd = _load_memfd(directory / "ram", int(meta["memory_mib"]) << 20)
+                memory_mib = int(meta["memory_mib"])
+                with_net = meta["with_net"]
+                if not isinstance(with_net, bool):
+                    raise ValueError("with_net is not true or false")
+                memfd = _load_memfd(directory / "ram", memory_mib << 20)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.info("template %s is not usable (%s); removed", directory.name, exc)
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
-            self.ready[directory.name] = Template(directory.name, directory, memfd,
-                                                  int(meta["memory_mib"]),
-                                                  bool(meta["with_net"]), str(meta["image"]))
+            self.ready[directory.name] = Template(directory.name, directory, memfd, memory_mib,
+                                                  with_net, image)
         if self.ready:
             log.info("loaded %d VM template(s)", len(self.ready))
 
@@ -241,9 +261,10 @@ class Templates:
 
     async def _build(self, key: str, image: GuestImage, config: VMConfig,
                      with_net: bool) -> None:
-        began = time.monotonic()
         try:
-            template = await build(self.root / key, key, image, config, with_net)
+            async with self._builder:
+                began = time.monotonic()
+                template = await build(self.root / key, key, image, config, with_net)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -329,10 +350,10 @@ async def build(directory: Path, key: str, image: GuestImage, config: VMConfig,
         await asyncio.to_thread(_save_sparse, memfd, size, directory / "ram")
         (directory / "ready.json").write_text(json.dumps({
             "format": TEMPLATE_FORMAT, "key": key, "memory_mib": config.memory_mib,
-            "with_net": with_net, "image": str(image.directory)}))
+            "with_net": with_net, "image": image_id(image)}))
         ok = True
         return Template(key, directory, memfd, config.memory_mib, with_net,
-                        str(image.directory), time.monotonic())
+                        image_id(image), time.monotonic())
     finally:
         if not ok:
             os.close(memfd)

@@ -32,7 +32,7 @@ from vmrt.hypervisor.spec import NetSpec
 from vmrt.sandbox import cgroups, mounts
 from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.share import SandboxShare
-from vmrt.sandbox.template import TEMPLATE_MAC, Claim, Templates
+from vmrt.sandbox.template import MAX_TEMPLATES, TEMPLATE_MAC, Claim, Templates, image_id
 from vmrt.sandbox.vmspec import SHARE_TAG, vm_jail, vm_spec
 
 log = logging.getLogger(__name__)
@@ -307,9 +307,14 @@ class QemuDrivers:
         await self.templates.close()
 
     def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
-        self.templates.prune({str(image.directory) for image, _, _ in wanted})
-        for image, config, with_net in wanted:
-            self.templates.lookup(image, config, with_net)
+        self.templates.prune({image_id(image) for image, _, _ in wanted})
+        # No more than are kept: more would evict each other.
+        for image, config, with_net in wanted[:MAX_TEMPLATES]:
+            try:
+                self.templates.lookup(image, config, with_net)
+            except Exception as exc:  # its first pod will report it
+                log.warning("no VM template for %d MiB pods of %s: %s", config.memory_mib,
+                            image.directory, exc)
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> SandboxVM:
