@@ -277,6 +277,10 @@ class FakeDrivers:
         self.processes: dict[int, str] = {}
         self.reclaimed: list[int] = []
         self.warmed: list[tuple[Path, int, bool]] = []
+        self.reserved_mib = 0
+
+    def reserved_memory_mib(self) -> int:
+        return self.reserved_mib
 
     def warm(self, wanted: list[tuple[GuestImage, VMConfig, bool]]) -> None:
         self.warmed = [(image.directory, config.memory_mib, net) for image, config, net in wanted]

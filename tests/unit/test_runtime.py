@@ -846,6 +846,11 @@ def test_admission_counts_full_vm_sizes(world: World, monkeypatch: pytest.Monkey
     figures["MemAvailable"] = 200
     with pytest.raises(ResourceExhaustedError, match="only 200 MiB of memory is available"):
         run(world.pods.run(pod_config(world, "fourth"), "vmrt"))
+    # A VM template kept for later pods counts at its full size too.
+    figures["MemAvailable"] = 500
+    world.drivers.reserved_mib = 256
+    with pytest.raises(ResourceExhaustedError, match="VMs already take 512 MiB"):
+        run(world.pods.run(pod_config(world, "fourth"), "vmrt"))
 
 
 def test_overhead_is_not_guest_memory(world: World) -> None:

@@ -166,9 +166,11 @@ class Runtime:
         self.drivers.warm(wanted)
 
     def committed_memory_mib(self) -> int:
-        """The full guest RAM of every pod whose VM is or may be running."""
-        return sum(pod.vm.settings.memory_mib for pod in self.store.pods.values()
-                   if pod.vm is not None and pod.state in (PodState.STARTING, PodState.READY))
+        """The full guest RAM of every pod whose VM is or may be running, and
+        of the VM templates kept for the pods to come."""
+        return self.drivers.reserved_memory_mib() + sum(
+            pod.vm.settings.memory_mib for pod in self.store.pods.values()
+            if pod.vm is not None and pod.state in (PodState.STARTING, PodState.READY))
 
     def guest_image_for(self, handler: str) -> GuestImage:
         image_dir = self.config.handler(handler).image

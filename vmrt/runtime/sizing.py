@@ -90,7 +90,7 @@ def admit(config: Config, vm: VMConfig, committed_mib: int) -> None:
 
     Guest pages shared copy-on-write (templates) or not yet touched cost
     nothing now, but a guest may write them all later; so the rule counts
-    full sizes: this vmrtd's VMs (``committed_mib``) plus the new one must
+    full sizes: this vmrtd's VMs and templates (``committed_mib``) plus the new one must
     fit in MemTotal, and the new one in MemAvailable, each times
     ``hypervisor.memory_overcommit`` (1.0: no overcommit).
     """
@@ -101,7 +101,8 @@ def admit(config: Config, vm: VMConfig, committed_mib: int) -> None:
     if committed_mib + vm.memory_mib > total * ratio:
         raise ResourceExhaustedError(
             f"the node cannot hold another VM of {vm.memory_mib} MiB: this vmrtd's VMs "
-            f"already take {committed_mib} MiB of the node's {total} MiB {where}")
+            f"already take {committed_mib} MiB of the node's {total} MiB {where}; "
+            "VM templates count at their full size")
     if vm.memory_mib > available * ratio:
         raise ResourceExhaustedError(
             f"the node cannot hold another VM of {vm.memory_mib} MiB: only {available} MiB "

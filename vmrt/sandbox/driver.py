@@ -92,6 +92,10 @@ class Drivers(Protocol):
         for others (VM templates); nothing if that is not how this driver works."""
         ...
 
+    def reserved_memory_mib(self) -> int:
+        """Memory held for sandboxes to come (VM templates), at its full size."""
+        ...
+
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> Sandbox: ...
 

@@ -316,6 +316,11 @@ class QemuDrivers:
                 log.warning("no VM template for %d MiB pods of %s: %s", config.memory_mib,
                             image.directory, exc)
 
+    def reserved_memory_mib(self) -> int:
+        # A template's memfd fills towards its full size as clones touch
+        # pages it never wrote (docs/design-notes.md, "What shared costs").
+        return sum(t.memory_mib for t in self.templates.ready.values())
+
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
                net: NetSpec | None) -> SandboxVM:
         """A clone of the template for these settings when one is ready, else
