@@ -349,6 +349,40 @@ def test_an_exit_event_is_recorded(world: World) -> None:
     assert (status.state, status.exit_code, status.reason) == (ContainerState.EXITED, 3, "Error")
 
 
+def test_pod_sandboxes_have_events_too_each_with_the_status_of_its_moment(
+        world: World) -> None:
+    """As containerd's for kubelet's evented PLEG: a sandbox's CREATED,
+    STARTED, STOPPED and DELETED (its id as the container id), and every
+    event carries the pod's and its containers' status as they were then;
+    the sandbox's DELETED still has the pod's last status."""
+    queue = world.rt.events.subscribe()
+    pod_id, container_id, agent = started(world)
+    agent.exit(container_id, 0)
+    run(asyncio.sleep(0.05))
+    run(world.pods.stop(pod_id))
+    run(world.pods.remove(pod_id))
+    events = []
+    while not queue.empty():
+        events.append(queue.get_nowait())
+    seen = [(e.container_id, e.kind) for e in events]
+    assert seen == [(pod_id, "created"), (pod_id, "started"),
+                    (container_id, "created"), (container_id, "started"),
+                    (container_id, "stopped"), (pod_id, "stopped"),
+                    (container_id, "deleted"), (pod_id, "deleted")], seen
+    by_kind = {(e.container_id, e.kind): e for e in events}
+    assert by_kind[(pod_id, "started")].pod is not None
+    assert by_kind[(pod_id, "started")].pod.state == PodState.READY
+    created = by_kind[(container_id, "created")]
+    assert [c.state for c in created.containers] == [ContainerState.CREATED]
+    assert [c.state for c in by_kind[(container_id, "started")].containers] == [
+        ContainerState.RUNNING]
+    deleted = by_kind[(pod_id, "deleted")]
+    assert deleted.pod is not None and deleted.pod.id == pod_id
+    assert deleted.pod.state == PodState.NOTREADY
+    assert pod_id not in world.rt.store.pods
+    world.rt.events.unsubscribe(queue)
+
+
 # -- recovery -------------------------------------------------------------------------
 
 def test_recovery_adopts_live_vms_and_settles_the_rest(world: World) -> None:

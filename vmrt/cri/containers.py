@@ -144,12 +144,10 @@ class ContainerRPCs(Base):
                         "stopped": api.CONTAINER_STOPPED_EVENT,
                         "deleted": api.CONTAINER_DELETED_EVENT}[event.kind],
                     created_at=event.at_ns)
-                pod = self.rt.store.pods.get(event.pod_id)
-                if pod is not None:
-                    reply.pod_sandbox_status.CopyFrom(convert.pod_status(pod))
+                if event.pod is not None:  # as it was when the event happened
+                    reply.pod_sandbox_status.CopyFrom(convert.pod_status(event.pod))
                     reply.containers_statuses.extend(
-                        convert.container_status(c)
-                        for c in self.rt.store.pod_containers(pod.id))
+                        convert.container_status(c) for c in event.containers)
                 yield reply
         finally:
             self.rt.events.unsubscribe(queue)

@@ -34,7 +34,7 @@ from vmrt.images.store import ImageStore
 from vmrt.network.cni import CNI
 from vmrt.network.pod import Networking, PodNetworking
 from vmrt.runtime import sizing
-from vmrt.runtime.events import EventBus
+from vmrt.runtime.events import EventBus, Snapshot
 from vmrt.runtime.names import NameIndex
 from vmrt.runtime.records import (
     ContainerRecord,
@@ -76,7 +76,7 @@ class Runtime:
         # usually a tmpfs, where a saved guest RAM would cost its size twice.
         self.drivers: Drivers = drivers or QemuDrivers(self.state, config.cgroups.root,
                                                        self.root / "templates")
-        self.events = EventBus()
+        self.events = EventBus(self._event_snapshot)
         self.sandboxes: dict[str, PodSandbox] = {}
         # READY pods that recovery is still reattaching to (set when adopted).
         self.adoptions: dict[str, asyncio.Event] = {}
@@ -211,6 +211,13 @@ class Runtime:
             finished_at=finished_at or time.time_ns(), reason=reason, message=message))
         self.events.publish(container.id, container.pod_id, "stopped")
 
+    def _event_snapshot(self, pod_id: str) -> Snapshot:
+        pod = self.store.pods.get(pod_id)
+        if pod is None:
+            return None, ()
+        return PodRecord(pod.meta, pod.status), tuple(
+            ContainerRecord(c.meta, c.status) for c in self.store.pod_containers(pod_id))
+
     def save_offsets(self, container: ContainerRecord, stdout: int, stderr: int) -> None:
         if container.id in self.store.containers:
             self.store.update_container(container, lambda s: dataclasses.replace(
@@ -228,6 +235,7 @@ class Runtime:
         if pod.state == PodState.READY and pod.id in self.store.pods:
             self.store.update_pod(pod, lambda s: dataclasses.replace(
                 s, state=PodState.NOTREADY, reason=message))
+            self.events.publish(pod.id, pod.id, "stopped")  # the sandbox's own
         if sandbox is not None:
             await sandbox.destroy()
 

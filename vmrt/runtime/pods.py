@@ -100,6 +100,9 @@ class PodService:
             raise failed from exc
         if network.nic.tap_fd >= 0:
             os.close(network.nic.tap_fd)  # QEMU has its own copy
+        # The sandbox's own events (its id as the container id), as containerd's.
+        self.rt.events.publish(record.id, record.id, "created")
+        self.rt.events.publish(record.id, record.id, "started")
         return sandbox
 
     async def _steps(self, record: PodRecord, config: api.PodSandboxConfig,
@@ -203,6 +206,7 @@ class PodService:
             self.rt.events.publish(container.id, pod.id, "deleted")
         for container in self.rt.store.pod_containers(pod.id):
             self.rt.container_names.release(container_key(container, pod), container.id)
+        self.rt.events.publish(pod.id, pod.id, "deleted")  # with its last status
         self.rt.store.remove_pod(pod.id)
         self.rt.pod_names.release(pod.key, pod.id)
 
