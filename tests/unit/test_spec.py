@@ -31,7 +31,7 @@ def test_microvm_tcg_serial_argv() -> None:
     argv = build_argv(spec(shares=(Share("vmrt-share", Path("/s/shared")),), tsc_khz=2299998),
                       ENDPOINTS, "vmrt-abc")
     assert argv[0] == "qemu-system-x86_64"
-    assert option(argv, "-machine") == ["microvm,acpi=on"]
+    assert option(argv, "-machine") == ["microvm,acpi=on,pit=off"]
     assert option(argv, "-accel") == ["tcg,tb-size=128"]
     assert option(argv, "-cpu") == ["max,-erms,-fsrm"]
     assert option(argv, "-m") == ["256M"]
