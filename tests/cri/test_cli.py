@@ -30,6 +30,12 @@ def test_cli_commands(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> N
     assert pods.returncode == 0, pods.stderr
     assert pod_id[:13] in pods.stdout and "Ready" in pods.stdout
     assert json.loads(vmrt(vmrtd, "pods", "-o", "json").stdout)["items"][0]["id"] == pod_id
+    # crictl's habit: the endpoint before the verb.
+    before = subprocess.run([sys.executable, "-m", "vmrt.cli.main", "-r",
+                             f"unix://{vmrtd.socket}", "pods", "-o", "json"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["items"][0]["id"] == pod_id
 
     ps = vmrt(vmrtd, "ps")
     assert container[:13] in ps.stdout and "cli-target" in ps.stdout and "Running" in ps.stdout
