@@ -81,16 +81,17 @@ class GrpcPortStream:
 
 class AgentClient:
     def __init__(self, target: str, connect_timeout: float = 20.0,
-                 keepalive_s: float = KEEPALIVE_S) -> None:
+                 keepalive_s: float = KEEPALIVE_S,
+                 ping_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> None:
         self.target = target
         keepalive = [
             # Liveness: an HTTP/2 PING after keepalive_s without traffic; no
-            # answer within KEEPALIVE_TIMEOUT_S ends the connection, which
-            # the sandbox's watchdog then notices.
+            # answer within ping_timeout_s ends the connection, which the
+            # sandbox's watchdog then notices.
             ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            ("grpc.keepalive_timeout_ms", int(ping_timeout_s * 1000)),
             # Newer gRPC cores time a PING out by this one (60 s by default).
-            ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(ping_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ] if keepalive_s > 0 else []
@@ -120,7 +121,8 @@ class AgentClient:
     @classmethod
     def for_vm(cls, transport: str, agent_socket: str, vsock_cid: int = 0,
                vsock_port: int = 1024, connect_timeout: float = 20.0,
-               keepalive_s: float = KEEPALIVE_S, adopted: bool = False) -> AgentClient:
+               keepalive_s: float = KEEPALIVE_S, adopted: bool = False,
+               ping_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> AgentClient:
         """A client of one VM's agent. On the serial transport, gRPC talks to
         a relay of ours (``relay.sock`` beside QEMU's ``agent_socket``) that
         frames each connection as a session; called in a running event loop.
@@ -128,11 +130,11 @@ class AgentClient:
         frame on the line may be cut short."""
         if transport != "serial":
             return cls(_target(transport, agent_socket, vsock_cid, vsock_port), connect_timeout,
-                       keepalive_s)
+                       keepalive_s, ping_timeout_s)
         relay = SerialRelay(Path(agent_socket), Path(agent_socket).with_name(RELAY_SOCKET),
                             resync=adopted)
         relay.bind()
-        client = cls(f"unix:{relay.listen_path}", connect_timeout, keepalive_s)
+        client = cls(f"unix:{relay.listen_path}", connect_timeout, keepalive_s, ping_timeout_s)
         client._relay = relay
         client._relay_task = asyncio.get_running_loop().create_task(
             relay.start(), name=f"relay {agent_socket}")

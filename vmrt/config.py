@@ -66,6 +66,15 @@ class HypervisorConfig:
     # Seconds without traffic before vmrtd PINGs a guest's agent (the
     # watchdog's cheap probe); 0 turns the pings off.
     agent_keepalive_s: float = 10.0
+    # The hang watchdog: a PING unanswered this long ends the connection to
+    # the agent; then Health probes of watchdog_probe_timeout_s, and
+    # watchdog_probes missed in a row make the guest dead (NOTREADY). A hung
+    # guest is declared dead after about keepalive + ping timeout + probes x
+    # probe timeout. The defaults suit a TCG host under load, where a healthy
+    # guest took up to 25 s to answer; a KVM host can be much tighter.
+    agent_ping_timeout_s: float = 20.0
+    watchdog_probe_timeout_s: float = 10.0
+    watchdog_probes: int = 3
     # Start pods from a saved VM template (guest RAM shared copy-on-write
     # between the pods of a handler). Turn it off for tenants who must not
     # share memory pages with others: page sharing is a timing side channel
@@ -91,6 +100,11 @@ class HypervisorConfig:
             raise ConfigError(f"{where}.qemu_capabilities: {problem}")
         if self.agent_keepalive_s < 0:
             raise ConfigError(f"{where}.agent_keepalive_s: {self.agent_keepalive_s} is negative")
+        for key in ("agent_ping_timeout_s", "watchdog_probe_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: {getattr(self, key)} is not positive")
+        if self.watchdog_probes < 1:
+            raise ConfigError(f"{where}.watchdog_probes: {self.watchdog_probes} is below 1")
         if self.memory_overcommit <= 0:
             raise ConfigError(f"{where}.memory_overcommit: {self.memory_overcommit} is not "
                               "positive")

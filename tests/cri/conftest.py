@@ -61,7 +61,10 @@ class Daemon:
             f'[hypervisor]\nimage = "{image_dir}"\n{hypervisor_config}'
             f'[cni]\nconf_dir = "{self.cni_dir}"\nbin_dirs = ["/usr/lib/cni"]\n'
             f"[runtime_handlers.vmrt]\n[runtime_handlers.tiny]\nmemory_mib = 96\n"
-            f"boot_timeout = 60.0\n{extra_config}")
+            f"boot_timeout = 60.0\n"
+            # A tight watchdog (the defaults take about a minute for a hung guest).
+            f"[runtime_handlers.watchful]\nagent_keepalive_s = 2.0\nagent_ping_timeout_s = 5.0\n"
+            f"watchdog_probe_timeout_s = 3.0\nwatchdog_probes = 2\n{extra_config}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}  # added to vmrtd's environment at the next start
         self.channel: grpc.Channel | None = None

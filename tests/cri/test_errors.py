@@ -232,20 +232,23 @@ def test_a_guest_panic_makes_the_pod_notready_and_says_so(vmrtd: Daemon) -> None
 
 
 def test_a_hung_guest_is_declared_dead_by_the_watchdog(vmrtd: Daemon) -> None:
+    """With the handler's watchdog settings (conftest's "watchful": keepalive
+    2 s, PING timeout 5 s, two probes of 3 s; the defaults take about a
+    minute)."""
     config = vmrtd.pod_config()
-    pod_id = vmrtd.run_pod(config)
+    pod_id = vmrtd.run_pod(config, handler="watchful")
     container = vmrtd.run_container(pod_id, config, ["sleep", "600"])
     pid = vmrtd.qemu_pid(pod_id)
     started = time.monotonic()
     os.kill(pid, signal.SIGSTOP)  # the guest hangs; QEMU is still there
     try:
-        # About a minute: keepalive, its PING timeout, three missed probes.
-        reason = wait_for(lambda: vmrtd.notready_reason(pod_id), timeout=150)
+        reason = wait_for(lambda: vmrtd.notready_reason(pod_id), timeout=120)
         assert reason
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
     print(f"hung guest declared dead after {time.monotonic() - started:.1f} s")
     assert "stopped answering" in reason, reason
+    assert "missed 2 health checks of 3 s" in reason, reason  # the handler's, not the defaults
     assert vmrtd.status(container).state == api.CONTAINER_EXITED
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)

@@ -651,7 +651,9 @@ def test_a_rollback_that_fails_keeps_the_pod_notready_for_a_retry(world: World) 
 def test_a_guest_that_stops_answering_is_declared_dead(world: World,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox_mod, "WATCHDOG_INTERVAL", 0.01)
-    monkeypatch.setattr(sandbox_mod, "PROBE_TIMEOUT", 0.01)
+    # The handler's watchdog settings reach the pod's watchdog.
+    world.rt.config = dataclasses.replace(world.rt.config, runtime_handlers={
+        "vmrt": {"watchdog_probe_timeout_s": 0.01, "watchdog_probes": 2}})
     slow = run(world.pods.run(pod_config(world, "slow"), "vmrt"))
     hung = run(world.pods.run(pod_config(world, "hung"), "vmrt"))
     container = run(world.containers.create(hung, container_config()))
@@ -662,6 +664,7 @@ def test_a_guest_that_stops_answering_is_declared_dead(world: World,
     run(asyncio.sleep(0.3))
     pod = world.rt.pod(hung)
     assert pod.state == PodState.NOTREADY and "stopped answering" in pod.reason
+    assert "missed 2 health checks of 0.01 s" in pod.reason
     assert world.rt.container(container).state == ContainerState.EXITED
     assert world.drivers.made[hung].destroyed
     assert world.rt.pod(slow).state == PodState.READY  # an answering guest is left be

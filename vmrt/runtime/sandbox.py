@@ -29,13 +29,12 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 10.0
 PUMP_DRAIN_TIMEOUT = 10.0
 # The watchdog: while the connection is up (kept honest by keepalive pings)
-# nothing is sent; once it is down, Health probes of PROBE_TIMEOUT, and
-# PROBE_MISSES failed ones in a row while QEMU runs make the guest dead.
-# A hung guest is declared dead about a minute after it stopped: keepalive
-# (10 s) and its PING timeout (20 s), then three missed probes.
+# nothing is sent; once it is down, Health probes of the VM's
+# watchdog_probe_timeout_s, and watchdog_probes failed ones in a row while
+# QEMU runs make the guest dead. With the defaults a hung guest is declared
+# dead about a minute after it stopped: keepalive (10 s) and its PING
+# timeout (20 s), then three missed probes of 10 s (handler settings).
 WATCHDOG_INTERVAL = 2.0
-PROBE_TIMEOUT = 10.0
-PROBE_MISSES = 3
 MAX_SWEEP = 256
 # Stats of one container (or the pod, "") asked again within this long are
 # the last answer, with its own timestamp: kubelet asks ListPodSandboxStats
@@ -196,6 +195,8 @@ class PodSandbox:
         is declared dead: NOTREADY is final for a sandbox, so only after
         several misses on a generous deadline."""
         misses = 0
+        probe_timeout = self.vm.config.watchdog_probe_timeout_s
+        probes = self.vm.config.watchdog_probes
         while self.vm.alive:
             await asyncio.sleep(WATCHDOG_INTERVAL)
             agent = self.vm.agent
@@ -203,18 +204,18 @@ class PodSandbox:
                 misses = 0
                 continue
             try:
-                await agent.probe(PROBE_TIMEOUT)
+                await agent.probe(probe_timeout)
                 misses = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 misses += 1
                 log.warning("pod %s: its agent did not answer (%d of %d): %s", self.id[:12],
-                            misses, PROBE_MISSES, exc)
-            if misses >= PROBE_MISSES:
+                            misses, probes, exc)
+            if misses >= probes:
                 if self.vm.alive:  # else its death is _watch_vm's to report
                     await self._lost(f"the guest stopped answering: its agent missed {misses} "
-                                     f"health checks of {PROBE_TIMEOUT:.0f} s in a row")
+                                     f"health checks of {probe_timeout:g} s in a row")
                 return
 
     async def _watch_vm(self) -> None:

@@ -81,7 +81,9 @@ def vm_config(config: Config, handler: str, pod_config: api.PodSandboxConfig, po
         tb_size_mib=hv.tb_size_mib, debug=hv.debug, boot_timeout=hv.boot_timeout,
         qemu_binary=hv.qemu_binary, extra_cmdline=tuple(hv.kernel_params),
         cgroup=cgroup, qemu_capabilities=tuple(hv.qemu_capabilities), image=image_dir,
-        agent_keepalive_s=hv.agent_keepalive_s, template=hv.template,
+        agent_keepalive_s=hv.agent_keepalive_s, agent_ping_timeout_s=hv.agent_ping_timeout_s,
+        watchdog_probe_timeout_s=hv.watchdog_probe_timeout_s,
+        watchdog_probes=hv.watchdog_probes, template=hv.template,
     )
 
 

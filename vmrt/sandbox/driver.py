@@ -38,6 +38,11 @@ class Sandbox(Protocol):
     def share(self) -> Share: ...
 
     @property
+    def config(self) -> VMConfig:
+        """The settings it was started (or adopted) with."""
+        ...
+
+    @property
     def timings(self) -> dict[str, float]:
         """Seconds from the start to each step of it ("setup": ready for containers)."""
         ...

@@ -37,6 +37,13 @@ class VMConfig:
     image: str = ""
     # vmrt.agentclient's keepalive PINGs; 0: none.
     agent_keepalive_s: float = 10.0
+    # The hang watchdog (vmrt.runtime.sandbox): a keepalive PING unanswered
+    # this long ends the agent connection; then Health probes of
+    # watchdog_probe_timeout_s, and watchdog_probes missed in a row while
+    # QEMU runs make the guest dead.
+    agent_ping_timeout_s: float = 20.0
+    watchdog_probe_timeout_s: float = 10.0
+    watchdog_probes: int = 3
     # Start from a template when one is ready (vmrt.sandbox.template).
     template: bool = False
 

@@ -153,7 +153,8 @@ class SandboxVM:
                 self.template.release()
                 self.timings["restored"] = time.monotonic() - t0
             self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path),
-                                            keepalive_s=self.config.agent_keepalive_s)
+                                            keepalive_s=self.config.agent_keepalive_s,
+                                            ping_timeout_s=self.config.agent_ping_timeout_s)
             push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
@@ -194,7 +195,8 @@ class SandboxVM:
         vm.qemu = await QemuVM.adopt(vm.spec, vm.directory, vm.qemu.name, pid, start_time)
         vm.agent = AgentClient.for_vm(config.transport, str(vm.qemu.agent_path),
                                       keepalive_s=config.agent_keepalive_s,
-                                      connect_timeout=connect_timeout, adopted=True)
+                                      connect_timeout=connect_timeout, adopted=True,
+                                      ping_timeout_s=config.agent_ping_timeout_s)
         try:
             vm.health = await asyncio.wait_for(
                 vm.agent.wait_ready(connect_timeout, vm.qemu.wait_exit()), connect_timeout * 2)
