@@ -9,8 +9,7 @@ from vmrt.cli.main import build_parser
 
 
 def resolved(argv: list[str]) -> str:
-    args = build_parser().parse_args(argv)
-    return cri_commands.endpoint(args.runtime_endpoint, args.endpoint_before_verb)
+    return str(build_parser().parse_args(argv).runtime_endpoint)
 
 
 def test_the_endpoint_may_come_before_or_after_the_verb(monkeypatch: pytest.MonkeyPatch) -> None:

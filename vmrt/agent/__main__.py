@@ -35,9 +35,10 @@ def _become_subreaper() -> None:
         return
     import ctypes
 
+    from vmrt.agent.libc import LIBC
+
     pr_set_child_subreaper = 36
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+    if LIBC.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
         log.warning("cannot become a child subreaper: errno %d", ctypes.get_errno())
 
 

@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterable
 
 from vmrt.agent.errors import CommandFailed, InvalidArgument
+from vmrt.agent.libc import LIBC
 from vmrt.agent.modules import MODULE_GROUPS
 from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.specfix import POD_DIR
 
 log = logging.getLogger(__name__)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SIOCGIFFLAGS = 0x8913
 # linux/random.h: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
@@ -200,7 +200,7 @@ def link_up(name: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str, options: str) -> None:
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0,
+    if LIBC.mount(source.encode(), target.encode(), fstype.encode(), 0,
                    options.encode()) != 0:
         errno = ctypes.get_errno()
         raise CommandFailed(f"mount -t {fstype} {source} {target}: {os.strerror(errno)}")

@@ -17,22 +17,22 @@ import logging
 import os
 from collections.abc import Iterator
 
+from vmrt.agent.libc import LIBC
+
 log = logging.getLogger(__name__)
 
 PR_SET_TIMERSLACK = 29
 PR_GET_TIMERSLACK = 30
 AGENT_SLACK_NS = 200_000_000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _set(ns: int) -> None:
-    if _libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
+    if LIBC.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_TIMERSLACK)")
 
 
 def current() -> int:
-    return int(_libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
+    return int(LIBC.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
 
 
 # What the kernel gave PID 1 (50 us), read before anything changes it. Not

@@ -27,16 +27,15 @@ STATE_NAMES = {api.CONTAINER_CREATED: "Created", api.CONTAINER_RUNNING: "Running
                api.CONTAINER_EXITED: "Exited", api.CONTAINER_UNKNOWN: "Unknown"}
 
 
-def endpoint(given: str | None, before_verb: str | None) -> str:
-    """-r after the verb, else -r before it, else $CONTAINER_RUNTIME_ENDPOINT."""
-    return (given or before_verb
-            or os.environ.get("CONTAINER_RUNTIME_ENDPOINT", DEFAULT_ENDPOINT))
+def default_endpoint() -> str:
+    return os.environ.get("CONTAINER_RUNTIME_ENDPOINT", DEFAULT_ENDPOINT)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     common = argparse.ArgumentParser(add_help=False)
-    # None: the one before the verb (crictl's habit), else the environment's.
-    common.add_argument("--runtime-endpoint", "-r", default=None,
+    # Not given after the verb: the one before it (crictl's habit, vmrt's
+    # own -r, whose default is the environment's) stays.
+    common.add_argument("--runtime-endpoint", "-r", default=argparse.SUPPRESS,
                         help="vmrtd's CRI socket (also before the verb)")
     common.add_argument("--timeout", type=float, default=60.0)
     output = argparse.ArgumentParser(add_help=False)

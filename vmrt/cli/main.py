@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runtime state: sandboxes, sockets (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="verbose logs on stderr")
     # crictl's place for it: `vmrt -r unix:///... pods` (a verb's own -r wins).
-    parser.add_argument("--runtime-endpoint", "-r", dest="endpoint_before_verb",
-                        metavar="RUNTIME_ENDPOINT", help="vmrtd's CRI socket")
+    parser.add_argument("--runtime-endpoint", "-r", default=cri_commands.default_endpoint(),
+                        help="vmrtd's CRI socket (default: $CONTAINER_RUNTIME_ENDPOINT or "
+                             "%(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     guest_image.add_parser(sub)
     run.add_parser(sub)
@@ -46,9 +47,6 @@ def _daemon(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "runtime_endpoint"):
-        args.runtime_endpoint = cri_commands.endpoint(args.runtime_endpoint,
-                                                      args.endpoint_before_verb)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vmrt: %(levelname)s %(name)s: %(message)s",

@@ -156,7 +156,8 @@ class Runtime:
                 continue
             try:
                 image = self.guest_image_for(handler)
-                settings = self.vm_config(handler, api.PodSandboxConfig())
+                settings = sizing.vm_config(self.config, handler, api.PodSandboxConfig(), "",
+                                            str(image.directory))
             except (VmrtError, OSError) as exc:
                 log.info("no VM template for handler %r: %s", handler, exc)
                 continue

@@ -150,7 +150,6 @@ class SandboxVM:
             self.timings["launched"] = time.monotonic() - t0
             if self.template is not None:
                 await self._restore(self.template)
-                self.template.release()
                 self.timings["restored"] = time.monotonic() - t0
             self.agent = AgentClient.for_vm(self.config.transport, str(self.qemu.agent_path),
                                             keepalive_s=self.config.agent_keepalive_s,
