@@ -21,7 +21,7 @@ doctor: deps
 
 run: image
 	@echo "host kernel: $$(uname -r)"
-	$(BIN)/vmrt --root $(VMRT_ROOT) run -- sh -c \
+	$(BIN)/vmrt --root $(VMRT_ROOT) run-vm -- sh -c \
 	  'echo "hello from a container in a vmrt VM"; echo "guest kernel: $$(uname -r)"; \
 	   echo "container pid: $$$$"; echo "processes visible:"; ps -o pid,comm'
 

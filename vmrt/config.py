@@ -154,6 +154,34 @@ class CNIConfig:
     protect_node_loopback: bool = True
 
 
+# A Kubernetes namespace name (an RFC 1123 label): what names a tenant too.
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """[tenants.NAME]: CRI namespaces grouped under one tenant, and its limits.
+    A namespace that no tenant lists is a tenant of its own, of its name."""
+
+    # The tenant's namespaces besides the one of its own name; the first is
+    # where the CLI's pods of the tenant go.
+    namespaces: list[str] = field(default_factory=list)
+    # Limits over the tenant's running pods (0: none): how many, and the
+    # full size of their VMs.
+    max_pods: int = 0
+    max_memory_mib: int = 0
+
+    def validate(self, where: str) -> None:
+        for name in self.namespaces:
+            if not NAMESPACE_NAME.fullmatch(name):
+                raise ConfigError(f"{where}.namespaces: {name[:80]!r} is not a namespace name "
+                                  "(lower-case letters, digits and '-', at most 63)")
+        for key in ("max_pods", "max_memory_mib"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: {getattr(self, key)} is negative "
+                                  "(0: no limit)")
+
+
 @dataclass(frozen=True)
 class Config:
     cri: CRIConfig = field(default_factory=CRIConfig)
@@ -164,6 +192,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cni: CNIConfig = field(default_factory=CNIConfig)
     cgroups: CgroupConfig = field(default_factory=CgroupConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
 
     def handler(self, name: str) -> HypervisorConfig:
         """The hypervisor settings for a RuntimeClass handler ("" is the default)."""
@@ -239,6 +268,20 @@ def _validate_handlers(config: Config) -> None:
         config.handler(name).validate(f"runtime_handlers.{name}")
 
 
+def _validate_tenants(config: Config) -> None:
+    owner: dict[str, str] = {}
+    for name, tenant in config.tenants.items():
+        if not NAMESPACE_NAME.fullmatch(name):
+            raise ConfigError(f"tenants.{name[:80]}: a tenant's name is a namespace name "
+                              "(lower-case letters, digits and '-', at most 63)")
+        tenant.validate(f"tenants.{name}")
+        for namespace in dict.fromkeys([name, *tenant.namespaces]):
+            if namespace in owner:
+                raise ConfigError(f"tenants.{name}: namespace {namespace!r} is also in tenant "
+                                  f"{owner[namespace]!r}; a namespace has one tenant")
+            owner[namespace] = name
+
+
 def parse(text: str, source: str = "<config>") -> Config:
     try:
         data = tomllib.loads(text)
@@ -247,6 +290,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     config: Config = _build(Config, data, "")
     config.hypervisor.validate("hypervisor")
     _validate_handlers(config)
+    _validate_tenants(config)
     try:
         ipaddress.ip_network(config.cni.host_network_subnet)
     except ValueError:

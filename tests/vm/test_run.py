@@ -1,4 +1,4 @@
-"""``vmrt run`` end to end: real QEMU, real guest kernel, real agent and crun."""
+"""``vmrt run-vm`` end to end: real QEMU, real guest kernel, real agent and crun."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Runner:
         self.console = artifacts / "console.log"
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "vmrt.cli.main", "--state", str(self.state), "run",
+        return [sys.executable, "-m", "vmrt.cli.main", "--state", str(self.state), "run-vm",
                 "--console-log", str(self.console), *args]
 
     def __call__(self, *args: str, input: bytes | None = None,

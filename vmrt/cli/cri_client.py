@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import yaml
 from cri_api.v1 import api_pb2 as api
 from cri_api.v1 import api_pb2_grpc as api_grpc
 from google.protobuf.json_format import MessageToDict
@@ -22,18 +23,30 @@ class CRIError(VmrtError):
     pass
 
 
+TENANT_HEADER = "vmrt-tenant"  # vmrt.cri.tenancy's: the calls see one tenant
+
+
 class Client:
-    def __init__(self, endpoint: str, timeout: float) -> None:
+    """``tenant``: every call sees that tenant's pods and containers only."""
+
+    def __init__(self, endpoint: str, timeout: float, tenant: str = "") -> None:
         target = endpoint if "://" in endpoint else f"unix://{endpoint}"
         self._channel = grpc.insecure_channel(target)
         self.runtime = api_grpc.RuntimeServiceStub(self._channel)
         self.images = api_grpc.ImageServiceStub(self._channel)
         self.timeout = timeout
         self.endpoint = endpoint
+        self.tenant = tenant
+        self._metadata = ((TENANT_HEADER, tenant),) if tenant else ()
+
+    @classmethod
+    def for_args(cls, args: Any) -> Client:
+        return cls(args.runtime_endpoint, args.timeout, getattr(args, "tenant", ""))
 
     def call(self, stub: Any, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(stub, method)(request, timeout=timeout or self.timeout)
+            return getattr(stub, method)(request, timeout=timeout or self.timeout,
+                                         metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined,unused-ignore]
             details = exc.details()  # type: ignore[attr-defined,unused-ignore]
@@ -43,6 +56,9 @@ class Client:
 
     def rt(self, method: str, request: Any, timeout: float | None = None) -> Any:
         return self.call(self.runtime, method, request, timeout)
+
+    def img(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        return self.call(self.images, method, request, timeout)
 
     def find_container(self, prefix: str) -> api.ContainerStatus | None:
         try:
@@ -71,6 +87,14 @@ def to_dict(message: Any) -> dict[str, Any]:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     print()
+
+
+def print_data(data: Any, output: str) -> None:
+    """``-o json`` or ``-o yaml``."""
+    if output == "yaml":
+        yaml.safe_dump(data, sys.stdout, sort_keys=True, default_flow_style=False)
+    else:
+        print_json(data)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

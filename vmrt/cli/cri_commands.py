@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.cli import streams
+from vmrt.cli import launch, streams, tenants, workloads
 from vmrt.cli.cri_client import (
     DEFAULT_ENDPOINT,
     Client,
     CRIError,
     ago,
-    print_json,
+    print_data,
     print_table,
     size,
     to_dict,
 )
+from vmrt.cli.logs import copy_log
 
 STATE_NAMES = {api.CONTAINER_CREATED: "Created", api.CONTAINER_RUNNING: "Running",
                api.CONTAINER_EXITED: "Exited", api.CONTAINER_UNKNOWN: "Unknown"}
@@ -37,9 +37,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     # own -r, whose default is the environment's) stays.
     common.add_argument("--runtime-endpoint", "-r", default=argparse.SUPPRESS,
                         help="vmrtd's CRI socket (also before the verb)")
+    common.add_argument("--tenant", default=argparse.SUPPRESS,
+                        help="see and start only this tenant's pods (also before the verb; "
+                             "default: $VMRT_TENANT)")
     common.add_argument("--timeout", type=float, default=60.0)
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    output.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
 
     p = sub.add_parser("pods", parents=[common, output], help="list pod sandboxes")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -48,10 +51,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-a", "--all", action="store_true", help="include exited containers")
     p.add_argument("-p", "--pod", default="", help="only this pod's containers")
     p.set_defaults(func=_ps)
-    p = sub.add_parser("inspect", parents=[common], help="status of a container or pod, as JSON")
+    p = sub.add_parser("inspect", parents=[common],
+                       help="status of a container or pod, as JSON (or -o yaml)")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
     p.add_argument("id")
     p.set_defaults(func=_inspect)
     streams.add_parsers(sub, common)
+    workloads.add_parsers(sub, common)
+    launch.add_parser(sub, common)
+    tenants.add_parsers(sub, common, output)
     p = sub.add_parser("logs", parents=[common], help="a container's log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--timestamps", action="store_true")
@@ -69,15 +77,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.runtime_endpoint, args.timeout)
+    return Client.for_args(args)
 
 
 def _pods(args: argparse.Namespace) -> int:
     labels = dict(item.split("=", 1) for item in args.label)
     reply = _client(args).rt("ListPodSandbox", api.ListPodSandboxRequest(
         filter=api.PodSandboxFilter(label_selector=labels)))
-    if args.output == "json":
-        print_json(to_dict(reply))
+    if args.output != "table":
+        print_data(to_dict(reply), args.output)
         return 0
     rows = [[p.id[:13], ago(p.created_at),
              "Ready" if p.state == api.SANDBOX_READY else "NotReady",
@@ -92,8 +100,8 @@ def _ps(args: argparse.Namespace) -> int:
     if not args.all:
         flt.state.CopyFrom(api.ContainerStateValue(state=api.CONTAINER_RUNNING))
     reply = _client(args).rt("ListContainers", api.ListContainersRequest(filter=flt))
-    if args.output == "json":
-        print_json(to_dict(reply))
+    if args.output != "table":
+        print_data(to_dict(reply), args.output)
         return 0
     rows = [[c.id[:13], c.image.image, ago(c.created_at), STATE_NAMES[c.state],
              c.metadata.name, str(c.metadata.attempt), c.pod_sandbox_id[:13]]
@@ -112,23 +120,8 @@ def _inspect(args: argparse.Namespace) -> int:
             pod_sandbox_id=args.id, verbose=True))
     else:
         raise CRIError(f"no container or pod {args.id!r}")
-    print_json(to_dict(reply))
+    print_data(to_dict(reply), args.output)
     return 0
-
-
-def _write_log_line(line: bytes, timestamps: bool, pending: dict[bytes, bytes]) -> None:
-    parts = line.rstrip(b"\n").split(b" ", 3)
-    if len(parts) < 3:
-        return
-    stamp, stream, tag = parts[:3]
-    message = parts[3] if len(parts) > 3 else b""
-    out = sys.stderr.buffer if stream == b"stderr" else sys.stdout.buffer
-    if tag == b"P":
-        pending[stream] = pending.get(stream, b"") + message
-        return
-    text = pending.pop(stream, b"") + message
-    out.write((stamp + b" " if timestamps else b"") + text + b"\n")
-    out.flush()
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -136,30 +129,8 @@ def _logs(args: argparse.Namespace) -> int:
     status = client.find_container(args.container)
     if status is None:
         raise CRIError(f"no container {args.container!r}")
-    if not status.log_path:
-        raise CRIError(f"container {status.id[:13]} has no log file")
-    pending: dict[bytes, bytes] = {}
-    position = 0
-    while True:
-        try:
-            with open(status.log_path, "rb") as f:
-                f.seek(position)
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break
-                    _write_log_line(line, args.timestamps, pending)
-                    position += len(line)
-        except FileNotFoundError:
-            if not args.follow:
-                raise CRIError(f"log file {status.log_path} does not exist") from None
-        if not args.follow:
-            return 0
-        current = client.find_container(status.id)
-        if current is None or current.state == api.CONTAINER_EXITED:
-            time.sleep(0.3)  # the last lines may still be on their way
-            if current is None or position >= os.path.getsize(status.log_path):
-                return 0
-        time.sleep(0.2)
+    copy_log(client, status, args.follow, args.timestamps)
+    return 0
 
 
 def _on_each(args: argparse.Namespace, container_call: Any, pod_call: Any) -> int:
@@ -198,8 +169,8 @@ def _rm(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     client = _client(args)
     first = client.rt("ListContainerStats", api.ListContainerStatsRequest())
-    if args.output == "json":
-        print_json(to_dict(first))
+    if args.output != "table":
+        print_data(to_dict(first), args.output)
         return 0
     # CPU% needs two samples.
     time.sleep(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vmrt.cli import cri_commands, doctor, guest_image, images, run
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime-endpoint", "-r", default=cri_commands.default_endpoint(),
                         help="vmrtd's CRI socket (default: $CONTAINER_RUNTIME_ENDPOINT or "
                              "%(default)s)")
+    parser.add_argument("--tenant", default=os.environ.get("VMRT_TENANT", ""),
+                        help="CRI verbs see and start only this tenant's pods "
+                             "(default: $VMRT_TENANT; none: the whole node)")
     sub = parser.add_subparsers(dest="command", required=True)
     guest_image.add_parser(sub)
     run.add_parser(sub)

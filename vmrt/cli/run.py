@@ -1,4 +1,5 @@
-"""``vmrt run``: boot a VM, run one command as a container in it, tear it all down."""
+"""``vmrt run-vm``: boot a private VM, run one command as a container in it, tear it
+all down; no vmrtd, no image store (``vmrt run`` goes through vmrtd)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def parse_memory(text: str) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     parser = sub.add_parser(
-        "run", help="run a command as a container in a fresh VM",
-        usage="vmrt run [--rootfs DIR] [--memory 256M] [--cpus 1] -- CMD [ARGS...]",
+        "run-vm", help="run a command in a private VM without vmrtd (the built-in busybox "
+                       "or a root filesystem directory)",
+        usage="vmrt run-vm [--rootfs DIR] [--memory 256M] [--cpus 1] -- CMD [ARGS...]",
     )
     parser.add_argument("--rootfs", type=Path,
                         help="the container's root filesystem (default: the image's busybox)")
@@ -77,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        raise UsageError("no command given: vmrt run [--rootfs DIR] -- CMD [ARGS...]")
+        raise UsageError("no command given: vmrt run-vm [--rootfs DIR] -- CMD [ARGS...]")
     image = GuestImage.load((args.image or default_image_dir(args.root)).resolve())
     rootfs = (args.rootfs or image.busybox_rootfs).resolve()
     if not rootfs.exists():

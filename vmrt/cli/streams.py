@@ -171,7 +171,7 @@ def _exit_code(status: dict[str, Any]) -> int:
     raise CRIError(status.get("message") or "the session ended without a status")
 
 
-def _run_session(url: str, stdin: bool, tty: bool, timeout: float | None) -> int:
+def run_session(url: str, stdin: bool, tty: bool, timeout: float | None) -> int:
     async def session() -> dict[str, Any]:
         return await asyncio.wait_for(_stream(url, stdin, tty), timeout)
 
@@ -190,19 +190,19 @@ def _exec(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise CRIError("no command given: vmrt exec [-it] POD|CONTAINER -- CMD [ARGS...]")
-    client = Client(args.runtime_endpoint, args.timeout)
+    client = Client.for_args(args)
     reply = client.rt("Exec", api.ExecRequest(
         container_id=_container(client, args.target), cmd=command, tty=args.tty,
         stdin=args.interactive, stdout=True, stderr=not args.tty))
-    return _run_session(reply.url, args.interactive, args.tty, args.exec_timeout or None)
+    return run_session(reply.url, args.interactive, args.tty, args.exec_timeout or None)
 
 
 def _attach(args: argparse.Namespace) -> int:
-    client = Client(args.runtime_endpoint, args.timeout)
+    client = Client.for_args(args)
     reply = client.rt("Attach", api.AttachRequest(
         container_id=_container(client, args.target), tty=args.tty, stdin=args.interactive,
         stdout=True, stderr=not args.tty))
-    return _run_session(reply.url, args.interactive, args.tty, None)
+    return run_session(reply.url, args.interactive, args.tty, None)
 
 
 # -- port-forward -------------------------------------------------------------------
@@ -315,7 +315,7 @@ async def _serve_forwards(url: str, address: str, pairs: list[tuple[int, int]]) 
 
 def _port_forward(args: argparse.Namespace) -> int:
     pairs = _mappings(args.ports)
-    client = Client(args.runtime_endpoint, args.timeout)
+    client = Client.for_args(args)
     pod = client.find_pod(args.pod)
     if pod is None:
         raise CRIError(f"no pod {args.pod!r}")

@@ -44,10 +44,10 @@ def pod_status(pod: PodRecord) -> api.PodSandboxStatus:
         runtime_handler=pod.runtime_handler)
 
 
-def pod_info(pod: PodRecord, sandbox_dir: str) -> dict[str, str]:
+def pod_info(pod: PodRecord, sandbox_dir: str, tenant: str) -> dict[str, str]:
     network = pod.network
     return {"info": json.dumps({
-        "id": pod.id, "state": pod.state, "reason": pod.reason,
+        "id": pod.id, "state": pod.state, "reason": pod.reason, "tenant": tenant,
         "vm": {**pod.vm.settings.to_dict(), "pid": pod.vm.pid, "start_time": pod.vm.start_time,
                "boot_seconds": pod.vm.boot_seconds,
                "from_template": pod.vm.template} if pod.vm else None,

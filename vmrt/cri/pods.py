@@ -51,7 +51,8 @@ class PodRPCs(Base):
         reply.containers_statuses.extend(
             convert.container_status(c) for c in self.rt.store.pod_containers(pod.id))
         if request.verbose:
-            reply.info.update(convert.pod_info(pod, str(self.rt.sandbox_directory(pod.id))))
+            reply.info.update(convert.pod_info(pod, str(self.rt.sandbox_directory(pod.id)),
+                                               self.rt.tenants.of(pod.namespace)))
         return reply
 
     async def ListPodSandbox(self, request: api.ListPodSandboxRequest,

@@ -38,6 +38,7 @@ class RuntimeInfoRPCs(Base):
                 "accel": choose_accel(hv.accel).name,
                 "runtimeHandlers": sorted(self.rt.config.runtime_handlers),
             }, sort_keys=True)
+            info["tenants"] = json.dumps(self.rt.tenants.describe(), sort_keys=True)
             # What is open right now: streaming sessions, tokens not yet
             # used, and the daemon's own tasks and threads (to spot leaks).
             info["streaming"] = json.dumps({

@@ -17,6 +17,7 @@ from vmrt.cri.images import ImageRPCs
 from vmrt.cri.pods import PodRPCs
 from vmrt.cri.runtime_info import RuntimeInfoRPCs
 from vmrt.cri.stats import StatsRPCs
+from vmrt.cri.tenancy import TenantScope
 from vmrt.runtime.core import Runtime
 from vmrt.streaming.server import StreamServer
 
@@ -46,7 +47,8 @@ async def serve(runtime: Runtime, socket_path: str,
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     server = grpc.aio.server(
-        interceptors=[ErrorBoundary(_adoption_wait(runtime))],
+        # The boundary outermost: the tenant scope's errors are mapped there too.
+        interceptors=[ErrorBoundary(_adoption_wait(runtime)), TenantScope(runtime)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE)],
     )

@@ -44,6 +44,7 @@ from vmrt.runtime.records import (
 )
 from vmrt.runtime.sandbox import PodSandbox
 from vmrt.runtime.store import RecordStore
+from vmrt.runtime.tenants import Tenants
 from vmrt.sandbox.driver import Drivers
 from vmrt.sandbox.settings import VMConfig
 from vmrt.sandbox.vm import QemuDrivers, sandbox_dir
@@ -80,6 +81,7 @@ class Runtime:
         self.sandboxes: dict[str, PodSandbox] = {}
         # READY pods that recovery is still reattaching to (set when adopted).
         self.adoptions: dict[str, asyncio.Event] = {}
+        self.tenants = Tenants(config.tenants)
         self.pod_names = NameIndex("pod sandbox")
         self.container_names = NameIndex("container")
 

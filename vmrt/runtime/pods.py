@@ -50,6 +50,7 @@ class PodService:
         image = self.rt.guest_image_for(handler)
         vm_config = self.rt.vm_config(handler, config, pod_id)
         sizing.admit(self.rt.config, vm_config, self.rt.committed_memory_mib())
+        self.rt.tenants.admit(self.rt.store.pods.values(), meta.namespace, vm_config.memory_mib)
         # The VM's settings are in the record before the VM exists: a
         # vmrtd that dies while it boots leaves what recovery needs to undo it.
         record = PodRecord.new(pod_id, config, handler, time.time_ns(),

@@ -112,7 +112,7 @@ class PodSandbox:
                 async for event in self.agent.events():
                     backoff = 0.5
                     if not event.exec_id and event.kind == pb.Event.EXIT:
-                        self._exited(event.container_id, event.exit)
+                        await self._exited(event.container_id, event.exit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -128,7 +128,10 @@ class PodSandbox:
             except Exception as exc:
                 log.warning("pod %s: cannot reconcile containers: %s", self.id[:12], exc)
 
-    def _exited(self, container_id: str, status: pb.ExitStatus) -> None:
+    async def _exited(self, container_id: str, status: pb.ExitStatus) -> None:
+        """Recorded once the log holds all the container wrote (or the drain
+        timed out), as containerd waits for a task's I/O: whoever sees EXITED
+        can read the whole log. A guest can only slow its own pod's events."""
         container = self.ledger.find_container(container_id)
         # A guest speaks for its own pod only: an id of another pod's
         # container (or none at all) is a lie or a bug.
@@ -136,6 +139,7 @@ class PodSandbox:
             self.warn_once(f"its agent reported an exit of container {container_id[:64]!r}, "
                            "which is not in this pod; ignored")
             return
+        await self.drain_log(container.id)
         self.ledger.container_exited(container, status.exit_code,
                                      sane_time(status.finished_at_ns), status.oom_killed)
 
