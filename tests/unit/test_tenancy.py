@@ -122,11 +122,14 @@ def test_bad_spec_files_say_what_is_wrong(tmp_path: Path, text: str, suffix: str
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     new = asyncio.new_event_loop()
+    # grpc.aio binds a call to the current loop when it is made.
+    asyncio.set_event_loop(new)
     yield new
     for task in asyncio.all_tasks(new):
         task.cancel()
     new.run_until_complete(asyncio.sleep(0))
     new.close()
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture

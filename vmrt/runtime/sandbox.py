@@ -68,6 +68,7 @@ class PodSandbox:
         self.lock = asyncio.Lock()
         self._pumps: dict[str, LogPump] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._exits: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._warnings = 0
 
@@ -112,7 +113,7 @@ class PodSandbox:
                 async for event in self.agent.events():
                     backoff = 0.5
                     if not event.exec_id and event.kind == pb.Event.EXIT:
-                        await self._exited(event.container_id, event.exit)
+                        self._exited(event.container_id, event.exit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -128,10 +129,12 @@ class PodSandbox:
             except Exception as exc:
                 log.warning("pod %s: cannot reconcile containers: %s", self.id[:12], exc)
 
-    async def _exited(self, container_id: str, status: pb.ExitStatus) -> None:
+    def _exited(self, container_id: str, status: pb.ExitStatus) -> None:
         """Recorded once the log holds all the container wrote (or the drain
         timed out), as containerd waits for a task's I/O: whoever sees EXITED
-        can read the whole log. A guest can only slow its own pod's events."""
+        can read the whole log. The wait is a task of its own, so that one
+        container's slow log holds up neither the pod's other events nor a
+        stop, which cancels it (a stop records exits itself)."""
         container = self.ledger.find_container(container_id)
         # A guest speaks for its own pod only: an id of another pod's
         # container (or none at all) is a lie or a bug.
@@ -139,9 +142,17 @@ class PodSandbox:
             self.warn_once(f"its agent reported an exit of container {container_id[:64]!r}, "
                            "which is not in this pod; ignored")
             return
-        await self.drain_log(container.id)
-        self.ledger.container_exited(container, status.exit_code,
-                                     sane_time(status.finished_at_ns), status.oom_killed)
+
+        async def record() -> None:
+            await self.drain_log(container.id)
+            if not self._stopping:
+                self.ledger.container_exited(container, status.exit_code,
+                                             sane_time(status.finished_at_ns),
+                                             status.oom_killed)
+
+        task = asyncio.create_task(record(), name=f"exit-{container.id}")
+        self._exits.add(task)
+        task.add_done_callback(self._exits.discard)
 
     async def reconcile(self) -> None:
         """Bring container records in line with what the agent knows."""
@@ -301,7 +312,7 @@ class PodSandbox:
         self._stopping = True
         await self._stop_pumps()
         current = asyncio.current_task()
-        others = [t for t in self._tasks if t is not current]
+        others = [t for t in [*self._tasks, *self._exits] if t is not current]
         for task in others:
             task.cancel()
         for task in others:
