@@ -33,13 +33,13 @@ def node(guest_image, request: pytest.FixtureRequest) -> Iterator[Daemon]:  # ty
 
 def vmrt(daemon: Daemon, *args: str, tenant: str = "", timeout: float = 240,
          stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI as a user runs it: ``--tenant`` before the verb, the
-    endpoint after it; ``run`` keeps its logs under the daemon's base."""
+    """The CLI as a user runs it: ``--tenant`` and the endpoint before the
+    verb; ``run`` keeps its logs under the daemon's base."""
     verb, *rest = args
     scope = ["--tenant", tenant] if tenant else []
     extra = ["--log-root", str(daemon.logs)] if verb == "run" else []
-    return subprocess.run([sys.executable, "-m", "vmrt.cli.main", *scope, verb, "-r",
-                           f"unix://{daemon.socket}", *extra, *rest],
+    return subprocess.run([sys.executable, "-m", "vmrt.cli.main", *scope, "-r",
+                           f"unix://{daemon.socket}", verb, *extra, *rest],
                           capture_output=True, text=True, timeout=timeout, check=False,
                           input=stdin)
 
@@ -146,7 +146,7 @@ def test_tenants_see_their_own_and_are_limited(node: Daemon) -> None:
     for verb in (["inspect", blue_ctr], ["logs", blue_ctr], ["exec", blue_ctr, "--", "id"],
                  ["inspect", blue_pod["id"]]):
         denied = vmrt(node, *verb, tenant="green")
-        assert denied.returncode == 125 and "no container or pod" in denied.stderr, \
+        assert denied.returncode == 125 and "vmrt: no container" in denied.stderr, \
             (verb, denied.stderr)
     # Blue's limit is one pod: a clear refusal that names the setting.
     second = vmrt(node, "run", "-d", "busybox", "--", "true", tenant="blue")

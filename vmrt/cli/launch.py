@@ -127,12 +127,14 @@ def resources(memory: str, cpus: float) -> api.LinuxContainerResources:
     return limits
 
 
-def pod_config(args: argparse.Namespace, name: str, namespace: str) -> api.PodSandboxConfig:
+def pod_config(args: argparse.Namespace, name: str, tenant: str) -> api.PodSandboxConfig:
+    """Under a tenant, vmrtd moves a pod of ``default`` (unless that is the
+    tenant's) into the tenant's first namespace."""
     uid = str(uuid.uuid4())
     config = api.PodSandboxConfig(
-        metadata=api.PodSandboxMetadata(name=name, namespace=namespace, uid=uid),
+        metadata=api.PodSandboxMetadata(name=name, namespace="default", uid=uid),
         hostname=name,
-        log_directory=os.path.join(args.log_root, f"{namespace}_{name}_{uid}"),
+        log_directory=os.path.join(args.log_root, f"{tenant or 'default'}_{name}_{uid}"),
         labels={"vmrt.io/run": name},
         port_mappings=[parse_publish(spec) for spec in args.publish])
     config.linux.resources.CopyFrom(resources(args.memory, args.cpus))
@@ -164,9 +166,7 @@ def _run(args: argparse.Namespace) -> int:
                        "vmrt rm POD")
     client = Client.for_args(args)
     name = args.name or f"run-{secrets.token_hex(3)}"
-    # Under a tenant, vmrtd puts the pod in the tenant's own namespace.
-    namespace = client.tenant or "default"
-    pod = pod_config(args, name, namespace)
+    pod = pod_config(args, name, client.tenant)
     container = container_config(args, name)
     ensure_image(client, args.image, args.pull)
     pod_id = client.rt("RunPodSandbox", api.RunPodSandboxRequest(
