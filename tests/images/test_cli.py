@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cri_api.v1 import api_pb2 as api
 
+from tests.cri.conftest import Daemon
 from tests.helpers.oci import Entry, Image, Layer, Layout
 from tests.images.conftest import Images
 
@@ -68,3 +70,27 @@ def test_pull_shows_progress(tmp_path: Path, images: Images) -> None:
     assert pulled.stdout.strip().startswith("sha256:")
     assert "#" * 30 in pulled.stderr and "MiB" in pulled.stderr
     assert f"{images.registry.address}/test/app" in vmrt(root, "images").stdout
+
+
+def test_run_a_pulled_image(puller: Daemon) -> None:
+    """vmrt run pulls (through the mirror), and the image's entrypoint and
+    command are the container's unless the user gives them."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vmrt.cli.main", "-r",
+                               f"unix://{puller.socket}", "run", "--rm",
+                               "--log-root", str(puller.logs), *args],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    image = "registry.invalid/test/entry:1"
+    first = run("--pull", "always", image)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "entry default-arg\n"
+    again = run("--pull", "never", image, "--", "given", "args")
+    assert again.returncode == 0 and again.stdout == "entry given args\n", again.stderr
+    replaced = run("--pull", "never", "--entrypoint", "/bin/sh", image, "--",
+                   "-c", "echo replaced; exit 7")
+    assert replaced.returncode == 7 and replaced.stdout == "replaced\n", replaced.stderr
+    missing = run("--pull", "always", "registry.invalid/test/absent:1")
+    assert missing.returncode == 125 and "absent" in missing.stderr, missing.stderr
+    left = puller.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items
+    assert not [p for p in left if p.labels.get("vmrt.io/run")], "a run left its pod"
