@@ -320,8 +320,10 @@ class FakeNetworking:
 
     async def setup(self, pod_id: str, config: api.PodSandboxConfig,
                     undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None]) -> PreparedNetwork:
-        state = PodNetworkState(mode="cni", netns=f"vmrt-{pod_id[:32]}", network_name="fake")
+                    remember: Callable[[PodNetworkState], None],
+                    network_name: str = "") -> PreparedNetwork:
+        state = PodNetworkState(mode="cni", netns=f"vmrt-{pod_id[:32]}",
+                                network_name=network_name or "fake")
         remember(state)
         self.j("net.netns")
         undo.push_async_callback(self._undo, "net.remove_netns")

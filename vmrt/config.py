@@ -156,6 +156,8 @@ class CNIConfig:
 
 # A Kubernetes namespace name (an RFC 1123 label): what names a tenant too.
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# As the CNI spec has a network name.
+CNI_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,14 @@ class TenantConfig:
     # full size of their VMs.
     max_pods: int = 0
     max_memory_mib: int = 0
+    # The "name" of a network config in cni.conf_dir for the tenant's pods;
+    # "": the node's default network (the first config, as for kubelet).
+    cni_network: str = ""
 
     def validate(self, where: str) -> None:
+        if self.cni_network and not CNI_NETWORK_NAME.fullmatch(self.cni_network):
+            raise ConfigError(f"{where}.cni_network: {self.cni_network[:80]!r} is not a CNI "
+                              "network name (letters, digits, '_', '.', '-')")
         for name in self.namespaces:
             if not NAMESPACE_NAME.fullmatch(name):
                 raise ConfigError(f"{where}.namespaces: {name[:80]!r} is not a namespace name "

@@ -29,6 +29,7 @@ from vmrt.config import (
 from vmrt.cri.server import serve
 from vmrt.errors import InvalidArgumentError
 from vmrt.guest.image import GuestImage
+from vmrt.network.cni import CNIError, NoNetworkConfig, load_config
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.streams import StreamService
 from vmrt.runtime.tenants import Tenants
@@ -36,7 +37,7 @@ from vmrt.streaming.server import StreamServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 TENANTS = {"blue": TenantConfig(namespaces=["blue-web", "blue-db"], max_pods=2),
-           "green": TenantConfig(max_memory_mib=300)}
+           "green": TenantConfig(max_memory_mib=300, cni_network="green-net")}
 
 
 # -- the config ---------------------------------------------------------------------
@@ -58,7 +59,8 @@ def test_tenants_in_the_config() -> None:
     # A tenant's own name is one of its namespaces: another may not list it.
     ('[tenants.blue]\n[tenants.green]\nnamespaces = ["blue"]\n',
      "namespace 'blue' is also in tenant 'blue'"),
-    ('[tenants.blue]\ncni_network = "x"\n', "tenants.blue"),
+    ('[tenants.blue]\ncni_network = "a b"\n', "tenants.blue.cni_network: 'a b' is not"),
+    ('[tenants.blue]\nbridge = "x"\n', "tenants.blue"),
 ])
 def test_bad_tenant_config_names_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -140,8 +142,9 @@ def base() -> Iterator[Path]:
 
 
 class Node:
-    def __init__(self, base: Path, channel: grpc.aio.Channel) -> None:
+    def __init__(self, base: Path, channel: grpc.aio.Channel, rt: Runtime) -> None:
         self.base = base
+        self.rt = rt
         self.stub = api_grpc.RuntimeServiceStub(channel)
 
     def as_(self, tenant: str | None) -> tuple[tuple[str, str], ...]:
@@ -196,7 +199,7 @@ def node(loop: asyncio.AbstractEventLoop, base: Path) -> Iterator[Node]:
         return server, grpc.aio.insecure_channel(f"unix://{base}/cri.sock")
 
     server, channel = loop.run_until_complete(up())
-    yield Node(base, channel)
+    yield Node(base, channel, rt)
     loop.run_until_complete(channel.close())
     loop.run_until_complete(server.stop(None))
 
@@ -297,7 +300,31 @@ def test_status_and_pod_status_say_the_tenants(loop: asyncio.AbstractEventLoop,
         assert json.loads(status.info["info"])["tenant"] == "blue"
         info = (await node.stub.Status(api.StatusRequest(verbose=True))).info
         assert json.loads(info["tenants"])["blue"] == {
-            "namespaces": ["blue-web", "blue-db", "blue"], "maxPods": 2, "maxMemoryMiB": 0}
+            "namespaces": ["blue-web", "blue-db", "blue"], "maxPods": 2, "maxMemoryMiB": 0,
+            "cniNetwork": ""}
 
     loop.run_until_complete(scenario())
 
+
+
+def test_a_tenants_pods_go_on_its_cni_network(loop: asyncio.AbstractEventLoop,
+                                              node: Node) -> None:
+    green = loop.run_until_complete(node.run_pod("g", "green"))
+    blue = loop.run_until_complete(node.run_pod("b", "blue-web"))
+    networks = {pod_id: record.network.network_name
+                for pod_id, record in node.rt.store.pods.items() if record.network}
+    assert networks == {green: "green-net", blue: "fake"}
+
+
+def test_a_cni_network_is_chosen_by_name(tmp_path: Path) -> None:
+    for file, name in [("10-default.conflist", "node-net"), ("20-green.conflist", "green-net")]:
+        (tmp_path / file).write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": name, "plugins": [{"type": "bridge"}]}))
+    (tmp_path / "05-broken.conflist").write_text("{not json")
+    assert load_config(str(tmp_path), "green-net").name == "green-net"
+    assert load_config(str(tmp_path), "node-net").source.name == "10-default.conflist"
+    with pytest.raises(NoNetworkConfig) as info:
+        load_config(str(tmp_path), "red-net")
+    assert "no CNI network config named 'red-net'" in str(info.value)
+    with pytest.raises(CNIError):
+        load_config(str(tmp_path))  # the first, and broken: as before

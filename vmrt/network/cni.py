@@ -11,6 +11,7 @@ reaches the CRI caller word for word.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -55,7 +56,8 @@ class PodNetworkArgs:
     bandwidth: dict[str, Any] = field(default_factory=dict)
 
 
-def load_config(conf_dir: str) -> NetworkConfig:
+def load_config(conf_dir: str, name: str = "") -> NetworkConfig:
+    """The first config in ``conf_dir`` or, given a ``name``, the one of that name."""
     directory = Path(conf_dir)
     try:
         candidates = sorted(p for p in directory.iterdir()
@@ -64,7 +66,17 @@ def load_config(conf_dir: str) -> NetworkConfig:
         candidates = []
     if not candidates:
         raise NoNetworkConfig(f"no CNI network config in {conf_dir}")
-    source = candidates[0]
+    if not name:
+        return _parse(candidates[0])
+    for source in candidates:
+        with contextlib.suppress(CNIError):
+            net = _parse(source)
+            if net.name == name:
+                return net
+    raise NoNetworkConfig(f"no CNI network config named {name!r} in {conf_dir}")
+
+
+def _parse(source: Path) -> NetworkConfig:
     try:
         data = json.loads(source.read_text())
     except ValueError as exc:
@@ -92,8 +104,8 @@ class CNI:
         self.conf_dir = conf_dir
         self.bin_dirs = bin_dirs
 
-    def config(self) -> NetworkConfig:
-        return load_config(self.conf_dir)
+    def config(self, name: str = "") -> NetworkConfig:
+        return load_config(self.conf_dir, name)
 
     def problem(self) -> str:
         """Why pods cannot get a network now, or "" when they can."""

@@ -97,7 +97,8 @@ class Networking(Protocol):
 
     async def setup(self, pod_id: str, config: api.PodSandboxConfig,
                     undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None]) -> PreparedNetwork: ...
+                    remember: Callable[[PodNetworkState], None],
+                    network_name: str = "") -> PreparedNetwork: ...
 
     async def teardown(self, state: PodNetworkState) -> None: ...
 
@@ -146,11 +147,14 @@ class PodNetworking:
 
     async def setup(self, pod_id: str, config: api.PodSandboxConfig,
                     undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None]) -> PreparedNetwork:
+                    remember: Callable[[PodNetworkState], None],
+                    network_name: str = "") -> PreparedNetwork:
         """``remember`` is given the state before CNI ADD runs, so that a
         vmrtd killed part-way can still undo it after a restart (DEL with
-        no result is fine by the CNI spec)."""
-        net = self.host_network if is_host_network(config) else self.cni.config()
+        no result is fine by the CNI spec). ``network_name``: the CNI network
+        of that name (a tenant's), else the node's default."""
+        net = (self.host_network if is_host_network(config)
+               else self.cni.config(network_name))
         name = netns_name(pod_id)
         path = await link.create_netns(name)
         push_cleanup(undo, link.remove_netns, name)

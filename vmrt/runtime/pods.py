@@ -115,7 +115,9 @@ class PodService:
             store.update_pod(record, lambda s: dataclasses.replace(s, network=state))
 
         began = time.monotonic()
-        network = await self.rt.networking.setup(record.id, config, undo, remember)
+        network = await self.rt.networking.setup(
+            record.id, config, undo, remember,
+            self.rt.tenants.network_of(config.metadata.namespace))
         remember(network.state)
         crashpoint.reached("run", "network")
         networked = time.monotonic()

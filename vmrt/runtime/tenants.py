@@ -31,6 +31,11 @@ class Tenants:
     def of(self, namespace: str) -> str:
         return self._owner.get(namespace, namespace)
 
+    def network_of(self, namespace: str) -> str:
+        """The CNI network of the namespace's tenant; "" for the node's default."""
+        config = self._config.get(self.of(namespace))
+        return config.cni_network if config is not None else ""
+
     def namespaces(self, tenant: str) -> list[str]:
         """The tenant's namespaces; the first is where its new pods go."""
         config = self._config.get(tenant)
@@ -44,7 +49,7 @@ class Tenants:
     def describe(self) -> dict[str, Any]:
         """The configured tenants, as Status(verbose) shows them."""
         return {name: {"namespaces": self.namespaces(name), "maxPods": tenant.max_pods,
-                       "maxMemoryMiB": tenant.max_memory_mib}
+                       "maxMemoryMiB": tenant.max_memory_mib, "cniNetwork": tenant.cni_network}
                 for name, tenant in sorted(self._config.items())}
 
     def admit(self, pods: Iterable[PodRecord], namespace: str, memory_mib: int) -> None:
