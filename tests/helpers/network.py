@@ -23,7 +23,8 @@ class TestNetwork:
         self.ipam_dir = base / "ipam"
         self.name = "vmrt-test-" + self.bridge
 
-    def conflist(self) -> dict[str, object]:
+    def conflist(self, extra: list[dict[str, object]] | None = None) -> dict[str, object]:
+        """``extra``: plugins chained after the bridge and portmap."""
         return {
             "cniVersion": "1.0.0", "name": self.name,
             "plugins": [
@@ -33,11 +34,16 @@ class TestNetwork:
                           "ranges": [[{"subnet": self.subnet}]],
                           "routes": [{"dst": "0.0.0.0/0"}]}},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
+                *(extra or []),
             ]}
 
     def write(self, directory: Path) -> None:
+        self.write_as(directory, "10-test.conflist")
+
+    def write_as(self, directory: Path, file: str,
+                 extra: list[dict[str, object]] | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "10-test.conflist").write_text(json.dumps(self.conflist(), indent=1))
+        (directory / file).write_text(json.dumps(self.conflist(extra), indent=1))
 
     def remove_bridge(self) -> None:
         with IPRoute() as ipr, contextlib.suppress(Exception):

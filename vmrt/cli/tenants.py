@@ -14,12 +14,14 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.cli import tenantcheck
 from vmrt.cli.cri_client import Client, CRIError, print_data, print_table
 
 TENANT_EXAMPLE = """examples:
   vmrt tenant ls
   vmrt tenant ls -o json
-  vmrt tenant rm blue"""
+  vmrt tenant rm blue
+  vmrt tenant check blue green"""
 CPU_SAMPLE_S = 1.0
 
 
@@ -27,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg,unused
                 common: argparse.ArgumentParser, output: argparse.ArgumentParser) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     tenant = sub.add_parser("tenant", formatter_class=raw, epilog=TENANT_EXAMPLE,
-                            help="pods grouped by tenant: list them, remove a tenant's")
+                            help="pods grouped by tenant: list them, remove a tenant's, check two")
     verbs = tenant.add_subparsers(dest="tenant_command", required=True)
     p = verbs.add_parser("ls", parents=[common, output], formatter_class=raw,
                          epilog="example:\n  vmrt tenant ls -o yaml",
@@ -37,6 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg,unused
                          epilog="example:\n  vmrt tenant rm blue",
                          help="stop and remove every pod of a tenant")
     p.add_argument("name", metavar="TENANT")
+    tenantcheck.add_parser(verbs, common, output)
     p.set_defaults(func=_rm)
 
 
