@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from vmrt.cli import cri_commands, doctor, guest_image, images, run
+from vmrt.cli import completion, cri_commands, doctor, guest_image, images, run
+from vmrt.cli.examples import add_examples
 from vmrt.errors import VmrtError
 
 DEFAULT_ROOT = "/var/lib/vmrt"
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                             add_help=False)
     daemon.add_argument("daemon_args", nargs=argparse.REMAINDER)
     daemon.set_defaults(func=_daemon)
+    completion.add_parser(sub)
+    add_examples(parser)
     return parser
 
 
@@ -50,7 +53,14 @@ def _daemon(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse's REMAINDER drops options that come first (`daemon --config
+    # X`): the daemon's arguments are whatever vmrt itself does not know.
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "daemon":
+        args.daemon_args = unknown + args.daemon_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vmrt: %(levelname)s %(name)s: %(message)s",
