@@ -14,6 +14,7 @@ from cri_api.v1 import api_pb2 as api
 from cri_api.v1 import api_pb2_grpc as api_grpc
 from google.protobuf.json_format import MessageToDict
 
+from vmrt.cli import remote
 from vmrt.errors import VmrtError
 
 DEFAULT_ENDPOINT = "unix:///run/vmrt/vmrt.sock"
@@ -29,30 +30,45 @@ TENANT_HEADER = "vmrt-tenant"  # vmrt.cri.tenancy's: the calls see one tenant
 class Client:
     """``tenant``: every call sees that tenant's pods and containers only."""
 
-    def __init__(self, endpoint: str, timeout: float, tenant: str = "") -> None:
+    def __init__(self, endpoint: str, timeout: float, tenant: str = "", host: str = "",
+                 identity: str = "", remote_command: str = "vmrt") -> None:
+        """``host``: ssh://USER@HOST[:PORT], whose vmrtd at ``endpoint`` is reached over SSH."""
         target = endpoint if "://" in endpoint else f"unix://{endpoint}"
+        self.node = remote.node(host, identity, remote_command) if host else None
+        if self.node is not None:
+            target = self.node.relay(target)
         self._channel = grpc.insecure_channel(target)
         self.runtime = api_grpc.RuntimeServiceStub(self._channel)
         self.images = api_grpc.ImageServiceStub(self._channel)
         self.timeout = timeout
-        self.endpoint = endpoint
+        self.endpoint = f"{endpoint} on {host}" if host else endpoint
         self.tenant = tenant
         self._metadata = ((TENANT_HEADER, tenant),) if tenant else ()
 
     @classmethod
-    def for_args(cls, args: Any) -> Client:
-        return cls(args.runtime_endpoint, args.timeout, getattr(args, "tenant", ""))
+    def for_args(cls, args: Any, tenant: str | None = None) -> Client:
+        """The command line's client; ``tenant`` in place of its --tenant."""
+        return cls(args.runtime_endpoint, args.timeout,
+                   getattr(args, "tenant", "") if tenant is None else tenant,
+                   getattr(args, "host", ""), getattr(args, "identity", ""),
+                   getattr(args, "remote_vmrt", "vmrt"))
 
     def call(self, stub: Any, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(stub, method)(request, timeout=timeout or self.timeout,
-                                         metadata=self._metadata)
+            reply = getattr(stub, method)(request, timeout=timeout or self.timeout,
+                                          metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined,unused-ignore]
             details = exc.details()  # type: ignore[attr-defined,unused-ignore]
             if code == grpc.StatusCode.UNAVAILABLE:
+                if self.node is not None and self.node.error():
+                    details = self.node.error()  # what the node's end said
                 raise CRIError(f"cannot reach vmrtd at {self.endpoint}: {details}") from None
             raise CRIError(f"{method}: {details} ({code.name})") from None
+        if self.node is not None and method in ("Exec", "Attach", "PortForward"):
+            # The URL is on the node's loopback: reached through the SSH connection.
+            reply.url = self.node.tunnel(reply.url)
+        return reply
 
     def rt(self, method: str, request: Any, timeout: float | None = None) -> Any:
         return self.call(self.runtime, method, request, timeout)

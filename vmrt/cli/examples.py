@@ -31,6 +31,7 @@ EXAMPLES = {
     "doctor": "vmrt doctor",
     "daemon": "vmrt daemon --config /etc/vmrt/config.toml",
     "completion": "source <(vmrt completion bash)",
+    "dial-stdio": "vmrt dial-stdio -r unix:///run/vmrt/vmrt.sock",
 }
 
 

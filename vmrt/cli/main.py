@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from vmrt.cli import completion, cri_commands, doctor, guest_image, images, run
+from vmrt.cli import completion, cri_commands, doctor, guest_image, images, remote, run
 from vmrt.cli.examples import add_examples
 from vmrt.errors import VmrtError
 
@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tenant", default=os.environ.get("VMRT_TENANT", ""),
                         help="CRI verbs see and start only this tenant's pods "
                              "(default: $VMRT_TENANT; none: the whole node)")
+    parser.add_argument("--host", default=os.environ.get("VMRT_HOST", ""),
+                        metavar="ssh://USER@HOST[:PORT]",
+                        help="CRI verbs reach vmrtd on that node over SSH (default: $VMRT_HOST)")
+    parser.add_argument("-i", "--identity", default="", metavar="KEY",
+                        help="the SSH private key for --host (else the agent, ~/.ssh/config)")
+    parser.add_argument("--remote-vmrt", default=os.environ.get("VMRT_REMOTE_COMMAND", "vmrt"),
+                        metavar="COMMAND", help="vmrt on the --host node (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     guest_image.add_parser(sub)
     run.add_parser(sub)
@@ -42,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("daemon_args", nargs=argparse.REMAINDER)
     daemon.set_defaults(func=_daemon)
     completion.add_parser(sub)
+    dial = sub.add_parser("dial-stdio", help="(on a node, for --host) stdin/stdout to vmrtd's "
+                                             "CRI socket")
+    dial.set_defaults(func=lambda args: remote.dial_stdio(args.runtime_endpoint))
     add_examples(parser)
     return parser
 

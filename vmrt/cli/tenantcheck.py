@@ -79,7 +79,7 @@ def _check(args: argparse.Namespace) -> int:
     first, second = args.tenants
     if first == second:
         raise CRIError("tenant check compares two different tenants")
-    node = Client(args.runtime_endpoint, args.timeout)
+    node = Client.for_args(args, tenant="")
     info = node.rt("Status", api.StatusRequest(verbose=True)).info
     declared: dict[str, Any] = json.loads(info.get("tenants", "{}"))
     stream_port = _port_of(json.loads(info.get("streaming", "{}")).get("url", ""))
@@ -87,8 +87,7 @@ def _check(args: argparse.Namespace) -> int:
     probes: list[Probe] = []
     try:
         for tenant in (first, second):
-            probes.append(_probe(Client(args.runtime_endpoint, args.timeout, tenant), tenant,
-                                 args))
+            probes.append(_probe(Client.for_args(args, tenant=tenant), tenant, args))
         a, b = probes
         networks = [str(declared.get(p.tenant, {}).get("cniNetwork", "")) for p in probes]
         checks = [_kernels(a, b), _memory(a, b), _files(a, b), _processes(a, b),

@@ -133,7 +133,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     # Scoped to the tenant: vmrtd lists, and lets this touch, its pods only.
-    client = Client(args.runtime_endpoint, args.timeout, args.name)
+    client = Client.for_args(args, tenant=args.name)
     pods = client.rt("ListPodSandbox", api.ListPodSandboxRequest()).items
     for pod in pods:
         client.rt("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=pod.id))

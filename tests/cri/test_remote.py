@@ -1,0 +1,146 @@
+"""The CLI against another node's vmrtd through a real OpenSSH server.
+
+sshd runs in a mount namespace of its own in which an empty directory,
+``remote-view``, shows the daemon's base: the CLI is pointed at the CRI
+socket under it, which exists only as sshd sees it. A CLI that bypassed the
+tunnel would find nothing there.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cri.conftest import Daemon, wait_for
+from tests.helpers.registry import free_port
+
+pytestmark = pytest.mark.vm
+
+
+@dataclass
+class Sshd:
+    port: int
+    home: Path  # the CLI's $HOME: ~/.ssh/known_hosts and the user's key
+    key: Path
+    socket: str  # the CRI socket as the node (sshd) sees it
+    proc: subprocess.Popen[bytes]
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, timeout=30)
+    return (path.parent / (path.name + ".pub")).read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd(vmrtd: Daemon) -> Iterator[Sshd]:
+    base = vmrtd.base / "ssh"
+    base.mkdir()
+    host_key = keygen(base / "host_key")
+    user_key = keygen(base / "user_key")
+    (base / "authorized_keys").write_text(user_key + "\n")
+    view = vmrtd.base / "remote-view"
+    view.mkdir()
+    port = free_port()
+    (base / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/host_key\n"
+        f"AuthorizedKeysFile {base}/authorized_keys\nPidFile {base}/sshd.pid\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
+        "AllowStreamLocalForwarding no\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
+    inside = (f"mount --bind {shlex.quote(str(vmrtd.base))} {shlex.quote(str(view))} && "
+              f"exec /usr/sbin/sshd -D -e -f {shlex.quote(str(base / 'sshd_config'))}")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             inside], stderr=(base / "sshd.log").open("wb"))
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    try:
+        assert wait_for(lambda: _listening(port), timeout=20), (base / "sshd.log").read_text()
+        yield Sshd(port, home, base / "user_key", f"unix://{view}/vmrt.sock", proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.returncode not in (0, -15):
+            print((base / "sshd.log").read_text(), file=sys.stderr)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def remote(sshd: Sshd, *args: str, key: Path | None = None, known_hosts: str | None = None,
+           endpoint: str = "", timeout: float = 180,
+           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(sshd.home)}
+    env.pop("SSH_AUTH_SOCK", None)
+    if known_hosts is not None:
+        (sshd.home / ".ssh" / "known_hosts").write_text(known_hosts)
+    return subprocess.run(
+        [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
+         "-i", str(key or sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
+         "-r", endpoint or sshd.socket, *args],
+        capture_output=True, text=True, timeout=timeout, check=False, env=env,
+        input=stdin if stdin is not None else "")
+
+
+def test_the_remote_socket_exists_only_through_sshd(vmrtd: Daemon, sshd: Sshd) -> None:
+    assert not Path(sshd.socket.removeprefix("unix://")).exists()
+    direct = subprocess.run([sys.executable, "-m", "vmrt.cli.main", "-r", sshd.socket, "pods",
+                             "--timeout", "3"], capture_output=True, text=True, timeout=60)
+    assert direct.returncode == 125 and "cannot reach vmrtd" in direct.stderr
+
+
+def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
+    ran = remote(sshd, "run", "-d", "--name", "far", "--log-root", str(vmrtd.logs),
+                 "busybox", "--", "sh", "-c", "echo far-away; sleep 600")
+    assert ran.returncode == 0, ran.stderr
+    container_id = ran.stdout.strip()
+    pods = remote(sshd, "pods")
+    assert pods.returncode == 0 and "far" in pods.stdout, pods.stderr
+    # exec goes through the streaming server on the node's loopback: a
+    # direct-tcpip channel.
+    executed = remote(sshd, "exec", container_id, "--", "sh", "-c", "echo over-ssh; exit 5")
+    assert executed.returncode == 5 and executed.stdout == "over-ssh\n", executed.stderr
+    fed = remote(sshd, "exec", "-i", container_id, "--", "tr", "a-z", "A-Z", stdin="abc\n")
+    assert fed.returncode == 0 and fed.stdout == "ABC\n", fed.stderr
+    stopped = remote(sshd, "stop", container_id)
+    assert stopped.returncode == 0, stopped.stderr
+    [pod] = [line.split()[0] for line in remote(sshd, "pods").stdout.splitlines()[1:]]
+    assert remote(sshd, "rm", pod).returncode == 0
+    assert "far" not in remote(sshd, "pods").stdout
+
+
+def test_unknown_and_wrong_keys_and_a_down_daemon_are_one_line_errors(
+        vmrtd: Daemon, sshd: Sshd, tmp_path: Path) -> None:
+    good = (sshd.home / ".ssh" / "known_hosts").read_text()
+    try:
+        unknown = remote(sshd, "pods", known_hosts="")
+        assert unknown.returncode == 125 and "host key is unknown" in unknown.stderr
+        assert "ssh-keyscan" in unknown.stderr
+        other = keygen(tmp_path / "other_host")
+        changed = remote(sshd, "pods", known_hosts=f"[127.0.0.1]:{sshd.port} {other}\n")
+        assert changed.returncode == 125 and "not the one in ~/.ssh/known_hosts" in \
+            changed.stderr
+    finally:
+        (sshd.home / ".ssh" / "known_hosts").write_text(good)
+    keygen(tmp_path / "stranger")
+    refused = remote(sshd, "pods", key=tmp_path / "stranger")
+    assert refused.returncode == 125 and "authentication failed" in refused.stderr
+    started = time.monotonic()
+    down = remote(sshd, "pods", "--timeout", "10",
+                  endpoint=sshd.socket.replace("vmrt.sock", "absent.sock"))
+    assert down.returncode == 125 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "cannot reach vmrtd" in down.stderr and "absent.sock" in down.stderr
+    assert time.monotonic() - started < 60
