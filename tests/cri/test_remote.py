@@ -8,12 +8,14 @@ tunnel would find nothing there.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +106,9 @@ def test_the_remote_socket_exists_only_through_sshd(vmrtd: Daemon, sshd: Sshd) -
 
 def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     ran = remote(sshd, "run", "-d", "--name", "far", "--log-root", str(vmrtd.logs),
-                 "busybox", "--", "sh", "-c", "echo far-away; sleep 600")
+                 "busybox", "--", "sh", "-c",
+                 "mkdir -p /www && echo far-away > /www/index.html && "
+                 "exec httpd -f -p 8080 -h /www")
     assert ran.returncode == 0, ran.stderr
     container_id = ran.stdout.strip()
     pods = remote(sshd, "pods")
@@ -115,10 +119,32 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     assert executed.returncode == 5 and executed.stdout == "over-ssh\n", executed.stderr
     fed = remote(sshd, "exec", "-i", container_id, "--", "tr", "a-z", "A-Z", stdin="abc\n")
     assert fed.returncode == 0 and fed.stdout == "ABC\n", fed.stderr
+    # port-forward: the node's streaming server, then the pod, through SSH.
+    [pod_id] = [p["id"] for p in json.loads(remote(sshd, "pods", "-o", "json").stdout)["items"]
+                if p["metadata"]["name"] == "far"]
+    local = free_port()
+    env = {**os.environ, "HOME": str(sshd.home)}
+    forward = subprocess.Popen(
+        [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
+         "-i", str(sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
+         "-r", sshd.socket, "port-forward", pod_id, f"{local}:8080"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def page() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5) as reply:
+                    return str(reply.read().decode())
+            except OSError:
+                return ""
+
+        assert wait_for(lambda: page() == "far-away\n", timeout=60), \
+            forward.stderr.read1().decode() if forward.poll() is not None else "no answer"
+    finally:
+        forward.terminate()
+        forward.wait(10)
     stopped = remote(sshd, "stop", container_id)
     assert stopped.returncode == 0, stopped.stderr
-    [pod] = [line.split()[0] for line in remote(sshd, "pods").stdout.splitlines()[1:]]
-    assert remote(sshd, "rm", pod).returncode == 0
+    assert remote(sshd, "rm", pod_id).returncode == 0
     assert "far" not in remote(sshd, "pods").stdout
 
 
