@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.cri.conftest import Daemon, wait_for
+from tests.cri.test_streaming import _pty_until
 from tests.helpers.registry import free_port
 
 pytestmark = pytest.mark.vm
@@ -82,6 +85,12 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def argv(sshd: Sshd, *args: str, key: Path | None = None, endpoint: str = "") -> list[str]:
+    return [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
+            "-i", str(key or sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
+            "-r", endpoint or sshd.socket, *args]
+
+
 def remote(sshd: Sshd, *args: str, key: Path | None = None, known_hosts: str | None = None,
            endpoint: str = "", timeout: float = 180,
            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,11 +99,8 @@ def remote(sshd: Sshd, *args: str, key: Path | None = None, known_hosts: str | N
     if known_hosts is not None:
         (sshd.home / ".ssh" / "known_hosts").write_text(known_hosts)
     return subprocess.run(
-        [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
-         "-i", str(key or sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
-         "-r", endpoint or sshd.socket, *args],
-        capture_output=True, text=True, timeout=timeout, check=False, env=env,
-        input=stdin if stdin is not None else "")
+        argv(sshd, *args, key=key, endpoint=endpoint), capture_output=True, text=True,
+        timeout=timeout, check=False, env=env, input=stdin if stdin is not None else "")
 
 
 def test_the_remote_socket_exists_only_through_sshd(vmrtd: Daemon, sshd: Sshd) -> None:
@@ -113,6 +119,13 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     container_id = ran.stdout.strip()
     pods = remote(sshd, "pods")
     assert pods.returncode == 0 and "far" in pods.stdout, pods.stderr
+    # Two nodes, one of them down: its own row, the other's pods under HOST.
+    here, gone = f"ssh://root@127.0.0.1:{sshd.port}", f"ssh://root@127.0.0.1:{free_port()}"
+    both = remote(sshd, "--host", gone, "pods")
+    lines = both.stdout.splitlines()
+    assert both.returncode == 125 and lines[0].startswith("HOST "), both.stdout + both.stderr
+    assert any(line.startswith(here) and "far" in line for line in lines[1:]), both.stdout
+    assert any(line.startswith(gone) and "cannot connect" in line for line in lines), both.stdout
     # exec goes through the streaming server on the node's loopback: a
     # direct-tcpip channel.
     executed = remote(sshd, "exec", container_id, "--", "sh", "-c", "echo over-ssh; exit 5")
@@ -125,10 +138,8 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     local = free_port()
     env = {**os.environ, "HOME": str(sshd.home)}
     forward = subprocess.Popen(
-        [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
-         "-i", str(sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
-         "-r", sshd.socket, "port-forward", pod_id, f"{local}:8080"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv(sshd, "port-forward", pod_id, f"{local}:8080"), env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         def page() -> str:
             try:
@@ -142,6 +153,22 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     finally:
         forward.terminate()
         forward.wait(10)
+    # exec -it on a real terminal, through SSH.
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, argv(sshd, "exec", "-it", container_id, "--", "sh"), env)
+    try:
+        output = _pty_until(fd, b"# ")
+        os.write(fd, b"echo $((6 * 7)); exit 6\n")
+        output += _pty_until(fd, b"42\r\n")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 6, output
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
     stopped = remote(sshd, "stop", container_id)
     assert stopped.returncode == 0, stopped.stderr
     assert remote(sshd, "rm", pod_id).returncode == 0

@@ -40,7 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     common.add_argument("--tenant", default=argparse.SUPPRESS,
                         help="see and start only this tenant's pods (also before the verb; "
                              "default: $VMRT_TENANT)")
-    common.add_argument("--host", default=argparse.SUPPRESS, metavar="ssh://USER@HOST[:PORT]",
+    common.add_argument("--host", action="append", default=argparse.SUPPRESS,
+                        metavar="ssh://USER@HOST[:PORT]",
                         help="vmrtd on that node, over SSH (also before the verb)")
     common.add_argument("--timeout", type=float, default=60.0)
     output = argparse.ArgumentParser(add_help=False)

@@ -7,7 +7,16 @@ import logging
 import os
 import sys
 
-from vmrt.cli import completion, cri_commands, doctor, guest_image, images, remote, run
+from vmrt.cli import (
+    completion,
+    cri_commands,
+    doctor,
+    guest_image,
+    images,
+    multihost,
+    remote,
+    run,
+)
 from vmrt.cli.examples import add_examples
 from vmrt.errors import VmrtError
 
@@ -31,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tenant", default=os.environ.get("VMRT_TENANT", ""),
                         help="CRI verbs see and start only this tenant's pods "
                              "(default: $VMRT_TENANT; none: the whole node)")
-    parser.add_argument("--host", default=os.environ.get("VMRT_HOST", ""),
+    parser.add_argument("--host", action="append", default=None,
                         metavar="ssh://USER@HOST[:PORT]",
-                        help="CRI verbs reach vmrtd on that node over SSH (default: $VMRT_HOST)")
+                        help="CRI verbs reach vmrtd on that node over SSH (default: "
+                             "$VMRT_HOST); several: listings run on each, with a HOST column")
     parser.add_argument("-i", "--identity", default="", metavar="KEY",
                         help="the SSH private key for --host (else the agent, ~/.ssh/config)")
     parser.add_argument("--remote-vmrt", default=os.environ.get("VMRT_REMOTE_COMMAND", "vmrt"),
@@ -81,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         # The TCG fallback is the normal case on hosts without KVM; the
         # daemon warns once, the CLI only says so with --debug.
         logging.getLogger("vmrt.hypervisor.accel").setLevel(logging.ERROR)
+    hosts = args.host if isinstance(args.host, list) else [args.host] if args.host else []
+    if not hosts and os.environ.get("VMRT_HOST"):
+        hosts = [os.environ["VMRT_HOST"]]
+    args.host = hosts[0] if len(hosts) == 1 else ""
     try:
+        if len(hosts) > 1:
+            return multihost.run_on_each(args, hosts, args.func)
         code: int = args.func(args)
     except VmrtError as exc:
         print(f"vmrt: {exc}", file=sys.stderr)
