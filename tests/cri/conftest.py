@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class Daemon:
             f"watchdog_probe_timeout_s = 3.0\nwatchdog_probes = 2\n{extra_config}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}  # added to vmrtd's environment at the next start
+        self.prefix: list[str] = []  # vmrtd's command runs under it (ip netns exec NS)
         self.channel: grpc.Channel | None = None
         self.runtime: api_grpc.RuntimeServiceStub
         self.images: api_grpc.ImageServiceStub
@@ -74,7 +75,8 @@ class Daemon:
     def start(self) -> None:
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmrt.daemon.main", "--config", str(self.config), "--debug"],
+            [*self.prefix, sys.executable, "-m", "vmrt.daemon.main", "--config", str(self.config),
+             "--debug"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **self.env})
         deadline = time.monotonic() + 60
@@ -208,11 +210,13 @@ def expect_error(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any) ->
 
 
 def _daemon(base: Path, guest_image: Any, request: pytest.FixtureRequest, *,
-            name: str = "", check_leaks: bool = True, **settings: str) -> Iterator[Daemon]:
+            name: str = "", check_leaks: bool = True, prefix: Sequence[str] = (),
+            **settings: str) -> Iterator[Daemon]:
     """A started vmrtd in ``base``; afterwards its log and consoles are
     dumped (as ``name``, by default the fixture's) if any test failed, every
     pod is removed and, with ``check_leaks``, nothing may be left behind."""
     daemon = Daemon(base, guest_image.directory, **settings)
+    daemon.prefix = list(prefix)
     daemon.start()
     try:
         yield daemon

@@ -1,9 +1,11 @@
 """The CLI against another node's vmrtd through a real OpenSSH server.
 
-sshd runs in a mount namespace of its own in which an empty directory,
+The "node" is a network namespace holding vmrtd and sshd, reached through
+a veth pair: vmrtd's streaming server is on the namespace's loopback. sshd
+also has a mount namespace of its own in which an empty directory,
 ``remote-view``, shows the daemon's base: the CLI is pointed at the CRI
 socket under it, which exists only as sshd sees it. A CLI that bypassed the
-tunnel would find nothing there.
+tunnel would find neither.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 import json
 import os
 import pty
+import secrets
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon, wait_for
+from tests.cri.conftest import Daemon, _daemon, _short_dir, wait_for
 from tests.cri.test_streaming import _pty_until
 from tests.helpers.registry import free_port
 
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.vm
 
 @dataclass
 class Sshd:
+    address: str
     port: int
     home: Path  # the CLI's $HOME: ~/.ssh/known_hosts and the user's key
     key: Path
@@ -47,7 +53,42 @@ def keygen(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def sshd(vmrtd: Daemon) -> Iterator[Sshd]:
+def node_ns() -> Iterator[tuple[str, str]]:
+    """A network namespace with a veth to the host: (its name, its address)."""
+    tag = secrets.token_hex(3)
+    ns, outside, inside = f"vft-{tag}", f"vfh{tag}", f"vfn{tag}"
+    subnet = f"10.254.{secrets.randbelow(250)}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        ip("link", "set", inside, "netns", ns)
+        ip("addr", "add", f"{subnet}.1/30", "dev", outside)
+        ip("link", "set", outside, "up")
+        ip("-n", ns, "addr", "add", f"{subnet}.2/30", "dev", inside)
+        ip("-n", ns, "link", "set", inside, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        yield ns, f"{subnet}.2"
+    finally:
+        subprocess.run(["ip", "link", "del", outside], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def vmrtd(guest_image, node_ns: tuple[str, str],  # type: ignore[no-untyped-def]
+          request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """vmrtd inside the node's network namespace."""
+    for base in _short_dir():
+        # nsenter, not `ip netns exec`, which remounts /sys and hides the cgroups.
+        yield from _daemon(base, guest_image, request,
+                           prefix=["nsenter", f"--net=/run/netns/{node_ns[0]}", "--"])
+
+
+@pytest.fixture(scope="module")
+def sshd(vmrtd: Daemon, node_ns: tuple[str, str]) -> Iterator[Sshd]:
     base = vmrtd.base / "ssh"
     base.mkdir()
     host_key = keygen(base / "host_key")
@@ -55,9 +96,10 @@ def sshd(vmrtd: Daemon) -> Iterator[Sshd]:
     (base / "authorized_keys").write_text(user_key + "\n")
     view = vmrtd.base / "remote-view"
     view.mkdir()
-    port = free_port()
+    ns, address = node_ns
+    port = 2222
     (base / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/host_key\n"
+        f"Port {port}\nListenAddress {address}\nHostKey {base}/host_key\n"
         f"AuthorizedKeysFile {base}/authorized_keys\nPidFile {base}/sshd.pid\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
@@ -65,14 +107,16 @@ def sshd(vmrtd: Daemon) -> Iterator[Sshd]:
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
     inside = (f"mount --bind {shlex.quote(str(vmrtd.base))} {shlex.quote(str(view))} && "
               f"exec /usr/sbin/sshd -D -e -f {shlex.quote(str(base / 'sshd_config'))}")
-    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                             inside], stderr=(base / "sshd.log").open("wb"))
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", "unshare", "--mount",
+                             "--propagation", "private", "sh", "-c", inside],
+                            stderr=(base / "sshd.log").open("wb"))
     home = base / "home"
     (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    (home / ".ssh" / "known_hosts").write_text(f"[{address}]:{port} {host_key}\n")
     try:
-        assert wait_for(lambda: _listening(port), timeout=20), (base / "sshd.log").read_text()
-        yield Sshd(port, home, base / "user_key", f"unix://{view}/vmrt.sock", proc)
+        assert wait_for(lambda: _listening(address, port), timeout=20), \
+            (base / "sshd.log").read_text()
+        yield Sshd(address, port, home, base / "user_key", f"unix://{view}/vmrt.sock", proc)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -80,13 +124,14 @@ def sshd(vmrtd: Daemon) -> Iterator[Sshd]:
             print((base / "sshd.log").read_text(), file=sys.stderr)
 
 
-def _listening(port: int) -> bool:
+def _listening(address: str, port: int) -> bool:
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        s.settimeout(2)
+        return s.connect_ex((address, port)) == 0
 
 
 def argv(sshd: Sshd, *args: str, key: Path | None = None, endpoint: str = "") -> list[str]:
-    return [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@127.0.0.1:{sshd.port}",
+    return [sys.executable, "-m", "vmrt.cli.main", "--host", f"ssh://root@{sshd.address}:{sshd.port}",
             "-i", str(key or sshd.key), "--remote-vmrt", f"{sys.executable} -m vmrt.cli.main",
             "-r", endpoint or sshd.socket, *args]
 
@@ -108,6 +153,12 @@ def test_the_remote_socket_exists_only_through_sshd(vmrtd: Daemon, sshd: Sshd) -
     direct = subprocess.run([sys.executable, "-m", "vmrt.cli.main", "-r", sshd.socket, "pods",
                              "--timeout", "3"], capture_output=True, text=True, timeout=60)
     assert direct.returncode == 125 and "cannot reach vmrtd" in direct.stderr
+    # The streaming server is on the node's loopback, not this one's.
+    status = vmrtd.runtime.Status(api.StatusRequest(verbose=True))
+    url = urllib.parse.urlsplit(json.loads(status.info["streaming"])["url"])
+    assert url.hostname == "127.0.0.1" and url.port
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", url.port)) != 0
 
 
 def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
@@ -120,7 +171,8 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     pods = remote(sshd, "pods")
     assert pods.returncode == 0 and "far" in pods.stdout, pods.stderr
     # Two nodes, one of them down: its own row, the other's pods under HOST.
-    here, gone = f"ssh://root@127.0.0.1:{sshd.port}", f"ssh://root@127.0.0.1:{free_port()}"
+    here = f"ssh://root@{sshd.address}:{sshd.port}"
+    gone = f"ssh://root@127.0.0.1:{free_port()}"
     both = remote(sshd, "--host", gone, "pods")
     lines = both.stdout.splitlines()
     assert both.returncode == 125 and lines[0].startswith("HOST "), both.stdout + both.stderr
@@ -183,7 +235,7 @@ def test_unknown_and_wrong_keys_and_a_down_daemon_are_one_line_errors(
         assert unknown.returncode == 125 and "host key is unknown" in unknown.stderr
         assert "ssh-keyscan" in unknown.stderr
         other = keygen(tmp_path / "other_host")
-        changed = remote(sshd, "pods", known_hosts=f"[127.0.0.1]:{sshd.port} {other}\n")
+        changed = remote(sshd, "pods", known_hosts=f"[{sshd.address}]:{sshd.port} {other}\n")
         assert changed.returncode == 125 and "not the one in ~/.ssh/known_hosts" in \
             changed.stderr
     finally:
