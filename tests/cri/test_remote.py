@@ -103,7 +103,7 @@ def sshd(vmrtd: Daemon, node_ns: tuple[str, str]) -> Iterator[Sshd]:
         f"AuthorizedKeysFile {base}/authorized_keys\nPidFile {base}/sshd.pid\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
-        "AllowStreamLocalForwarding no\n")
+        "AllowStreamLocalForwarding no\nSubsystem sftp internal-sftp\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
     inside = (f"mount --bind {shlex.quote(str(vmrtd.base))} {shlex.quote(str(view))} && "
               f"exec /usr/sbin/sshd -D -e -f {shlex.quote(str(base / 'sshd_config'))}")
@@ -164,12 +164,16 @@ def test_the_remote_socket_exists_only_through_sshd(vmrtd: Daemon, sshd: Sshd) -
 def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     ran = remote(sshd, "run", "-d", "--name", "far", "--log-root", str(vmrtd.logs),
                  "busybox", "--", "sh", "-c",
-                 "mkdir -p /www && echo far-away > /www/index.html && "
+                 "echo started far; mkdir -p /www && echo far-away > /www/index.html && "
                  "exec httpd -f -p 8080 -h /www")
     assert ran.returncode == 0, ran.stderr
     container_id = ran.stdout.strip()
     pods = remote(sshd, "pods")
     assert pods.returncode == 0 and "far" in pods.stdout, pods.stderr
+    # In the foreground: the log read over SFTP, each stream to its own.
+    once = remote(sshd, "run", "--rm", "--log-root", str(vmrtd.logs), "busybox", "--",
+                  "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (once.returncode, once.stdout, once.stderr) == (4, "out\n", "err\n")
     # Two nodes, one of them down: its own row, the other's pods under HOST.
     here = f"ssh://root@{sshd.address}:{sshd.port}"
     gone = f"ssh://root@127.0.0.1:{free_port()}"
@@ -184,6 +188,7 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     assert executed.returncode == 5 and executed.stdout == "over-ssh\n", executed.stderr
     fed = remote(sshd, "exec", "-i", container_id, "--", "tr", "a-z", "A-Z", stdin="abc\n")
     assert fed.returncode == 0 and fed.stdout == "ABC\n", fed.stderr
+    assert wait_for(lambda: remote(sshd, "logs", container_id).stdout == "started far\n")
     # port-forward: the node's streaming server, then the pod, through SSH.
     [pod_id] = [p["id"] for p in json.loads(remote(sshd, "pods", "-o", "json").stdout)["items"]
                 if p["metadata"]["name"] == "far"]

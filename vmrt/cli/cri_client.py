@@ -76,6 +76,12 @@ class Client:
     def img(self, method: str, request: Any, timeout: float | None = None) -> Any:
         return self.call(self.images, method, request, timeout)
 
+    def open_log(self, path: str) -> Any:
+        """A log file of vmrtd's node: a local file, or over SFTP with --host."""
+        if self.node is None:
+            return open(path, "rb")
+        return self.node.open_file(path)
+
     def find_container(self, prefix: str) -> api.ContainerStatus | None:
         try:
             return self.rt("ContainerStatus", api.ContainerStatusRequest(

@@ -21,7 +21,7 @@ def copy_log(client: Client, status: api.ContainerStatus, follow: bool,
     while True:
         current = client.find_container(status.id) if follow else None
         try:
-            with open(status.log_path, "rb") as f:
+            with client.open_log(status.log_path) as f:
                 f.seek(position)
                 for line in f:
                     if not line.endswith(b"\n"):

@@ -119,8 +119,15 @@ class RemoteNode:
         self.transport = transport
         self.last_error = ""
         self._said = threading.Event()
+        self._sftp: paramiko.SFTPClient | None = None
         self._dir = tempfile.mkdtemp(prefix="vmrt-ssh-")
         atexit.register(self.close)
+
+    def open_file(self, path: str) -> paramiko.SFTPFile:
+        """A file of the node's, read over SFTP (container logs)."""
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        return self._sftp.open(path, "rb")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
