@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmrt.cli import cri_commands
+from vmrt.cli import cri_commands, remote
 from vmrt.cli.completion import script
 from vmrt.cli.examples import EXAMPLES, verbs
 from vmrt.cli.main import build_parser, main
@@ -76,3 +76,22 @@ def test_zsh_completion_loads_bashcompinit() -> None:
     text = script(build_parser(), "zsh")
     assert text.startswith("autoload -U +X compinit")
     assert "complete -o default -F _vmrt vmrt" in text
+
+
+def test_ssh_targets_from_the_url_and_ssh_config(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USER", "me")
+    assert remote.parse("ssh://root@node1:2200") == remote.Target("root", "node1", 2200)
+    assert remote.parse("ssh://node1") == remote.Target("me", "node1", 22)
+    assert remote.parse("ssh://admin@[fd00::1]:22").host == "fd00::1"
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        "Host node2\n  HostName 10.1.2.3\n  User ops\n  Port 2022\n"
+        "  IdentityFile ~/.ssh/node2_key\n")
+    assert remote.parse("ssh://node2") == remote.Target("ops", "10.1.2.3", 2022)
+    assert remote.parse("ssh://root@node2:23") == remote.Target("root", "10.1.2.3", 23)
+    assert remote._ssh_config("node2")["identityfile"] == str(tmp_path / ".ssh" / "node2_key")
+    for bad in ("node1", "ssh://", "ssh://a@b@c", "http://node1", "ssh://node1:port"):
+        with pytest.raises(remote.RemoteError):
+            remote.parse(bad)
