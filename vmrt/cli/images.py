@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from vmrt.cli.cri_client import print_json, print_table, size
+from vmrt.cli.cri_client import print_data, print_table, size
 from vmrt.config import load
 from vmrt.errors import InvalidArgumentError
 from vmrt.images.archive import import_path
@@ -28,7 +28,7 @@ DEFAULT_CONFIG = Path("/etc/vmrt/config.toml")
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     p = sub.add_parser("images", help="list images in the node's store")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=_images)
     p = sub.add_parser("pull", help="pull an image from a registry (through mirrors)")
     p.add_argument("reference")
@@ -40,7 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.set_defaults(func=_rmi)
     image = sub.add_parser("image", help="inspect or import images")
     actions = image.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("inspect", help="an image's record and config, as JSON")
+    p = actions.add_parser("inspect", help="an image's record and config, as JSON (or -o yaml)")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
     p.add_argument("reference")
     p.set_defaults(func=_inspect)
     p = actions.add_parser("import", help="import an OCI layout or a docker-archive tar")
@@ -68,8 +69,8 @@ def _layers_in_use(root: Path) -> set[str]:
 
 def _images(args: argparse.Namespace) -> int:
     images = _store(args).images()
-    if args.output == "json":
-        print_json([asdict(i) for i in images])
+    if args.output != "table":
+        print_data([asdict(i) for i in images], args.output)
         return 0
     rows = []
     for image in images:
@@ -142,7 +143,8 @@ def _rmi(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     store = _store(args)
     image = store.resolve(args.reference)
-    print_json({**asdict(image), "layer_dirs": [str(p) for p in store.layer_dirs(image)]})
+    print_data({**asdict(image), "layer_dirs": [str(p) for p in store.layer_dirs(image)]},
+               args.output)
     return 0
 
 
