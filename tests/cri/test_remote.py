@@ -189,6 +189,15 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
     fed = remote(sshd, "exec", "-i", container_id, "--", "tr", "a-z", "A-Z", stdin="abc\n")
     assert fed.returncode == 0 and fed.stdout == "ABC\n", fed.stderr
     assert wait_for(lambda: remote(sshd, "logs", container_id).stdout == "started far\n")
+    # attach: the main process's stdin and stdout, through the same tunnel.
+    reader = remote(sshd, "run", "-d", "-i", "--name", "reader", "--log-root", str(vmrtd.logs),
+                    "busybox", "--", "sh", "-c", "read line; echo got $line")
+    assert reader.returncode == 0, reader.stderr
+    attached = remote(sshd, "attach", "-i", reader.stdout.strip(), stdin="hello\n")
+    assert attached.returncode == 0 and attached.stdout == "got hello\n", attached.stderr
+    [reader_pod] = [p["id"] for p in json.loads(remote(sshd, "pods", "-o", "json").stdout)["items"]
+                    if p["metadata"]["name"] == "reader"]
+    assert remote(sshd, "rm", reader_pod).returncode == 0
     # port-forward: the node's streaming server, then the pod, through SSH.
     [pod_id] = [p["id"] for p in json.loads(remote(sshd, "pods", "-o", "json").stdout)["items"]
                 if p["metadata"]["name"] == "far"]
