@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +28,8 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, _daemon, _short_dir, wait_for
-from tests.cri.test_streaming import _pty_until
 from tests.helpers.registry import free_port
+from tests.helpers.terminal import PtyChild
 
 pytestmark = pytest.mark.vm
 
@@ -220,21 +218,11 @@ def test_pods_run_and_exec_over_ssh(vmrtd: Daemon, sshd: Sshd) -> None:
         forward.terminate()
         forward.wait(10)
     # exec -it on a real terminal, through SSH.
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, argv(sshd, "exec", "-it", container_id, "--", "sh"), env)
-    try:
-        output = _pty_until(fd, b"# ")
-        os.write(fd, b"echo $((6 * 7)); exit 6\n")
-        output += _pty_until(fd, b"42\r\n")
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 6, output
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
+    with PtyChild(argv(sshd, "exec", "-it", container_id, "--", "sh"), env) as term:
+        term.until(b"# ")
+        term.write(b"echo $((6 * 7)); exit 6\n")
+        term.until(b"42\r\n")
+        assert term.exit_code() == 6, term.seen
     stopped = remote(sshd, "stop", container_id)
     assert stopped.returncode == 0, stopped.stderr
     assert remote(sshd, "rm", pod_id).returncode == 0

@@ -12,14 +12,11 @@ import fcntl
 import hashlib
 import json
 import os
-import pty
-import select
 import signal
 import struct
 import subprocess
 import sys
 import termios
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +27,7 @@ from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, _daemon, _short_dir, expect_error, wait_for
 from tests.helpers import streamclient as sc
+from tests.helpers.terminal import PtyChild
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
 
@@ -449,38 +447,17 @@ def test_cli_exec_pipes_stdin_and_returns_the_exit_code(box: Box) -> None:
 
 
 def test_cli_exec_tty_is_raw_and_passes_window_changes(box: Box) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: vmrt exec -it on a real terminal
-        os.execv(sys.executable, _vmrt(box, "exec", "-it", box.cid, "--", "sh"))
-    try:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        output = _pty_until(fd, b"# ")
-        os.write(fd, b"stty size\n")
-        output += _pty_until(fd, b"33 101")
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 120, 0, 0))
-        os.kill(pid, signal.SIGWINCH)
-        os.write(fd, b"for i in $(seq 50); do [ \"$(stty size)\" = '44 120' ] && break; "
-                     b"sleep 0.1; done; stty size; exit 5\n")
-        output += _pty_until(fd, b"44 120\r\n")
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 5, output
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
-
-
-def _pty_until(fd: int, wanted: bytes, timeout: float = 60) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen:
-        assert time.monotonic() < deadline, f"never saw {wanted!r} in {seen!r}"
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            seen += os.read(fd, 4096)
-    return seen
+    with PtyChild(_vmrt(box, "exec", "-it", box.cid, "--", "sh")) as term:
+        fcntl.ioctl(term.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        term.until(b"# ")
+        term.write(b"stty size\n")
+        term.until(b"33 101")
+        fcntl.ioctl(term.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 120, 0, 0))
+        os.kill(term.pid, signal.SIGWINCH)
+        term.write(b"for i in $(seq 50); do [ \"$(stty size)\" = '44 120' ] && break; "
+                   b"sleep 0.1; done; stty size; exit 5\n")
+        term.until(b"44 120\r\n")
+        assert term.exit_code() == 5, term.seen
 
 
 def test_cli_attach_and_port_forward(box: Box) -> None:

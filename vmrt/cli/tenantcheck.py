@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as api
 
 from vmrt.cli.cri_client import Client, CRIError, print_data, print_table
+from vmrt.cli.launch import remove_pod
 from vmrt.cli.workloads import ensure_image
 
 PROBE_LABEL = "vmrt.io/probe"
@@ -158,15 +158,10 @@ def _ip(client: Client, pod_id: str) -> str:
 
 
 def _remove(probe: Probe) -> None:
-    for method, request in (
-            ("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=probe.pod_id)),
-            ("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=probe.pod_id))):
-        try:
-            probe.client.rt(method, request)
-        except CRIError as exc:
-            print(f"vmrt: removing probe pod {probe.pod_id[:13]}: {exc}")
-    if probe.log_directory:
-        shutil.rmtree(probe.log_directory, ignore_errors=True)
+    try:
+        remove_pod(probe.client, probe.pod_id, probe.log_directory)
+    except CRIError as exc:
+        print(f"vmrt: removing probe pod {probe.pod_id[:13]}: {exc}")
 
 
 # -- the checks ------------------------------------------------------------------
