@@ -46,6 +46,8 @@ def test_a_kubelet_pod_passes() -> None:
             sysctls={"net.ipv4.ip_forward": "1", "net/ipv4/conf/eth0.1/forwarding": "1",
                      "kernel.shm_rmid_forced": "1"})))
     validate.pod_config(pod(linux__cgroup_parent="kubepods-burstable-pod0b6f.slice"))
+    validate.pod_config(pod(hostname="",
+                            linux__security_context__namespace_options__network=api.NODE))
     # critest's names: upper case, long uuids.
     validate.pod_config(pod(metadata__name="PodSandbox-for-create-container-"
                                            "d5b3bc8a-2bb8-43e3-a45e-0b7bd7e3d1d0"))
@@ -91,6 +93,9 @@ def test_a_kubelet_pod_passes() -> None:
       "linux__resources__memory_swap_limit_in_bytes": 1 << 30},
      "config.linux.resources.memory_swap_limit_in_bytes"),
     ({"linux__overhead__cpu_period": 10**12}, "config.linux.overhead.cpu_period"),
+    # containerd's rule: a hostNetwork pod has the node's name (kubelet sends none).
+    ({"linux__security_context__namespace_options__network": api.NODE},
+     "config.hostname"),
     ({"annotations": {"k": "v" * (300 * 1024)}}, "config.annotations"),
 ])
 def test_bad_pod_fields_are_named(fields: dict[str, Any], field: str) -> None:

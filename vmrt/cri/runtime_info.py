@@ -17,6 +17,11 @@ from vmrt.hypervisor.accel import choose_accel
 CRI_VERSION = "v1"
 
 
+# What every handler honours. SupplementalGroupsPolicy: Merge (the image's
+# /etc/group) and Strict (the config's groups alone), the primary gid first.
+FEATURES = api.RuntimeFeatures(supplemental_groups_policy=True)
+
+
 class RuntimeInfoRPCs(Base):
     async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
         return api.VersionResponse(version="0.1.0", runtime_name="vmrt",
@@ -49,7 +54,7 @@ class RuntimeInfoRPCs(Base):
                 "threads": threading.active_count(),
             }, sort_keys=True)
         return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions), info=info,
-                                  runtime_handlers=handlers, features=api.RuntimeFeatures())
+                                  runtime_handlers=handlers, features=FEATURES)
 
     def _network_condition(self) -> api.RuntimeCondition:
         problem = self.rt.cni.problem()

@@ -202,6 +202,10 @@ def pod_config(config: api.PodSandboxConfig, field: str = "config") -> None:
     cgroup_parent(linux.cgroup_parent, f"{field}.linux.cgroup_parent")
     settings(linux.sysctls, f"{field}.linux.sysctls", _SYSCTL, 256, "a sysctl name", 256)
     pod_security(linux.security_context, f"{field}.linux.security_context")
+    if config.hostname and linux.security_context.namespace_options.network == api.NODE:
+        # As containerd: a pod in the node's network namespace has the node's name.
+        raise fail(f"{field}.hostname", "cannot be set for a pod with the node's network "
+                   "(namespace_options.network NODE); it has the node's hostname")
     resources(linux.resources, f"{field}.linux.resources")
     resources(linux.overhead, f"{field}.linux.overhead")
 
