@@ -277,6 +277,7 @@ def test_update_resources_and_oom_killed(vmrtd: Daemon,
         linux=api.LinuxContainerResources(memory_limit_in_bytes=48 * 1024 * 1024)))
     reply = vmrtd.exec(container, ["cat", "/sys/fs/cgroup/memory.max"])
     assert reply.stdout.strip() == str(48 * 1024 * 1024).encode()
+    assert vmrtd.status(container).resources.linux.memory_limit_in_bytes == 48 * 1024 * 1024
     # Values the guest's kernel refuses are the caller's error, and change nothing.
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT,
                            vmrtd.runtime.UpdateContainerResources,

@@ -147,6 +147,13 @@ def test_mounts_devices_and_stop_signal_escalation(vmrtd: Daemon,
     assert time.monotonic() - started >= 2
     status = vmrtd.status(stubborn)
     assert status.state == api.CONTAINER_EXITED and status.exit_code == 137
+    assert status.stop_signal == api.SIGTERM  # busybox's image names none
+    # The config's stop signal is reported and is what StopContainer sends.
+    quits = run(vmrtd, pod, "sh", "-c", "trap 'exit 42' USR1; while true; do sleep 1; done",
+                stop_signal=api.SIGUSR1)
+    assert vmrtd.status(quits).stop_signal == api.SIGUSR1
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=quits, timeout=30))
+    assert vmrtd.status(quits).exit_code == 42
 
 
 def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
