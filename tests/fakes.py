@@ -196,7 +196,8 @@ class FakeShare:
         self.placed.add(rel)
         return rel
 
-    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str:
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False,
+             recursive_readonly: bool = False) -> str:
         self.j("share.bind")
         self.placed.add(rel)
         return rel

@@ -125,7 +125,9 @@ def test_a_kubelet_container_passes() -> None:
     validate.container_config(container(
         envs=[api.KeyValue(key="PATH", value="/bin")], working_dir="/srv",
         mounts=[api.Mount(container_path="/data", host_path="/var/lib/kubelet/pods/x/volumes/y",
-                          propagation=api.PROPAGATION_HOST_TO_CONTAINER)],
+                          propagation=api.PROPAGATION_HOST_TO_CONTAINER),
+                api.Mount(container_path="/ro", host_path="/srv/ro", readonly=True,
+                          recursive_read_only=True)],
         devices=[api.Device(container_path="/dev/fuse", host_path="/dev/fuse",
                             permissions="rwm")]), "/var/log/pods/x")
 
@@ -145,6 +147,15 @@ def test_a_kubelet_container_passes() -> None:
      "config.mounts[0].host_path"),
     ({"mounts": [api.Mount(container_path="/d", host_path="/x", propagation=5)]},
      "config.mounts[0].propagation"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", recursive_read_only=True)]},
+     "config.mounts[0].recursive_read_only"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", readonly=True,
+                           recursive_read_only=True,
+                           propagation=api.PROPAGATION_HOST_TO_CONTAINER)]},
+     "config.mounts[0].recursive_read_only"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", readonly=True,
+                           recursive_read_only=True, propagation=api.PROPAGATION_BIDIRECTIONAL)]},
+     "config.mounts[0].recursive_read_only"),
     ({"devices": [api.Device(container_path="/dev/x", host_path="/dev/x",
                              permissions="rwx")]}, "config.devices[0].permissions"),
     ({"log_path": "/var/log/evil.log"}, "config.log_path"),

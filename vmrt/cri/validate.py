@@ -307,6 +307,15 @@ def container_config(config: api.ContainerConfig, log_directory: str,
             raise fail(f"{where}.image", "image volumes are not supported yet")
         absolute_path(mount.host_path, f"{where}.host_path")
         enum(mount.propagation, PROPAGATIONS, f"{where}.propagation")
+        if mount.recursive_read_only:
+            # As containerd: every mount below read-only too, which only holds
+            # for a read-only mount that nothing later propagates into.
+            if not mount.readonly:
+                raise fail(f"{where}.recursive_read_only", "needs readonly")
+            if mount.propagation != api.PROPAGATION_PRIVATE:
+                kind = api.MountPropagation.Name(mount.propagation)
+                raise fail(f"{where}.recursive_read_only",
+                           f"needs propagation PROPAGATION_PRIVATE, not {kind}")
     count(config.devices, f"{field}.devices", 256)
     for index, device in enumerate(config.devices):
         where = f"{field}.devices[{index}]"

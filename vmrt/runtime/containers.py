@@ -37,6 +37,7 @@ from vmrt.runtime.records import (
 from vmrt.runtime.sandbox import PodSandbox
 from vmrt.safefs import remove_tree_async as remove_tree
 from vmrt.sandbox.driver import Share
+from vmrt.sandbox.mounts import has_submounts
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,15 @@ class ContainerService:
                 # As containerd does: a missing host directory is created.
                 source.mkdir(parents=True, exist_ok=True)
             rel = share.bind(f"{container_id}/mounts/{index}", source, mount.readonly,
-                             follow_host=mount.propagation != api.PROPAGATION_PRIVATE)
-            shared.append(ocispec.SharedMount(mount.container_path, rel, mount.readonly,
+                             follow_host=mount.propagation != api.PROPAGATION_PRIVATE,
+                             recursive_readonly=mount.recursive_read_only)
+            # The host holds the mode of each mount of the bind. In the guest
+            # the whole bind is one 9p mount, so "ro" there would cover the
+            # mounts below too: only when that is what was asked, or there
+            # are none (a plain readonly keeps its submounts' own mode).
+            guest_readonly = mount.readonly and (
+                mount.recursive_read_only or not has_submounts(source))
+            shared.append(ocispec.SharedMount(mount.container_path, rel, guest_readonly,
                                               mount.propagation))
         return shared
 

@@ -113,11 +113,18 @@ class SandboxShare:
         return self._place(rel, lambda stage: mounts.mount(
             "overlay", stage, "overlay", SHARE_FLAGS, options))
 
-    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str:
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False,
+             recursive_readonly: bool = False) -> str:
         """A host directory or file for the guest. ``follow_host``: mounts the
-        host makes later under ``source`` show through (HostToContainer)."""
+        host makes later under ``source`` show through (HostToContainer).
+        ``readonly`` is the top mount's (the mounts below keep their own mode,
+        as runc's), ``recursive_readonly`` every one's. Every mount of the bind is
+        nodev and nosuid: QEMU opens what the guest names, and a device node on
+        some host submount must not become a host device opened for the guest."""
         def prepare(stage: Path) -> None:
             mounts.bind(source, stage, readonly=readonly, flags=SHARE_FLAGS)
+            mounts.set_attributes(stage, mounts.MOUNT_ATTR_NODEV | mounts.MOUNT_ATTR_NOSUID
+                                  | (mounts.MOUNT_ATTR_RDONLY if recursive_readonly else 0))
             # Private or slave: a shared mount may not be moved into mounts/.
             mounts.set_propagation(stage, MS_SLAVE if follow_host else MS_PRIVATE)
 
