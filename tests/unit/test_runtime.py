@@ -12,8 +12,11 @@ import asyncio
 import base64
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import os
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,6 +356,32 @@ def test_a_command_the_image_lacks_fails_at_start_as_in_containerd(world: World)
     with pytest.raises(InvalidArgumentError):
         run(world.containers.create(pod_id, container_config("other")))
     assert [c.name for c in world.rt.store.containers.values()] == []
+
+
+def test_image_volumes_pin_their_layers_and_must_be_present(world: World) -> None:
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        entry = tarfile.TarInfo("w")
+        entry.type = tarfile.DIRTYPE
+        tar.addfile(entry)
+    diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
+    blob = world.tmp / diff_id.removeprefix("sha256:")
+    blob.write_bytes(layer.getvalue())
+    world.rt.images.add_local(["models:1"], {"rootfs": {"diff_ids": [diff_id]}},
+                              [(blob, "application/vnd.oci.image.layer.v1.tar")])
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    config = container_config()
+    config.mounts.append(api.Mount(container_path="/models", readonly=True,
+                                   image=api.ImageSpec(image="models:1"), image_sub_path="w"))
+    container_id = run(world.containers.create(pod_id, config))
+    assert "share.mount_image" in world.journal.steps
+    assert diff_id in world.rt.layers_in_use()
+    config.metadata.name = "other"
+    config.mounts[0].image.image = "absent:1"
+    with pytest.raises(NotFoundError, match="absent:1"):
+        run(world.containers.create(pod_id, config))
+    run(world.containers.remove(container_id))
+    assert diff_id not in world.rt.layers_in_use()
 
 
 def test_stop_and_remove_are_idempotent(world: World) -> None:

@@ -74,6 +74,11 @@ class ContainerService:
         pod_config = pod.config()
         with about("image.image"):
             image = self.rt.images.resolve(config.image.image)
+        # Image volumes: present already (kubelet pulls them first, as containerd expects).
+        volumes = {index: self.rt.images.resolve(mount.image.image)
+                   for index, mount in enumerate(config.mounts) if mount.image.image}
+        layers = tuple(dict.fromkeys(
+            [*image.layers, *(layer for v in volumes.values() for layer in v.layers)]))
         container_id = secrets.token_hex(32)
         log_path = ""
         if config.log_path:
@@ -81,14 +86,14 @@ class ContainerService:
         key = name_key(config.metadata.name, config.metadata.attempt, pod)
         self.rt.container_names.reserve(key, container_id)
         # Until the record lists them, nothing else keeps the layers in use.
-        with self.rt.images.pinned(image.layers):
+        with self.rt.images.pinned(layers):
             try:
                 # The pod's lock: a StopPodSandbox cannot tear the VM and its
                 # share down while this adds mounts to it.
                 async with live.lock:
                     self.rt.ready_sandbox(pod)
                     await self._create_in_vm(live, container_id, log_path, config, pod_config,
-                                             image)
+                                             image, volumes, layers)
             except BaseException:
                 self.rt.container_names.release(key, container_id)
                 raise
@@ -97,7 +102,8 @@ class ContainerService:
 
     async def _create_in_vm(self, live: PodSandbox, container_id: str, log_path: str,
                             config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
-                            image: ImageRecord) -> None:
+                            image: ImageRecord, volumes: dict[int, ImageRecord],
+                            layers: tuple[str, ...]) -> None:
         """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
         store = self.rt.store
         # The intent first, on disk: whatever a crash leaves from here on,
@@ -110,7 +116,7 @@ class ContainerService:
             undo.callback(share.release, container_id)
             push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
             rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
-            shared = self._mounts(config.mounts, share, container_id)
+            shared = self._mounts(config.mounts, share, container_id, volumes)
             crashpoint.reached("create", "rootfs")
             spec = ocispec.build(
                 config=config, pod_config=pod_config, image_config=image.config,
@@ -138,7 +144,7 @@ class ContainerService:
             crashpoint.reached("create", "agent-created")
             record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
                                          time.time_ns(), process_json=json.dumps(spec["process"]),
-                                         layers=tuple(image.layers),
+                                         layers=layers,
                                          stop_signal=stopsignal.of(config, image.config),
                                          start_error=start_error)
             store.add_container(record)
@@ -155,10 +161,17 @@ class ContainerService:
         return share.mount_overlay(f"{container_id}/rootfs", lower=layers, upper=upper,
                                    work=work)
 
-    def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share,
-                container_id: str) -> list[ocispec.SharedMount]:
+    def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share, container_id: str,
+                volumes: dict[int, ImageRecord]) -> list[ocispec.SharedMount]:
         shared = []
         for index, mount in enumerate(cri_mounts):
+            if index in volumes:
+                rel = share.mount_image(f"{container_id}/images/{index}",
+                                        self.rt.images.layer_dirs(volumes[index]),
+                                        mount.image_sub_path)
+                shared.append(ocispec.SharedMount(mount.container_path, rel, True,
+                                                  api.PROPAGATION_PRIVATE))
+                continue
             source = Path(mount.host_path)
             if not source.exists():
                 # As containerd does: a missing host directory is created.

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmrt import safefs
-from vmrt.errors import InvalidArgumentError
+from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.sandbox import mounts
 from vmrt.sandbox.mounts import MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_SHARED, MS_SLAVE
 
@@ -112,6 +112,34 @@ class SandboxShare:
         options = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
         return self._place(rel, lambda stage: mounts.mount(
             "overlay", stage, "overlay", SHARE_FLAGS, options))
+
+    def mount_image(self, rel: str, layers: list[Path], sub_path: str = "") -> str:
+        """An image volume: the image's layers as one read-only tree (an overlay
+        without an upper directory; a read-only bind for a single layer).
+        Returns the path for the guest, ``sub_path`` inside it, which must exist
+        in the image and is looked up without following the image's symlinks."""
+        if not layers:
+            raise mounts.MountError("the image has no layers to mount")
+
+        def prepare(stage: Path) -> None:
+            if len(layers) == 1:
+                mounts.bind(layers[0], stage, readonly=True, flags=SHARE_FLAGS)
+                mounts.set_propagation(stage, MS_PRIVATE)
+            else:
+                mounts.mount("overlay", stage, "overlay", SHARE_FLAGS | mounts.MS_RDONLY,
+                             f"lowerdir={':'.join(map(str, layers))}")
+            if sub_path:
+                try:
+                    os.close(safefs.open_beneath(stage, sub_path, os.O_PATH))
+                except (OSError, safefs.UnsafePathError) as exc:
+                    mounts.unmount(stage, lazy=True)
+                    why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno \
+                        else "a symlink on the way (not followed)"
+                    raise NotFoundError(f"image_sub_path: {sub_path!r} is not in the image: "
+                                        f"{why}") from None
+
+        placed = self._place(rel, prepare)
+        return f"{placed}/{sub_path.rstrip('/')}" if sub_path else placed
 
     def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False,
              recursive_readonly: bool = False) -> str:
