@@ -196,7 +196,13 @@ class FakeShare:
         self.placed.add(rel)
         return rel
 
-    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str:
+    def mount_image(self, rel: str, layers: list[Path], sub_path: str = "") -> str:
+        self.j("share.mount_image")
+        self.placed.add(rel)
+        return f"{rel}/{sub_path}" if sub_path else rel
+
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False,
+             recursive_readonly: bool = False) -> str:
         self.j("share.bind")
         self.placed.add(rel)
         return rel

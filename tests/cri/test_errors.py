@@ -142,14 +142,22 @@ def test_failed_run_pod_sandbox_leaves_nothing(vmrtd: Daemon) -> None:
         {p.parent.name for p in (vmrtd.root / "pods").glob("*/pod.json")} == before
 
 
-def test_failed_create_container_leaves_nothing(vmrtd: Daemon,
-                                                pod: tuple[str, api.PodSandboxConfig]) -> None:
+def test_a_missing_command_fails_at_start_and_leaves_nothing(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
     pod_id, config = pod
     before = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
-    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.create, pod_id, config,
-                           ["/no/such/binary"], name="broken",
-                           mounts=[api.Mount(container_path="/data", host_path="/tmp")])
-    assert details.startswith("config.command: ") and "/no/such/binary" in details
+    # As containerd: CreateContainer succeeds, StartContainer fails.
+    broken = vmrtd.create(pod_id, config, ["/no/such/binary"], name="broken",
+                          mounts=[api.Mount(container_path="/data", host_path="/tmp")])
+    assert vmrtd.status(broken).state == api.CONTAINER_CREATED
+    details = expect_error(grpc.StatusCode.FAILED_PRECONDITION, vmrtd.runtime.StartContainer,
+                           api.StartContainerRequest(container_id=broken))
+    assert "cannot start" in details and "/no/such/binary" in details, details
+    status = vmrtd.status(broken)
+    assert (status.state, status.exit_code, status.reason) == (
+        api.CONTAINER_EXITED, 128, "StartError"), status
+    assert "/no/such/binary" in status.message
+    vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=broken))
     after = {c.id for c in vmrtd.runtime.ListContainers(api.ListContainersRequest()).containers}
     assert after == before
     shared = next(vmrtd.state.glob("sandboxes/*/shared"))

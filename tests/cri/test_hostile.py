@@ -124,6 +124,7 @@ def test_host_ip_cannot_inject_qemu_options(vmrtd: Daemon) -> None:
         container_port=80, host_port=8080,
         host_ip="127.0.0.1:1-:1,tftp=/,hostfwd=tcp:127.0.0.1")])
     config.linux.security_context.namespace_options.network = api.NODE
+    config.hostname = ""  # a hostNetwork pod has the node's
     before = vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
                            api.RunPodSandboxRequest(config=config), timeout=60)
@@ -341,6 +342,7 @@ def test_host_network_pod_cannot_reach_the_nodes_loopback(
     config = vmrtd.pod_config(port_mappings=[api.PortMapping(container_port=8080,
                                                              host_port=port)])
     config.linux.security_context.namespace_options.network = api.NODE
+    config.hostname = ""  # a hostNetwork pod has the node's
     pod_id = vmrtd.run_pod(config)
     evil = attacker(vmrtd, (pod_id, config))
     status = vmrtd.runtime.Status(api.StatusRequest(verbose=True))

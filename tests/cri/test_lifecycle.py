@@ -90,13 +90,20 @@ def test_image_config_env_workdir_and_user(vmrtd: Daemon, pod: tuple[str, api.Po
         envs=[api.KeyValue(key="GREETING", value="hi")],
         linux=api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
             run_as_user=api.Int64Value(value=65534), supplemental_groups=[1234])))
-    reply = vmrtd.exec(container, ["sh", "-c", "echo $GREETING $PATH; pwd; id -u; id -G"])
+    reply = vmrtd.exec(container, ["sh", "-c", "echo $GREETING $PATH; pwd; id -u; id -g; "
+                                   "grep ^Groups: /proc/self/status"])
     out = reply.stdout.decode().splitlines()
     assert out[0].startswith("hi /usr/local/sbin")
     assert out[1] == "/tmp"
     assert out[2] == "65534"
-    assert "1234" in out[3].split()
-    assert vmrtd.status(container).user.linux.uid == 65534
+    # The kernel's supplementary groups hold the primary gid too, as containerd's do.
+    groups = [int(g) for g in out[4].split()[1:]]
+    assert int(out[3]) in groups and 1234 in groups, out
+    user = vmrtd.status(container).user.linux
+    assert user.uid == 65534 and user.gid == int(out[3])
+    assert sorted(user.supplemental_groups) == sorted(groups)
+    features = vmrtd.runtime.Status(api.StatusRequest()).features
+    assert features.supplemental_groups_policy
 
 
 def test_pod_hostname_dns_and_sysctls(vmrtd: Daemon,
@@ -270,6 +277,7 @@ def test_update_resources_and_oom_killed(vmrtd: Daemon,
         linux=api.LinuxContainerResources(memory_limit_in_bytes=48 * 1024 * 1024)))
     reply = vmrtd.exec(container, ["cat", "/sys/fs/cgroup/memory.max"])
     assert reply.stdout.strip() == str(48 * 1024 * 1024).encode()
+    assert vmrtd.status(container).resources.linux.memory_limit_in_bytes == 48 * 1024 * 1024
     # Values the guest's kernel refuses are the caller's error, and change nothing.
     details = expect_error(grpc.StatusCode.INVALID_ARGUMENT,
                            vmrtd.runtime.UpdateContainerResources,

@@ -12,6 +12,7 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, expect_error
+from vmrt.sandbox import mounts
 
 pytestmark = pytest.mark.vm
 
@@ -147,6 +148,56 @@ def test_mounts_devices_and_stop_signal_escalation(vmrtd: Daemon,
     assert time.monotonic() - started >= 2
     status = vmrtd.status(stubborn)
     assert status.state == api.CONTAINER_EXITED and status.exit_code == 137
+    assert status.stop_signal == api.SIGTERM  # busybox's image names none
+    # The config's stop signal is reported and is what StopContainer sends.
+    quits = run(vmrtd, pod, "sh", "-c", "trap 'exit 42' USR1; while true; do sleep 1; done",
+                stop_signal=api.SIGUSR1)
+    assert vmrtd.status(quits).stop_signal == api.SIGUSR1
+    vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=quits, timeout=30))
+    assert vmrtd.status(quits).exit_code == 42
+
+
+def test_readonly_mounts_recursive_or_not_and_nodev_below(
+        vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig], tmp_path: Path) -> None:
+    """critest's volume: a host directory with a tmpfs mounted inside it."""
+    volume = tmp_path / "volume"
+    below = volume / "tmpfs"
+    below.mkdir(parents=True)
+    mounts.mount("tmpfs", below, "tmpfs", 0, "size=1m,mode=0777")  # neither nodev nor nosuid
+    created: list[str] = []
+    try:
+        plain = run(vmrtd, pod, mounts=[api.Mount(container_path="/mnt",
+                                                  host_path=str(volume), readonly=True)])
+        created.append(plain)
+        rro = run(vmrtd, pod, mounts=[api.Mount(container_path="/mnt", host_path=str(volume),
+                                                readonly=True, recursive_read_only=True)])
+        created.append(rro)
+        # readonly: the top only, as runc's; the tmpfs below keeps its own mode.
+        assert sh(vmrtd, plain, "touch /mnt/tmpfs/from-plain").exit_code == 0
+        top = sh(vmrtd, plain, "touch /mnt/top 2>&1")
+        assert top.exit_code != 0 and b"Read-only file system" in top.stdout, top
+        # recursive_read_only: everything below too.
+        deep = sh(vmrtd, rro, "touch /mnt/tmpfs/from-rro 2>&1")
+        assert deep.exit_code != 0 and b"Read-only file system" in deep.stdout, deep
+        assert sorted(p.name for p in below.iterdir()) == ["from-plain"]
+        assert not (volume / "top").exists()
+        # On the host, every mount of both binds (the tmpfs clones included) is
+        # nodev and nosuid: QEMU opens what the guest names.
+        share = str((vmrtd.sandbox_directory(pod[0]) / "mounts").resolve())
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split() for line in f]
+        # <share>/<container>/mounts/0 and the tmpfs below it (not the root filesystems).
+        binds = [p for p in points
+                 if p[4].startswith(share + "/") and "/mounts/" in p[4][len(share):]]
+        assert len(binds) >= 4, binds  # two binds, each with its tmpfs
+        for fields in binds:
+            assert {"nodev", "nosuid"} <= set(fields[5].split(",")), fields
+        handlers = vmrtd.runtime.Status(api.StatusRequest()).runtime_handlers
+        assert handlers and all(h.features.recursive_read_only_mounts for h in handlers)
+    finally:
+        for container_id in created:
+            vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container_id))
+        mounts.unmount(below, lazy=True)
 
 
 def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:

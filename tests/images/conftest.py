@@ -76,6 +76,9 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
     layout.add("big", Image([Layer([Entry("random.bin", os.urandom(16 << 20))], "gzip")]))
     layout.add("entry", Image([busybox], {"Entrypoint": ["/bin/echo", "entry"],
                                           "Cmd": ["default-arg"]}))
+    layout.add("linked", Image([Layer([Entry("data", kind="dir", mode=0o755),
+                                       Entry("data/x.txt", b"in the volume\n"),
+                                       Entry("up", kind="symlink", target="/")])]))
     layout.add("corrupt", Image([Layer([Entry("to-be-damaged.txt", b"x" * 4096)])]))
     layout.add("huge", Image([Layer([Entry("random.bin", os.urandom(48 << 20))], "none")]))
     digests = {}
@@ -85,7 +88,7 @@ def images(guest_image) -> Iterator[Images]:  # type: ignore[no-untyped-def]
                               ("symlink", "evil/symlink:1"), ("device", "evil/device:1"),
                               ("big", "test/concurrent:1"), ("huge", "test/interrupted:1"),
                               ("corrupt", "test/corrupt:1"), ("entry", "test/entry:1"),
-                              ("huge", "test/deadline:1")]:
+                              ("huge", "test/deadline:1"), ("linked", "test/linked:1")]:
         digests[destination] = push(layout.path, name, f"{registry.address}/{destination}")
     push(layout.path, "app", f"{secure.address}/secure/app:1", f"{USER}:{PASSWORD}")
     gate = TokenGate(registry.address, USER, PASSWORD)

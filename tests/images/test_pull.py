@@ -177,7 +177,10 @@ def test_removal_semantics(puller: Daemon, images: Images) -> None:
     puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=a)))
     assert listed(puller)[image_id] == [b]
     puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=a)))  # again
-    pull(puller, a)
+    # With its last tag the image goes (containerd's rule), no digest-only <none> entry.
+    puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=b)))
+    assert image_id not in listed(puller)
+    assert pull(puller, a) == image_id and pull(puller, b) == image_id
     puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=image_id)))
     assert image_id not in listed(puller)
     assert not status(puller, b).id
@@ -235,6 +238,44 @@ def test_container_from_a_pulled_image_sees_its_files_env_workdir_and_user(
     assert status(puller, name).id in {c.image_ref for c in puller.runtime.ListContainers(
         api.ListContainersRequest()).containers}
     puller.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_image_volumes_read_only_with_a_sub_path(puller: Daemon, images: Images) -> None:
+    """KEP-4639: a Mount whose image is set is that image's root filesystem, read-only."""
+    app, linked = (f"{images.registry.address}/test/{n}:1" for n in ("app", "linked"))
+    pull(puller, app)
+    pull(puller, linked)
+    config = puller.pod_config()
+    pod_id = puller.run_pod(config)
+    try:
+        def volume(image: str, sub_path: str = "", path: str = "/vol") -> api.Mount:
+            return api.Mount(container_path=path, readonly=True, image=api.ImageSpec(image=image),
+                             image_sub_path=sub_path)
+
+        container = puller.run_container(pod_id, config, ["sleep", "300"], mounts=[
+            volume(app), volume(linked, "data", "/data")])
+        # Three layers merged (whiteouts too), binaries runnable, nothing writable.
+        reply = puller.exec(container, [
+            "sh", "-c", "cat /vol/app/hello.txt; ls /vol/app; /vol/bin/echo ran; "
+                        "cat /data/x.txt; touch /vol/new 2>&1; touch /data/new 2>&1; true"])
+        lines = reply.stdout.decode().splitlines()
+        assert lines[:5] == ["hello from the image", "data", "hello.txt", "ran", "in the volume"]
+        assert lines[5:] and all("Read-only file system" in line for line in lines[5:]), lines
+        # A sub path the image lacks, or one through the image's symlink, is refused.
+        for sub_path in ("missing", "up", "up/etc"):
+            details = expect_error(grpc.StatusCode.NOT_FOUND, puller.create, pod_id, config,
+                                   ["true"], name=f"bad-{sub_path.replace('/', '-')}",
+                                   mounts=[volume(linked, sub_path)])
+            assert "image_sub_path" in details, details
+        details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, puller.create, pod_id, config,
+                               ["true"], name="writable", mounts=[api.Mount(
+                                   container_path="/vol", image=api.ImageSpec(image=app))])
+        assert details.startswith("config.mounts[0].readonly:"), details
+        # The volume's image is in use: removing it keeps its layers for the container.
+        puller.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image=linked)))
+        assert puller.exec(container, ["cat", "/data/x.txt"]).stdout == b"in the volume\n"
+    finally:
+        puller.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_deadline_is_honoured_and_the_image_arrives_whole(puller: Daemon, images: Images) -> None:

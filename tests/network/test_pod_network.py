@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -138,9 +139,14 @@ def test_hostnetwork_pod_gets_forwarded_ports(vmrtd: Daemon) -> None:
                                        host_ip="127.0.0.1")],
         linux=api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(
             namespace_options=api.NamespaceOption(network=api.NODE))))
+    # As containerd: no hostname of its own (kubelet sends none); it has the node's.
+    details = expect_error(grpc.StatusCode.INVALID_ARGUMENT, vmrtd.runtime.RunPodSandbox,
+                           api.RunPodSandboxRequest(config=config))
+    assert details.startswith("config.hostname: cannot be set"), details
+    config.hostname = ""
     pod_id = vmrtd.run_pod(config)
     container = vmrtd.run_container(pod_id, config, SERVE)
-    assert fetch(f"http://127.0.0.1:{port}/").strip() == config.hostname
+    assert fetch(f"http://127.0.0.1:{port}/").strip() == socket.gethostname()
     # On vmrt's own network (ptp), in a netns of its own.
     out = vmrtd.exec(container, ["sh", "-c", "ip -4 -o addr show eth0; ip route"]).stdout
     assert b"inet 10.90." in out and b"default via 10.90." in out, out

@@ -12,8 +12,11 @@ import asyncio
 import base64
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import os
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +27,14 @@ from cri_api.v1 import api_pb2 as api
 
 from tests.fakes import FakeAgent, FakeDrivers, FakeNetworking, FakeSandbox, Journal, StepFailed
 from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.agentapi import AgentError
 from vmrt.config import CgroupConfig, Config, HypervisorConfig, StorageConfig
+from vmrt.cri import convert
 from vmrt.cri.boundary import status_of
 from vmrt.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
@@ -286,6 +292,97 @@ def test_a_start_that_finishes_after_a_remove_does_not_bring_the_record_back(
 
 
 # -- stop, remove, and the VM's death --------------------------------------------------
+
+def test_the_stop_signal_is_fixed_at_create_reported_and_sent(world: World) -> None:
+    world.rt.images.add_local(["quits:1"], {"rootfs": {"diff_ids": []},
+                                            "config": {"StopSignal": "SIGRTMIN+3"}}, [])
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    config = container_config()
+    config.image.image = "quits:1"
+    from_image = run(world.containers.create(pod_id, config))
+    config.metadata.name, config.stop_signal = "own", api.SIGUSR1
+    from_config = run(world.containers.create(pod_id, config))
+    plain = run(world.containers.create(pod_id, container_config("plain")))
+    statuses = {c: convert.container_status(world.rt.container(c))
+                for c in (from_image, from_config, plain)}
+    assert [statuses[c].stop_signal for c in (from_image, from_config, plain)] == [
+        api.SIGRTMINPLUS3, api.SIGUSR1, api.SIGTERM]
+    # Removing the image afterwards changes nothing: the signal was fixed at create.
+    world.rt.images.remove("quits:1", set())
+    for container_id, number in ((from_image, 37), (from_config, 10), (plain, 15)):
+        run(world.containers.start(container_id))
+        world.journal.steps.clear()
+        run(world.containers.stop(container_id, 5))
+        assert world.journal.steps[0] == f"agent.signal_process {number}", world.journal.steps
+
+
+def test_status_reports_the_resources_of_the_latest_update(world: World) -> None:
+    _, container_id, _ = started(world)
+    before = convert.container_status(world.rt.container(container_id)).resources.linux
+    assert before.memory_limit_in_bytes == 0
+    update = api.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=512)
+    run(world.containers.update_resources(container_id, update))
+    now = convert.container_status(world.rt.container(container_id)).resources.linux
+    assert now == update
+    # Kept on disk: a restarted vmrtd reports the same.
+    again = world.restart()
+    recovery.load(again.rt)
+    assert convert.container_status(again.rt.container(container_id)).resources.linux == update
+
+
+def test_a_command_the_image_lacks_fails_at_start_as_in_containerd(world: World) -> None:
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    world.journal.fail_at["agent.create_container"] = AgentError(
+        "CreateContainer", grpc.StatusCode.INVALID_ARGUMENT,
+        "command: executable file `/no/such` not found")
+    container_id = run(world.containers.create(pod_id, container_config()))
+    assert world.rt.container(container_id).state == ContainerState.CREATED
+    # Not in the guest; a reconcile (an event-stream reconnect) leaves it alone.
+    run(world.rt.sandboxes[pod_id].reconcile())
+    assert world.rt.container(container_id).state == ContainerState.CREATED
+    with pytest.raises(FailedPreconditionError, match="cannot start: executable file"):
+        run(world.containers.start(container_id))
+    status = convert.container_status(world.rt.container(container_id))
+    assert (status.state, status.exit_code, status.reason) == (
+        api.CONTAINER_EXITED, 128, "StartError")
+    assert "/no/such" in status.message and status.finished_at > 0
+    assert "agent.start_container" not in world.journal.steps
+    run(world.containers.remove(container_id))
+    assert container_id not in world.rt.store.containers
+    assert not world.rt.container_dir(container_id).exists()
+    # Any other refusal by the agent still fails the create.
+    world.journal.fail_at["agent.create_container"] = AgentError(
+        "CreateContainer", grpc.StatusCode.INVALID_ARGUMENT, "linux: bad")
+    with pytest.raises(InvalidArgumentError):
+        run(world.containers.create(pod_id, container_config("other")))
+    assert [c.name for c in world.rt.store.containers.values()] == []
+
+
+def test_image_volumes_pin_their_layers_and_must_be_present(world: World) -> None:
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        entry = tarfile.TarInfo("w")
+        entry.type = tarfile.DIRTYPE
+        tar.addfile(entry)
+    diff_id = "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
+    blob = world.tmp / diff_id.removeprefix("sha256:")
+    blob.write_bytes(layer.getvalue())
+    world.rt.images.add_local(["models:1"], {"rootfs": {"diff_ids": [diff_id]}},
+                              [(blob, "application/vnd.oci.image.layer.v1.tar")])
+    pod_id = run(world.pods.run(pod_config(world), "vmrt"))
+    config = container_config()
+    config.mounts.append(api.Mount(container_path="/models", readonly=True,
+                                   image=api.ImageSpec(image="models:1"), image_sub_path="w"))
+    container_id = run(world.containers.create(pod_id, config))
+    assert "share.mount_image" in world.journal.steps
+    assert diff_id in world.rt.layers_in_use()
+    config.metadata.name = "other"
+    config.mounts[0].image.image = "absent:1"
+    with pytest.raises(NotFoundError, match="absent:1"):
+        run(world.containers.create(pod_id, config))
+    run(world.containers.remove(container_id))
+    assert diff_id not in world.rt.layers_in_use()
+
 
 def test_stop_and_remove_are_idempotent(world: World) -> None:
     pod_id = run(world.pods.run(pod_config(world), "vmrt"))
@@ -706,6 +803,22 @@ def test_a_stop_whose_caller_gave_up_still_finishes(world: World,
     assert world.drivers.made[pod_id].destroyed and "net.teardown" in world.journal.steps
 
 
+def test_an_image_goes_with_its_last_tag(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    digest = "r.example/app@sha256:" + "b" * 64
+    image = store.add_local(["r.example/app:1", "r.example/app:2"], {"rootfs": {"diff_ids": []}},
+                            [], digests=(digest,))
+    store.remove("r.example/app:1", set())
+    assert [(i.repo_tags, i.repo_digests) for i in store.images()] == [
+        (["r.example/app:2"], [digest])]
+    store.remove("r.example/app:2", set())  # its digest no reason to keep it
+    assert store.images() == [] and store.find(image.id) is None
+    # Removing a digest leaves an image that still has tags.
+    store.add_local(["r.example/app:3"], {"rootfs": {"diff_ids": []}}, [], digests=(digest,))
+    store.remove(digest, set())
+    assert [(i.repo_tags, i.repo_digests) for i in store.images()] == [(["r.example/app:3"], [])]
+
+
 def test_an_unreadable_image_index_collects_no_garbage(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     layer = store.layers / ("a" * 64)
@@ -860,6 +973,20 @@ def test_a_log_pump_outlives_a_full_disk(tmp_path: Path) -> None:
 
     run(scenario())
     assert (tmp_path / "c.log").read_text().endswith(" stdout F hello\n")
+
+
+def test_a_line_the_stream_ended_without_a_newline_is_partial(tmp_path: Path) -> None:
+    writer = CRILogWriter(str(tmp_path), "c.log")
+    writer.write("stdout", b"one\ntw")
+    writer.write("stdout", b"o\nthree")
+    writer.write("stderr", b"err")
+    assert writer.pending("stdout") == 5 and writer.pending("stderr") == 3
+    writer.finish("stdout")
+    writer.finish("stderr")
+    writer.close()
+    lines = [line.split(" ", 1)[1] for line in (tmp_path / "c.log").read_text().splitlines()]
+    # containerd's tags: a newline completes a line (F); what the stream ended on is P.
+    assert lines == ["stdout F one", "stdout F two", "stdout P three", "stderr P err"]
 
 
 def test_admission_counts_full_vm_sizes(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,6 +46,8 @@ def test_a_kubelet_pod_passes() -> None:
             sysctls={"net.ipv4.ip_forward": "1", "net/ipv4/conf/eth0.1/forwarding": "1",
                      "kernel.shm_rmid_forced": "1"})))
     validate.pod_config(pod(linux__cgroup_parent="kubepods-burstable-pod0b6f.slice"))
+    validate.pod_config(pod(hostname="",
+                            linux__security_context__namespace_options__network=api.NODE))
     # critest's names: upper case, long uuids.
     validate.pod_config(pod(metadata__name="PodSandbox-for-create-container-"
                                            "d5b3bc8a-2bb8-43e3-a45e-0b7bd7e3d1d0"))
@@ -91,6 +93,9 @@ def test_a_kubelet_pod_passes() -> None:
       "linux__resources__memory_swap_limit_in_bytes": 1 << 30},
      "config.linux.resources.memory_swap_limit_in_bytes"),
     ({"linux__overhead__cpu_period": 10**12}, "config.linux.overhead.cpu_period"),
+    # containerd's rule: a hostNetwork pod has the node's name (kubelet sends none).
+    ({"linux__security_context__namespace_options__network": api.NODE},
+     "config.hostname"),
     ({"annotations": {"k": "v" * (300 * 1024)}}, "config.annotations"),
 ])
 def test_bad_pod_fields_are_named(fields: dict[str, Any], field: str) -> None:
@@ -120,7 +125,12 @@ def test_a_kubelet_container_passes() -> None:
     validate.container_config(container(
         envs=[api.KeyValue(key="PATH", value="/bin")], working_dir="/srv",
         mounts=[api.Mount(container_path="/data", host_path="/var/lib/kubelet/pods/x/volumes/y",
-                          propagation=api.PROPAGATION_HOST_TO_CONTAINER)],
+                          propagation=api.PROPAGATION_HOST_TO_CONTAINER),
+                api.Mount(container_path="/ro", host_path="/srv/ro", readonly=True,
+                          recursive_read_only=True),
+                api.Mount(container_path="/models", readonly=True,
+                          image=api.ImageSpec(image="registry.example/models:1"),
+                          image_sub_path="weights/v1")],
         devices=[api.Device(container_path="/dev/fuse", host_path="/dev/fuse",
                             permissions="rwm")]), "/var/log/pods/x")
 
@@ -140,6 +150,28 @@ def test_a_kubelet_container_passes() -> None:
      "config.mounts[0].host_path"),
     ({"mounts": [api.Mount(container_path="/d", host_path="/x", propagation=5)]},
      "config.mounts[0].propagation"),
+    ({"mounts": [api.Mount(container_path="/d", image=api.ImageSpec(image="i:1"))]},
+     "config.mounts[0].readonly"),
+    ({"mounts": [api.Mount(container_path="/d", readonly=True, image=api.ImageSpec(image="i:1"),
+                           image_sub_path="../etc")]},
+     "config.mounts[0].image_sub_path"),
+    ({"mounts": [api.Mount(container_path="/d", readonly=True, image=api.ImageSpec(image="i:1"),
+                           image_sub_path="/etc")]},
+     "config.mounts[0].image_sub_path"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", image_sub_path="etc")]},
+     "config.mounts[0].image_sub_path"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", readonly=True,
+                           image=api.ImageSpec(image="i:1"))]},
+     "config.mounts[0].host_path"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", recursive_read_only=True)]},
+     "config.mounts[0].recursive_read_only"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", readonly=True,
+                           recursive_read_only=True,
+                           propagation=api.PROPAGATION_HOST_TO_CONTAINER)]},
+     "config.mounts[0].recursive_read_only"),
+    ({"mounts": [api.Mount(container_path="/d", host_path="/x", readonly=True,
+                           recursive_read_only=True, propagation=api.PROPAGATION_BIDIRECTIONAL)]},
+     "config.mounts[0].recursive_read_only"),
     ({"devices": [api.Device(container_path="/dev/x", host_path="/dev/x",
                              permissions="rwx")]}, "config.devices[0].permissions"),
     ({"log_path": "/var/log/evil.log"}, "config.log_path"),

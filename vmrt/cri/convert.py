@@ -6,6 +6,7 @@ import json
 
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.runtime import stopsignal
 from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord, PodState
 
 CONTAINER_STATES: dict[ContainerState, api.ContainerState.ValueType] = {
@@ -86,7 +87,8 @@ def container_status(container: ContainerRecord) -> api.ContainerStatus:
         image_id=meta.image_ref, reason=status.reason, message=status.message,
         labels=config.labels, annotations=config.annotations, mounts=config.mounts,
         log_path=container.log_path,
-        resources=api.ContainerResources(linux=config.linux.resources),
+        resources=api.ContainerResources(linux=container.resources()),
+        stop_signal=stopsignal.to_cri(meta.stop_signal) if meta.stop_signal else 0,  # type: ignore[arg-type]
         user=api.ContainerUser(linux=api.LinuxContainerUser(
             uid=user.get("uid", 0), gid=user.get("gid", 0),
             supplemental_groups=user.get("additionalGids", []))),

@@ -17,6 +17,14 @@ from vmrt.hypervisor.accel import choose_accel
 CRI_VERSION = "v1"
 
 
+# What every handler honours. SupplementalGroupsPolicy: Merge (the image's
+# /etc/group) and Strict (the config's groups alone), the primary gid first.
+FEATURES = api.RuntimeFeatures(supplemental_groups_policy=True)
+# Recursive read-only mounts: the host makes every mount of the bind read-only
+# (mount_setattr), the guest the 9p mount. User namespaces: not yet.
+HANDLER_FEATURES = api.RuntimeHandlerFeatures(recursive_read_only_mounts=True)
+
+
 class RuntimeInfoRPCs(Base):
     async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
         return api.VersionResponse(version="0.1.0", runtime_name="vmrt",
@@ -26,9 +34,8 @@ class RuntimeInfoRPCs(Base):
     async def Status(self, request: api.StatusRequest, context: Any) -> api.StatusResponse:
         conditions = [api.RuntimeCondition(type="RuntimeReady", status=True),
                       self._network_condition()]
-        handlers = [api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures())]
-        handlers += [api.RuntimeHandler(name=name, features=api.RuntimeHandlerFeatures())
-                     for name in sorted(self.rt.config.runtime_handlers)]
+        handlers = [api.RuntimeHandler(name=name, features=HANDLER_FEATURES)
+                    for name in ["", *sorted(self.rt.config.runtime_handlers)]]
         info = {}
         if request.verbose:
             hv = self.rt.config.hypervisor
@@ -49,7 +56,7 @@ class RuntimeInfoRPCs(Base):
                 "threads": threading.active_count(),
             }, sort_keys=True)
         return api.StatusResponse(status=api.RuntimeStatus(conditions=conditions), info=info,
-                                  runtime_handlers=handlers, features=api.RuntimeFeatures())
+                                  runtime_handlers=handlers, features=FEATURES)
 
     def _network_condition(self) -> api.RuntimeCondition:
         problem = self.rt.cni.problem()

@@ -94,6 +94,15 @@ def relative_path(value: str, field: str) -> None:
                           "empty components)")
 
 
+def plain_relative(value: str, field: str) -> None:
+    _no_nul(value, field)
+    if len(value) > MAX_PATH:
+        raise fail(field, f"is longer than {MAX_PATH} bytes")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in value.rstrip("/").split("/")):
+        raise fail(field, f"{_show(value)} must be a relative path without '..', '.' or "
+                          "empty components")
+
+
 def hostname(value: str, field: str) -> None:
     if value and (len(value) > MAX_HOSTNAME or not _HOSTNAME.fullmatch(value)):
         raise fail(field, f"{_show(value)} is not a valid hostname (RFC 1123 labels, at most "
@@ -202,6 +211,10 @@ def pod_config(config: api.PodSandboxConfig, field: str = "config") -> None:
     cgroup_parent(linux.cgroup_parent, f"{field}.linux.cgroup_parent")
     settings(linux.sysctls, f"{field}.linux.sysctls", _SYSCTL, 256, "a sysctl name", 256)
     pod_security(linux.security_context, f"{field}.linux.security_context")
+    if config.hostname and linux.security_context.namespace_options.network == api.NODE:
+        # As containerd: a pod in the node's network namespace has the node's name.
+        raise fail(f"{field}.hostname", "cannot be set for a pod with the node's network "
+                   "(namespace_options.network NODE); it has the node's hostname")
     resources(linux.resources, f"{field}.linux.resources")
     resources(linux.overhead, f"{field}.linux.overhead")
 
@@ -273,14 +286,17 @@ def resources(r: api.LinuxContainerResources, field: str) -> None:
 # -- containers ------------------------------------------------------------------
 
 
+def image_reference(value: str, field: str) -> None:
+    if not value:
+        raise fail(field, "is required")
+    if len(value) > MAX_PATH or _CONTROL.search(value):
+        raise fail(field, f"{_show(value)} is not an image reference")
+
+
 def container_config(config: api.ContainerConfig, log_directory: str,
                      field: str = "config") -> None:
     name(config.metadata.name, f"{field}.metadata.name")
-    if not config.image.image:
-        raise fail(f"{field}.image.image", "is required")
-    if len(config.image.image) > MAX_PATH or _CONTROL.search(config.image.image):
-        raise fail(f"{field}.image.image", f"{_show(config.image.image)} is not an image "
-                                           "reference")
+    image_reference(config.image.image, f"{field}.image.image")
     count(config.command, f"{field}.command")
     count(config.args, f"{field}.args")
     strings([*config.command, *config.args], f"{field}.command+args")
@@ -300,9 +316,28 @@ def container_config(config: api.ContainerConfig, log_directory: str,
         if mount.container_path.rstrip("/") == "":
             raise fail(f"{where}.container_path", "cannot mount over the container's /")
         if mount.HasField("image") and mount.image.image:
-            raise fail(f"{where}.image", "image volumes are not supported yet")
+            # An image volume (KEP-4639): the image's root filesystem, read-only.
+            image_reference(mount.image.image, f"{where}.image.image")
+            if not mount.readonly:
+                raise fail(f"{where}.readonly", "an image volume is read-only; set readonly")
+            if mount.host_path:
+                raise fail(f"{where}.host_path", "an image volume has no host path")
+            if mount.image_sub_path:
+                plain_relative(mount.image_sub_path, f"{where}.image_sub_path")
+            continue
+        if mount.image_sub_path:
+            raise fail(f"{where}.image_sub_path", "is only for an image volume")
         absolute_path(mount.host_path, f"{where}.host_path")
         enum(mount.propagation, PROPAGATIONS, f"{where}.propagation")
+        if mount.recursive_read_only:
+            # As containerd: every mount below read-only too, which only holds
+            # for a read-only mount that nothing later propagates into.
+            if not mount.readonly:
+                raise fail(f"{where}.recursive_read_only", "needs readonly")
+            if mount.propagation != api.PROPAGATION_PRIVATE:
+                kind = api.MountPropagation.Name(mount.propagation)
+                raise fail(f"{where}.recursive_read_only",
+                           f"needs propagation PROPAGATION_PRIVATE, not {kind}")
     count(config.devices, f"{field}.devices", 256)
     for index, device in enumerate(config.devices):
         where = f"{field}.devices[{index}]"

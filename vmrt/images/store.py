@@ -237,7 +237,9 @@ class ImageStore:
             return existing
 
     def remove(self, reference: str, layers_in_use: set[str]) -> None:
-        """By id (or id prefix): the image and all its names. By name: that name only."""
+        """By id (or id prefix): the image and all its names. By name: that name; the
+        image goes with its last tag (its digests name no one's choice, as in
+        containerd, where no `<none>` entry stays behind)."""
         with self._locked():
             image = self.find(reference)
             if image is None:
@@ -248,7 +250,7 @@ class ImageStore:
                 name = str(parse(reference))
                 image.repo_tags = [t for t in image.repo_tags if t != name]
                 image.repo_digests = [d for d in image.repo_digests if d != name]
-            if by_id or not (image.repo_tags or image.repo_digests):
+            if by_id or not image.repo_tags:
                 del self._images[image.id]
             self._save()
         self.collect_garbage(layers_in_use)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import secrets
-import signal as signals
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +26,18 @@ from vmrt.errors import (
     about,
 )
 from vmrt.images.store import ImageRecord
-from vmrt.runtime import ocispec
+from vmrt.runtime import ocispec, stopsignal
 from vmrt.runtime.core import Runtime, container_key, name_key
-from vmrt.runtime.records import ContainerRecord, ContainerState, ContainerStatus
+from vmrt.runtime.records import (
+    ContainerRecord,
+    ContainerState,
+    ContainerStatus,
+    with_resources,
+)
 from vmrt.runtime.sandbox import PodSandbox
 from vmrt.safefs import remove_tree_async as remove_tree
 from vmrt.sandbox.driver import Share
+from vmrt.sandbox.mounts import has_submounts
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +47,6 @@ class ContainerFilter:
     pod_id: str = ""
     state: ContainerState | None = None
     labels: tuple[tuple[str, str], ...] = ()
-
-
-def _stop_signal(config: api.ContainerConfig, image_config: dict[str, object]) -> int:
-    if config.stop_signal:
-        name = api.Signal.Name(config.stop_signal)
-        name = name.replace("RTMINPLUS", "RTMIN+").replace("RTMAXMINUS", "RTMAX-")
-        if name.startswith("SIGRTMIN+"):
-            return int(signals.SIGRTMIN) + int(name.split("+")[1])
-        if name.startswith("SIGRTMAX-"):
-            return int(signals.SIGRTMAX) - int(name.split("-")[1])
-        return int(getattr(signals, name, signals.SIGTERM))
-    image_signal = str(image_config.get("StopSignal", ""))
-    if image_signal:
-        if image_signal.isdigit():
-            return int(image_signal)
-        name = image_signal if image_signal.startswith("SIG") else f"SIG{image_signal}"
-        return int(getattr(signals, name, signals.SIGTERM))
-    return int(signals.SIGTERM)
 
 
 async def _agent_create(live: PodSandbox, container_id: str, oci_spec: bytes, rootfs: pb.Rootfs,
@@ -87,6 +74,11 @@ class ContainerService:
         pod_config = pod.config()
         with about("image.image"):
             image = self.rt.images.resolve(config.image.image)
+        # Image volumes: present already (kubelet pulls them first, as containerd expects).
+        volumes = {index: self.rt.images.resolve(mount.image.image)
+                   for index, mount in enumerate(config.mounts) if mount.image.image}
+        layers = tuple(dict.fromkeys(
+            [*image.layers, *(layer for v in volumes.values() for layer in v.layers)]))
         container_id = secrets.token_hex(32)
         log_path = ""
         if config.log_path:
@@ -94,14 +86,14 @@ class ContainerService:
         key = name_key(config.metadata.name, config.metadata.attempt, pod)
         self.rt.container_names.reserve(key, container_id)
         # Until the record lists them, nothing else keeps the layers in use.
-        with self.rt.images.pinned(image.layers):
+        with self.rt.images.pinned(layers):
             try:
                 # The pod's lock: a StopPodSandbox cannot tear the VM and its
                 # share down while this adds mounts to it.
                 async with live.lock:
                     self.rt.ready_sandbox(pod)
                     await self._create_in_vm(live, container_id, log_path, config, pod_config,
-                                             image)
+                                             image, volumes, layers)
             except BaseException:
                 self.rt.container_names.release(key, container_id)
                 raise
@@ -110,7 +102,8 @@ class ContainerService:
 
     async def _create_in_vm(self, live: PodSandbox, container_id: str, log_path: str,
                             config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
-                            image: ImageRecord) -> None:
+                            image: ImageRecord, volumes: dict[int, ImageRecord],
+                            layers: tuple[str, ...]) -> None:
         """Root filesystem, mounts, OCI spec, agent create: each undone if a later step fails."""
         store = self.rt.store
         # The intent first, on disk: whatever a crash leaves from here on,
@@ -123,25 +116,37 @@ class ContainerService:
             undo.callback(share.release, container_id)
             push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
             rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
-            shared = self._mounts(config.mounts, share, container_id)
+            shared = self._mounts(config.mounts, share, container_id, volumes)
             crashpoint.reached("create", "rootfs")
             spec = ocispec.build(
                 config=config, pod_config=pod_config, image_config=image.config,
                 image_file=lambda path: self.rt.images.read_file(image, path), mounts=shared)
-            record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
-                                         time.time_ns(), process_json=json.dumps(spec["process"]),
-                                         layers=tuple(image.layers))
             # Before the call: a create cut short (the caller's deadline) may
             # still have made the container in the guest.
             push_cleanup(undo, self._agent_remove, live, container_id)
-            await _agent_create(
-                live, container_id, json.dumps(spec).encode(), pb.Rootfs(share_path=rootfs),
-                # With a log the host takes the output; without one nobody
-                # does, and the guest keeps only the latest.
-                pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
-                                stdin_once=config.stdin_once,
-                                acked_output=bool(log_path)))
+            start_error = ""
+            try:
+                await _agent_create(
+                    live, container_id, json.dumps(spec).encode(), pb.Rootfs(share_path=rootfs),
+                    # With a log the host takes the output; without one nobody
+                    # does, and the guest keeps only the latest.
+                    pb.StdioOptions(terminal=config.tty, open_stdin=config.stdin,
+                                    stdin_once=config.stdin_once,
+                                    acked_output=bool(log_path)))
+            except InvalidArgumentError as exc:
+                if not str(exc).startswith("command: "):
+                    raise
+                # As containerd: a command the image lacks fails StartContainer,
+                # not CreateContainer (kubelet's back-off and events depend on
+                # which). The agent undid its side; the record is kept, and so
+                # are its root filesystem and mounts, until RemoveContainer.
+                start_error = str(exc).removeprefix("command: ")
             crashpoint.reached("create", "agent-created")
+            record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
+                                         time.time_ns(), process_json=json.dumps(spec["process"]),
+                                         layers=layers,
+                                         stop_signal=stopsignal.of(config, image.config),
+                                         start_error=start_error)
             store.add_container(record)
             crashpoint.reached("create", "recorded")
             undo.pop_all()
@@ -156,17 +161,31 @@ class ContainerService:
         return share.mount_overlay(f"{container_id}/rootfs", lower=layers, upper=upper,
                                    work=work)
 
-    def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share,
-                container_id: str) -> list[ocispec.SharedMount]:
+    def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share, container_id: str,
+                volumes: dict[int, ImageRecord]) -> list[ocispec.SharedMount]:
         shared = []
         for index, mount in enumerate(cri_mounts):
+            if index in volumes:
+                rel = share.mount_image(f"{container_id}/images/{index}",
+                                        self.rt.images.layer_dirs(volumes[index]),
+                                        mount.image_sub_path)
+                shared.append(ocispec.SharedMount(mount.container_path, rel, True,
+                                                  api.PROPAGATION_PRIVATE))
+                continue
             source = Path(mount.host_path)
             if not source.exists():
                 # As containerd does: a missing host directory is created.
                 source.mkdir(parents=True, exist_ok=True)
             rel = share.bind(f"{container_id}/mounts/{index}", source, mount.readonly,
-                             follow_host=mount.propagation != api.PROPAGATION_PRIVATE)
-            shared.append(ocispec.SharedMount(mount.container_path, rel, mount.readonly,
+                             follow_host=mount.propagation != api.PROPAGATION_PRIVATE,
+                             recursive_readonly=mount.recursive_read_only)
+            # The host holds the mode of each mount of the bind. In the guest
+            # the whole bind is one 9p mount, so "ro" there would cover the
+            # mounts below too: only when that is what was asked, or there
+            # are none (a plain readonly keeps its submounts' own mode).
+            guest_readonly = mount.readonly and (
+                mount.recursive_read_only or not has_submounts(source))
+            shared.append(ocispec.SharedMount(mount.container_path, rel, guest_readonly,
                                               mount.propagation))
         return shared
 
@@ -182,6 +201,12 @@ class ContainerService:
             raise FailedPreconditionError(
                 f"container {container.id} is {container.state}, not created")
         live = self.rt.ready_sandbox(self.rt.pod(container.pod_id))
+        if container.meta.start_error:
+            # containerd's outcome: exited with 128, StartError, and why.
+            self.rt.container_exited(container, 128, time.time_ns(), reason="StartError",
+                                     message=container.meta.start_error)
+            raise FailedPreconditionError(f"container {container.id} cannot start: "
+                                          f"{container.meta.start_error}")
         live.start_log_pump(container)
         started_at = time.time_ns()
         await live.agent.start_container(container.id)
@@ -205,8 +230,10 @@ class ContainerService:
         live = self.rt.sandboxes.get(container.pod_id)
         if live is None:
             return
-        image = self.rt.images.find(container.image_ref)
-        stop_signal = _stop_signal(container.config(), image.config if image else {})
+        stop_signal = container.meta.stop_signal
+        if not stop_signal:  # a record from before stop_signal was kept
+            image = self.rt.images.find(container.image_ref)
+            stop_signal = stopsignal.of(container.config(), image.config if image else {})
         try:
             if timeout > 0:
                 await live.agent.signal_process(container.id, stop_signal)
@@ -265,6 +292,8 @@ class ContainerService:
             if exc.code.name == "INVALID_ARGUMENT":
                 raise InvalidArgumentError(exc.details) from None  # "linux: ..."
             raise
+        # ContainerStatus.resources reports what the guest's cgroup now has.
+        self.rt.store.update_container(container, lambda s: with_resources(s, resources))
 
     def reopen_log(self, container_id: str) -> None:
         container = self.rt.container(container_id)

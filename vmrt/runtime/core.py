@@ -197,18 +197,15 @@ class Runtime:
         return self.store.containers.get(container_id)
 
     def container_exited(self, container: ContainerRecord, exit_code: int, finished_at: int,
-                         oom_killed: bool = False, message: str = "") -> None:
+                         oom_killed: bool = False, message: str = "",
+                         reason: str = "") -> None:
         """The one place a container's end is recorded."""
         if container.state == ContainerState.EXITED:
             return
         if container.id not in self.store.containers:
             return  # removed meanwhile: nothing to record
-        if oom_killed:
-            reason = "OOMKilled"
-        elif exit_code == 0:
-            reason = "Completed"
-        else:
-            reason = "Error"
+        if not reason:
+            reason = "OOMKilled" if oom_killed else "Completed" if exit_code == 0 else "Error"
         self.store.update_container(container, lambda s: dataclasses.replace(
             s, state=ContainerState.EXITED, exit_code=exit_code,
             finished_at=finished_at or time.time_ns(), reason=reason, message=message))

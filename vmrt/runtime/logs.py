@@ -94,10 +94,11 @@ class CRILogWriter:
         self._partial[stream] = buffer[consumed:]
 
     def finish(self, stream: str) -> None:
-        """End of stream: a trailing line without a newline is still a full line."""
+        """End of stream: a trailing line without a newline is written as a partial
+        line (``P``), as containerd does; no newline ever completed it."""
         rest = self._partial[stream]
         if rest:
-            self._emit([b"%s %s F %s\n" % (timestamp().encode(), stream.encode(), rest)])
+            self._emit([b"%s %s P %s\n" % (timestamp().encode(), stream.encode(), rest)])
             self._partial[stream] = b""
 
     def pending(self, stream: str) -> int:

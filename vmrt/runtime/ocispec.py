@@ -103,7 +103,8 @@ def resolve_user(image_file: ImageFile, sc: api.LinuxContainerSecurityContext,
         if extra not in additional:
             additional.append(extra)
     home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
-    return User(uid, gid, [g for g in additional if g != gid], home)
+    # The primary gid leads the list, as containerd's: `id` shows groups=0(root),10(wheel).
+    return User(uid, gid, [gid] + [g for g in additional if g != gid], home)
 
 
 def process_args(config: api.ContainerConfig, image_config: dict[str, Any]) -> list[str]:

@@ -243,6 +243,12 @@ class ContainerMeta:
     process_json: str = ""
     # The image layers (diff_ids) its root filesystem is built on.
     layers: tuple[str, ...] = ()
+    # The signal StopContainer sends first (the config's or the image's), fixed
+    # at create as containerd does; 0 in records from before it was kept.
+    stop_signal: int = 0
+    # Why StartContainer will fail (the command is not in the image); the
+    # guest has no such container. Empty for every container that can start.
+    start_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,9 @@ class ContainerStatus:
     # How far into the guest's output spools the CRI log has been written.
     stdout_offset: int = 0
     stderr_offset: int = 0
+    # The resources of the latest UpdateContainerResources (encoded
+    # LinuxContainerResources); empty: the config's still hold.
+    resources_b64: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -312,6 +321,12 @@ class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
     def config(self) -> api.ContainerConfig:
         return _decode(api.ContainerConfig(), self.meta.config_b64)
 
+    def resources(self) -> api.LinuxContainerResources:
+        """What the container runs with now: the latest update's, else the config's."""
+        if self._status.resources_b64:
+            return _decode(api.LinuxContainerResources(), self._status.resources_b64)
+        return self.config().linux.resources
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
         _check_version(data)
@@ -322,12 +337,19 @@ class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
     @classmethod
     def new(cls, container_id: str, pod_id: str, config: api.ContainerConfig, image_ref: str,
             log_path: str, created_at: int, process_json: str = "",
-            layers: tuple[str, ...] = ()) -> ContainerRecord:
+            layers: tuple[str, ...] = (), stop_signal: int = 0,
+            start_error: str = "") -> ContainerRecord:
         return cls(ContainerMeta(
             id=container_id, pod_id=pod_id, name=config.metadata.name,
             attempt=config.metadata.attempt, created_at=created_at, image=config.image.image,
             image_ref=image_ref, log_path=log_path, config_b64=_encode(config),
-            process_json=process_json, layers=layers))
+            process_json=process_json, layers=layers, stop_signal=stop_signal,
+            start_error=start_error))
+
+
+def with_resources(status: ContainerStatus,
+                   resources: api.LinuxContainerResources) -> ContainerStatus:
+    return dataclasses.replace(status, resources_b64=_encode(resources))
 
 
 def _check_version(data: dict[str, Any]) -> None:

@@ -160,8 +160,8 @@ class PodSandbox:
         known = {p.container_id: p for p in processes if not p.exec_id}
         for container in self.ledger.containers_of(self.id):
             proc = known.get(container.id)
-            if container.state == ContainerState.EXITED:
-                continue
+            if container.state == ContainerState.EXITED or container.meta.start_error:
+                continue  # a container that cannot start is not in the guest
             if proc is None:
                 self.ledger.container_exited(container, 255, time.time_ns(),
                                              message="the container is gone from the VM")

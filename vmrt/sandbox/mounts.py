@@ -26,11 +26,26 @@ MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
+# mount_setattr(2) (Linux 5.12): per-mount attributes, on a whole tree at once.
+SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64 alike (the generic table)
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -52,6 +67,17 @@ def mount(source: str | Path | None, target: Path, fstype: str | None = None,
         err = ctypes.get_errno()
         what = f"mount {fstype or ''} {source or ''} on {target}".replace("  ", " ")
         raise MountError(f"{what}: {os.strerror(err)}")
+
+
+def set_attributes(target: Path, attributes: int, *, recursive: bool = True) -> None:
+    """Set MOUNT_ATTR_* on the mount at ``target`` and, ``recursive``, every mount
+    below it, leaving their other flags as they are (a remount would reset them)."""
+    attr = _MountAttr(attr_set=attributes)
+    flags = AT_SYMLINK_NOFOLLOW | (AT_RECURSIVE if recursive else 0)
+    if _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, _b(target), flags, ctypes.byref(attr),
+                     ctypes.sizeof(attr)) != 0:
+        err = ctypes.get_errno()
+        raise MountError(f"mount_setattr {target}: {os.strerror(err)}")
 
 
 def unmount(target: Path, lazy: bool = False) -> None:
@@ -98,6 +124,12 @@ def mounts_under(directory: Path) -> list[Path]:
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(Path(point))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def has_submounts(directory: Path) -> bool:
+    """Whether anything is mounted below ``directory`` (not counting itself)."""
+    top = directory.resolve()
+    return any(point != top for point in mounts_under(directory))
 
 
 def unmount_all(directory: Path) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmrt import safefs
-from vmrt.errors import InvalidArgumentError
+from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.sandbox import mounts
 from vmrt.sandbox.mounts import MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_SHARED, MS_SLAVE
 
@@ -113,11 +113,46 @@ class SandboxShare:
         return self._place(rel, lambda stage: mounts.mount(
             "overlay", stage, "overlay", SHARE_FLAGS, options))
 
-    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False) -> str:
+    def mount_image(self, rel: str, layers: list[Path], sub_path: str = "") -> str:
+        """An image volume: the image's layers as one read-only tree (an overlay
+        without an upper directory; a read-only bind for a single layer).
+        Returns the path for the guest, ``sub_path`` inside it, which must exist
+        in the image and is looked up without following the image's symlinks."""
+        if not layers:
+            raise mounts.MountError("the image has no layers to mount")
+
+        def prepare(stage: Path) -> None:
+            if len(layers) == 1:
+                mounts.bind(layers[0], stage, readonly=True, flags=SHARE_FLAGS)
+                mounts.set_propagation(stage, MS_PRIVATE)
+            else:
+                mounts.mount("overlay", stage, "overlay", SHARE_FLAGS | mounts.MS_RDONLY,
+                             f"lowerdir={':'.join(map(str, layers))}")
+            if sub_path:
+                try:
+                    os.close(safefs.open_beneath(stage, sub_path, os.O_PATH))
+                except (OSError, safefs.UnsafePathError) as exc:
+                    mounts.unmount(stage, lazy=True)
+                    why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno \
+                        else "a symlink on the way (not followed)"
+                    raise NotFoundError(f"image_sub_path: {sub_path!r} is not in the image: "
+                                        f"{why}") from None
+
+        placed = self._place(rel, prepare)
+        return f"{placed}/{sub_path.rstrip('/')}" if sub_path else placed
+
+    def bind(self, rel: str, source: Path, readonly: bool, follow_host: bool = False,
+             recursive_readonly: bool = False) -> str:
         """A host directory or file for the guest. ``follow_host``: mounts the
-        host makes later under ``source`` show through (HostToContainer)."""
+        host makes later under ``source`` show through (HostToContainer).
+        ``readonly`` is the top mount's (the mounts below keep their own mode,
+        as runc's), ``recursive_readonly`` every one's. Every mount of the bind is
+        nodev and nosuid: QEMU opens what the guest names, and a device node on
+        some host submount must not become a host device opened for the guest."""
         def prepare(stage: Path) -> None:
             mounts.bind(source, stage, readonly=readonly, flags=SHARE_FLAGS)
+            mounts.set_attributes(stage, mounts.MOUNT_ATTR_NODEV | mounts.MOUNT_ATTR_NOSUID
+                                  | (mounts.MOUNT_ATTR_RDONLY if recursive_readonly else 0))
             # Private or slave: a shared mount may not be moved into mounts/.
             mounts.set_propagation(stage, MS_SLAVE if follow_host else MS_PRIVATE)
 
