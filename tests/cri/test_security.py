@@ -13,6 +13,7 @@ from cri_api.v1 import api_pb2 as api
 
 from tests.cri.conftest import Daemon, expect_error
 from vmrt.sandbox import mounts
+from vmrt.sandbox.vm import sandbox_dir
 
 pytestmark = pytest.mark.vm
 
@@ -183,7 +184,7 @@ def test_readonly_mounts_recursive_or_not_and_nodev_below(
         assert not (volume / "top").exists()
         # On the host, every mount of both binds (the tmpfs clones included) is
         # nodev and nosuid: QEMU opens what the guest names.
-        share = str((vmrtd.sandbox_directory(pod[0]) / "mounts").resolve())
+        share = str((sandbox_dir(vmrtd.state, pod[0]) / "mounts").resolve())
         with open("/proc/self/mountinfo") as f:
             points = [line.split() for line in f]
         # <share>/<container>/mounts/0 and the tmpfs below it (not the root filesystems).
