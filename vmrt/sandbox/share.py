@@ -156,12 +156,42 @@ class SandboxShare:
             # Private or slave: a shared mount may not be moved into mounts/.
             mounts.set_propagation(stage, MS_SLAVE if follow_host else MS_PRIVATE)
 
-        return self._place(rel, prepare, is_dir=source.is_dir())
+        placed = self._place(rel, prepare, is_dir=source.is_dir())
+        if not follow_host:
+            self._submounts_to_the_jail_only(placed)
+        return placed
+
+    def _submounts_to_the_jail_only(self, rel: str) -> None:
+        """The copies of a volume's submounts leave the host's mount namespace;
+        QEMU's (the jail's) stay. While the host held copies, it could not
+        remove the directory a submount sits on (EBUSY) as long as the
+        container lived; with copies in another namespace only, the kernel
+        lets it and detaches them, as it does a runc container's.
+
+        An unmount propagates along its parent's propagation, so the bind's
+        two host copies (under mounts/ and shared/) are made private first:
+        the jail's copy loses its master and stays, and unmounting the
+        submounts below the host copies reaches nothing else. Not for binds
+        that follow the host (HostToContainer): those need the propagation."""
+        host_top = (self.host / rel).resolve()
+        below = [p for p in mounts.mounts_under(host_top) if p != host_top]
+        if not below:
+            return
+        view_top = self.view.resolve() / rel
+        for top in (host_top, view_top):
+            mounts.set_propagation(top, MS_PRIVATE, recursive=False)
+        host_root = self.host.resolve()
+        for point in below:  # deepest first
+            for copy in (point, self.view.resolve() / point.relative_to(host_root)):
+                mounts.unmount(copy, lazy=True)
 
     def release(self, name: str) -> None:
         """Unmount and delete ``mounts/<name>`` (a container's part of the share)."""
         path = self.host / _component(name)
         mounts.unmount_all(path)
+        # A private bind's copy in shared/ (see _submounts_to_the_jail_only)
+        # no longer goes with its original; without one this finds nothing.
+        mounts.unmount_all(self.view / _component(name))
         left = mounts.mounts_under(path)
         if left:
             raise mounts.MountError(f"refusing to delete {path}: still mounted: "
