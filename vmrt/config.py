@@ -142,6 +142,12 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the Prometheus endpoint ("127.0.0.1:9464"); empty: none.
+    address: str = ""
+
+
+@dataclass(frozen=True)
 class CNIConfig:
     conf_dir: str = "/etc/cni/net.d"
     bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
@@ -201,6 +207,7 @@ class Config:
     cni: CNIConfig = field(default_factory=CNIConfig)
     cgroups: CgroupConfig = field(default_factory=CgroupConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def handler(self, name: str) -> HypervisorConfig:
         """The hypervisor settings for a RuntimeClass handler ("" is the default)."""
@@ -312,7 +319,22 @@ def parse(text: str, source: str = "<config>") -> Config:
     if config.cri.stream_idle_timeout < 0:
         raise ConfigError(f"cri.stream_idle_timeout: {config.cri.stream_idle_timeout} is "
                           f"negative (0 turns the timeout off)")
+    _validate_metrics(config.metrics.address)
     return config
+
+
+def _validate_metrics(address: str) -> None:
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"metrics.address: {address!r} is not IP:PORT "
+                          "(\"127.0.0.1:9464\"; empty: no endpoint)")
 
 
 def load(path: str | Path | None) -> Config:

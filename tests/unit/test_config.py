@@ -58,12 +58,21 @@ endpoints = ["http://127.0.0.1:5000"]
     ("[cri]\nstream_port = 70000", "cri.stream_port"),
     ("[cri]\nstream_idle_timeout = -1.0", "cri.stream_idle_timeout"),
     ("[cni]\nbin_dirs = '/opt'", "cni.bin_dirs: expected a list"),
+    ("[metrics]\naddress = 'localhost:9464'", "metrics.address: 'localhost:9464' is not IP:PORT"),
+    ("[metrics]\naddress = '127.0.0.1:99999'", "metrics.address"),
+    ("[metrics]\naddress = '127.0.0.1'", "metrics.address"),
     ("surprise = 1", "unknown key surprise"),
     ("not toml at all [", "not valid TOML"),
 ])
 def test_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
         parse(text)
+
+
+def test_metrics_address() -> None:
+    assert parse("").metrics.address == ""
+    assert parse("[metrics]\naddress = '127.0.0.1:9464'").metrics.address == "127.0.0.1:9464"
+    assert parse("[metrics]\naddress = '[::1]:0'").metrics.address == "[::1]:0"
 
 
 def test_missing_file(tmp_path: Path) -> None:

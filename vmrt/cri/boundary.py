@@ -90,8 +90,15 @@ async def _nothing(request: Any) -> None:
     return None
 
 
+Observe = Callable[[str, str, float], None]
+
+
+def _ignore(method: str, code: str, seconds: float) -> None:
+    return None
+
+
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]],
-                prepare: Prepare) -> Callable[..., Any]:
+                prepare: Prepare, observe: Observe) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.monotonic()
         try:
@@ -103,10 +110,13 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]],
             # deadline passes; handlers have unwound their work by now.
             log.info("%s cancelled by the caller after %.3fs", method,
                      time.monotonic() - started)
+            observe(method, "CANCELLED", time.monotonic() - started)
             raise
         except Exception as exc:
+            observe(method, status_of(exc)[0].name, time.monotonic() - started)
             await _fail(context, method, exc, started)
         log.debug("%s ok in %.3fs", method, time.monotonic() - started)
+        observe(method, "OK", time.monotonic() - started)
         return reply
 
     return unary
@@ -128,10 +138,11 @@ def _wrap_stream(method: str,
 class ErrorBoundary(grpc.aio.ServerInterceptor):
     """``prepare`` is awaited before each unary handler, under the caller's
     deadline and inside the error mapping (vmrtd waits there for a pod that
-    recovery is still adopting)."""
+    recovery is still adopting). ``observe`` counts each unary call's outcome."""
 
-    def __init__(self, prepare: Prepare = _nothing) -> None:
+    def __init__(self, prepare: Prepare = _nothing, observe: Observe = _ignore) -> None:
         self.prepare = prepare
+        self.observe = observe  # (method, status code name, seconds) of each unary call
 
     async def intercept_service(self, continuation: Any,
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -141,7 +152,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, self.prepare),
+                _wrap_unary(method, handler.unary_unary, self.prepare, self.observe),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:

@@ -152,10 +152,3 @@ class ContainerRPCs(Base):
         finally:
             self.rt.events.unsubscribe(queue)
 
-    async def ListMetricDescriptors(self, request: api.ListMetricDescriptorsRequest,
-                                    context: Any) -> api.ListMetricDescriptorsResponse:
-        raise UnimplementedError("CRI metrics (ListMetricDescriptors) are not supported yet")
-
-    async def ListPodSandboxMetrics(self, request: api.ListPodSandboxMetricsRequest,
-                                    context: Any) -> api.ListPodSandboxMetricsResponse:
-        raise UnimplementedError("CRI metrics (ListPodSandboxMetrics) are not supported yet")

@@ -48,7 +48,8 @@ async def serve(runtime: Runtime, socket_path: str,
         path.unlink()
     server = grpc.aio.server(
         # The boundary outermost: the tenant scope's errors are mapped there too.
-        interceptors=[ErrorBoundary(_adoption_wait(runtime)), TenantScope(runtime)],
+        interceptors=[ErrorBoundary(_adoption_wait(runtime), runtime.metrics.observe_call),
+                      TenantScope(runtime)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE)],
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt import safefs
+from vmrt import metrics, safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.cri.base import Base
 from vmrt.runtime.containers import ContainerFilter
@@ -128,3 +128,13 @@ class StatsRPCs(Base):
                                         labels=tuple(flt.label_selector.items())))
         return api.ListPodSandboxStatsResponse(
             stats=[await self._listed_pod_stats(pod) for pod in pods])
+
+    async def ListMetricDescriptors(self, request: api.ListMetricDescriptorsRequest,
+                                    context: Any) -> api.ListMetricDescriptorsResponse:
+        return api.ListMetricDescriptorsResponse(descriptors=metrics.descriptors())
+
+    async def ListPodSandboxMetrics(self, request: api.ListPodSandboxMetricsRequest,
+                                    context: Any) -> api.ListPodSandboxMetricsResponse:
+        samples = await metrics.Sampler(self.rt).sample()
+        return api.ListPodSandboxMetricsResponse(
+            pod_metrics=[metrics.pod_metrics(s) for s in samples])

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vmrt import crashpoint
+from vmrt import crashpoint, metrics
 from vmrt.config import Config, ConfigError, load
 from vmrt.cri.server import serve
 from vmrt.errors import VmrtError
@@ -67,6 +67,14 @@ async def run(config: Config, image: GuestImage) -> None:
                           f"{config.cri.stream_address}:{config.cri.stream_port}: "
                           f"{exc.strerror or exc}") from None
     server = await serve(runtime, config.cri.socket, streaming)
+    if config.metrics.address:
+        metrics.watch_pods(runtime)
+        try:
+            served = runtime.metrics.serve(config.metrics.address)
+        except OSError as exc:
+            raise ConfigError(f"metrics.address: cannot listen on {config.metrics.address}: "
+                              f"{exc.strerror or exc}") from None
+        log.info("metrics on http://%s/metrics", served)
     # Served from here on; calls on a pod still being adopted wait for it.
     adoption = asyncio.create_task(_adopt_then_warm(runtime), name="recovery")
     log.info("serving CRI on %s, streaming on %s (%d pods being recovered)",
@@ -78,6 +86,7 @@ async def run(config: Config, image: GuestImage) -> None:
     await stop.wait()
     log.info("stopping; pods and their VMs keep running")
     await server.stop(GRACE)
+    runtime.metrics.close()
     # Open exec and attach sessions end here; their processes are killed
     # (exec) or left running (attach), as when their clients disconnect.
     await streaming.stop()

@@ -34,6 +34,7 @@ from vmrt.images.store import ImageStore
 from vmrt.network.cni import CNI
 from vmrt.network.pod import Networking, PodNetworking
 from vmrt.runtime import sizing
+from vmrt.runtime.counters import Counters
 from vmrt.runtime.events import EventBus, Snapshot
 from vmrt.runtime.names import NameIndex
 from vmrt.runtime.records import (
@@ -68,6 +69,7 @@ class Runtime:
                         self.state / "sandboxes"):
             private_dir(private)
         self.store = RecordStore(self.root)
+        self.metrics = Counters()
         mirrors = {host: m.endpoints for host, m in config.registry.mirrors.items()}
         self.images = ImageStore(self.root, RegistryClient(mirrors))
         self.cni = CNI(config.cni.conf_dir, list(config.cni.bin_dirs))

@@ -146,6 +146,7 @@ class PodService:
         log.info("pod %s started%s in %.2f s: %s", record.id[:12],
                  " from a template" if vm.from_template else "", time.monotonic() - began,
                  ", ".join(f"{k} {v:.3f}" for k, v in steps.items()))
+        self.rt.metrics.observe_start(time.monotonic() - began, bool(vm.from_template))
         running = VMState(settings=vm_config, pid=vm.pid, start_time=vm.start_time,
                           boot_seconds=round(vm.timings.get("setup", 0.0), 3),
                           template=vm.from_template)

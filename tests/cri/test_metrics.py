@@ -1,0 +1,85 @@
+"""Metrics: the Prometheus endpoint and CRI ListPodSandboxMetrics, from one pod."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as api
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cri.conftest import Daemon, _daemon, _short_dir, expect_error
+from tests.helpers.registry import free_port
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def measured(guest_image, request: pytest.FixtureRequest
+             ) -> Iterator[tuple[Daemon, int]]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    for base in _short_dir():
+        for daemon in _daemon(base, guest_image, request,
+                              extra_config=f'[metrics]\naddress = "127.0.0.1:{port}"\n'):
+            yield daemon, port
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as reply:
+        text = reply.read().decode()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def value(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
+    matching = [v for found, v in samples if all(found.get(k) == w for k, w in labels.items())]
+    assert len(matching) == 1, (labels, samples)
+    return matching[0]
+
+
+def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> None:
+    daemon, port = measured
+    config = daemon.pod_config()
+    pod_id = daemon.run_pod(config)
+    container = daemon.run_container(pod_id, config, ["sleep", "300"], name="app")
+    expect_error(grpc.StatusCode.NOT_FOUND, daemon.runtime.PodSandboxStatus,
+                 api.PodSandboxStatusRequest(pod_sandbox_id="f" * 64))
+    found = scrape(port)
+    calls = found["vmrt_cri_requests_total"]
+    assert value(calls, method="RunPodSandbox", code="OK") == 1
+    assert value(calls, method="PodSandboxStatus", code="NOT_FOUND") == 1
+    assert value(found["vmrt_cri_request_seconds_count"], method="RunPodSandbox") == 1
+    assert value(found["vmrt_pod_start_seconds_count"], path="cold") == 1
+    assert value(found["vmrt_pods"], state="ready") == 1
+    meta = config.metadata
+    pod_labels = {"pod": meta.name, "namespace": meta.namespace, "uid": meta.uid,
+                  "pod_id": pod_id}
+    # QEMU's PSS as the host sees it: guest RAM touched, translation cache, QEMU.
+    assert value(found["vmrt_pod_vm_pss_bytes"], **pod_labels) > 32 << 20
+    assert value(found["vmrt_pod_guest_memory_working_set_bytes"], **pod_labels) > 0
+    assert value(found["vmrt_pod_guest_processes"], **pod_labels) >= 1
+    assert value(found["vmrt_container_memory_working_set_bytes"], container="app",
+                 container_id=container) > 0
+    assert value(found["vmrt_container_cpu_usage_nanoseconds_total"], container="app") > 0
+
+    # The same numbers in CRI form, named by the descriptors.
+    descriptors = {d.name: list(d.label_keys) for d in daemon.runtime.ListMetricDescriptors(
+        api.ListMetricDescriptorsRequest()).descriptors}
+    reply = daemon.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest())
+    (pod,) = reply.pod_metrics
+    assert pod.pod_sandbox_id == pod_id
+    by_name = {m.name: m for m in pod.metrics}
+    assert set(by_name) <= set(descriptors) and "vmrt_pod_vm_pss_bytes" in by_name
+    pss = by_name["vmrt_pod_vm_pss_bytes"]
+    assert pss.metric_type == api.GAUGE and pss.value.value > 32 << 20
+    assert dict(zip(descriptors[pss.name], pss.label_values, strict=True)) == pod_labels
+    assert by_name["vmrt_pod_guest_cpu_usage_nanoseconds_total"].metric_type == api.COUNTER
+    (app,) = pod.container_metrics
+    assert app.container_id == container
+    assert {m.name for m in app.metrics} <= set(descriptors)
+    assert all(len(m.label_values) == len(descriptors[m.name]) for m in app.metrics)
