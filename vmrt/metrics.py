@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +31,17 @@ from vmrt.runtime.records import ContainerState, PodRecord, PodState
 log = logging.getLogger(__name__)
 
 POD_LABELS = ("pod", "namespace", "uid", "pod_id")
+INTERFACE_LABELS = (*POD_LABELS, "interface")
 CONTAINER_LABELS = ("pod", "namespace", "uid", "container", "container_id")
 SCRAPE_TIMEOUT = 20.0
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+MAX_INTERFACES = 32
+
+
+def guest_interfaces(raw: pb.ContainerStatsResponse) -> list[pb.InterfaceStats]:
+    """The interfaces a guest reported. It wrote them: only names an interface
+    can have, at most MAX_INTERFACES."""
+    return [i for i in raw.interfaces if INTERFACE_NAME.fullmatch(i.name)][:MAX_INTERFACES]
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,13 @@ GUEST_SERIES = (
     Series("cpu_usage_nanoseconds_total", "CPU time used in the guest", True,
            lambda u: u.cpu_usage_ns),
     Series("processes", "Processes in the guest", False, lambda u: u.pids),
+)
+# What the agent reports per guest network interface (the loopback left out).
+NETWORK_SERIES = (
+    ("receive_bytes_total", "Bytes received by the guest", lambda i: i.rx_bytes),
+    ("receive_errors_total", "Receive errors in the guest", lambda i: i.rx_errors),
+    ("transmit_bytes_total", "Bytes sent by the guest", lambda i: i.tx_bytes),
+    ("transmit_errors_total", "Transmit errors in the guest", lambda i: i.tx_errors),
 )
 PSS = ("vmrt_pod_vm_pss_bytes",
        "Proportional set size of the pod's QEMU on the host (guest RAM, translation "
@@ -137,6 +154,9 @@ def descriptors() -> list[api.MetricDescriptor]:
     for series in GUEST_SERIES:
         found.append(api.MetricDescriptor(name=f"vmrt_pod_guest_{series.name}",
                                           help=series.help, label_keys=list(POD_LABELS)))
+    for name, help_text, _ in NETWORK_SERIES:
+        found.append(api.MetricDescriptor(name=f"vmrt_pod_network_{name}", help=help_text,
+                                          label_keys=list(INTERFACE_LABELS)))
     for series in GUEST_SERIES:
         if series.name != "processes":
             found.append(api.MetricDescriptor(name=f"vmrt_container_{series.name}",
@@ -160,6 +180,10 @@ def pod_metrics(sample: PodSample) -> api.PodSandboxMetrics:
         for series in GUEST_SERIES:
             out.metrics.append(_metric(f"vmrt_pod_guest_{series.name}", series.counter,
                                        labels, series.value(sample.usage), at))
+        for interface in guest_interfaces(sample.usage):
+            for name, _, read in NETWORK_SERIES:
+                out.metrics.append(_metric(f"vmrt_pod_network_{name}", True,
+                                           (*labels, interface.name), read(interface), at))
     for container in sample.containers:
         entry = api.ContainerMetrics(container_id=container.container_id)
         container_labels = (*labels[:3], container.name, container.container_id)
@@ -212,6 +236,13 @@ class _PodCollector(Collector):
                 if sample.usage is not None:
                     family.add_metric(list(sample.labels()), series.value(sample.usage))
             yield family
+        for name, help_text, read in NETWORK_SERIES:
+            counter = CounterMetricFamily(f"vmrt_pod_network_{name}".removesuffix("_total"),
+                                          help_text, labels=list(INTERFACE_LABELS))
+            for sample in samples:
+                for interface in guest_interfaces(sample.usage) if sample.usage else ():
+                    counter.add_metric([*sample.labels(), interface.name], read(interface))
+            yield counter
         for series in GUEST_SERIES:
             if series.name == "processes":
                 continue

@@ -49,6 +49,14 @@ def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> No
     container = daemon.run_container(pod_id, config, ["sleep", "300"], name="app")
     expect_error(grpc.StatusCode.NOT_FOUND, daemon.runtime.PodSandboxStatus,
                  api.PodSandboxStatusRequest(pod_sandbox_id="f" * 64))
+    # Some traffic out of eth0: a connection to the gateway's discard port.
+    daemon.exec(container, ["sh", "-c", "nc -w 1 $(ip route | awk '/default/ {print $3}') 9 "
+                                        "</dev/null; true"])
+    network = daemon.runtime.PodSandboxStats(api.PodSandboxStatsRequest(
+        pod_sandbox_id=pod_id)).stats.linux.network
+    assert network.default_interface.name == "eth0", network
+    assert network.default_interface.tx_bytes.value > 0, network
+    assert "lo" not in {i.name for i in network.interfaces}
     found = scrape(port)
     calls = found["vmrt_cri_requests_total"]
     assert value(calls, method="RunPodSandbox", code="OK") == 1
@@ -63,6 +71,8 @@ def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> No
     assert value(found["vmrt_pod_vm_pss_bytes"], **pod_labels) > 32 << 20
     assert value(found["vmrt_pod_guest_memory_working_set_bytes"], **pod_labels) > 0
     assert value(found["vmrt_pod_guest_processes"], **pod_labels) >= 1
+    sent = value(found["vmrt_pod_network_transmit_bytes_total"], interface="eth0", **pod_labels)
+    assert sent >= network.default_interface.tx_bytes.value
     assert value(found["vmrt_container_memory_working_set_bytes"], container="app",
                  container_id=container) > 0
     assert value(found["vmrt_container_cpu_usage_nanoseconds_total"], container="app") > 0

@@ -8,7 +8,9 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from vmrt import metrics
+from vmrt.agent import netdev
 from vmrt.agent.v1 import agent_pb2 as pb
+from vmrt.cri.stats import network_usage
 from vmrt.runtime.counters import Counters
 
 
@@ -54,3 +56,33 @@ def test_calls_and_starts_are_counted() -> None:
 def test_qemu_pss_of_a_process_that_is_gone_is_zero() -> None:
     assert metrics.qemu_pss(2**22 + 7) == 0
     assert metrics.qemu_pss(os.getpid()) > 1 << 20
+
+
+def test_proc_net_dev_parsed_without_the_loopback() -> None:
+    text = ("Inter-|   Receive                            |  Transmit\n"
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes ...\n"
+            "    lo:  100 1 0 0 0 0 0 0  100 1 0 0 0 0 0 0\n"
+            "  eth0: 5000 7 2 0 0 0 0 0  900 5 1 0 0 0 0 0\n"
+            "  bad: x y z\n")
+    assert netdev.parse(text) == [netdev.InterfaceCounters("eth0", 5000, 2, 900, 1)]
+
+
+def test_network_usage_keeps_what_an_interface_can_be_named() -> None:
+    raw = pb.ContainerStatsResponse(timestamp_ns=7, interfaces=[
+        pb.InterfaceStats(name="eth1", rx_bytes=1),
+        pb.InterfaceStats(name="eth0", rx_bytes=10, tx_bytes=20),
+        pb.InterfaceStats(name="x" * 300, rx_bytes=3),  # a guest's forgery
+        pb.InterfaceStats(name='a"}\nevil', rx_bytes=4),
+        *(pb.InterfaceStats(name=f"dummy{i}") for i in range(100))])
+    usage = network_usage(raw)
+    assert usage is not None and usage.timestamp == 7
+    assert usage.default_interface.name == "eth0" and usage.default_interface.tx_bytes.value == 20
+    names = [i.name for i in usage.interfaces]
+    assert names[0] == "eth1" and len(names) == metrics.MAX_INTERFACES - 1
+    assert all(metrics.INTERFACE_NAME.fullmatch(n) for n in names)
+    assert network_usage(pb.ContainerStatsResponse()) is None
+    sample = metrics.PodSample("p" * 64, "web", "shop", "u-1", 7, 1, raw)
+    sent = [m for m in metrics.pod_metrics(sample).metrics
+            if m.name == "vmrt_pod_network_transmit_bytes_total"]
+    assert len(sent) == metrics.MAX_INTERFACES and sent[1].label_values[-1] == "eth0"
+    assert sent[1].value.value == 20 and sent[1].metric_type == api.COUNTER

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from vmrt.agent import AGENT_VERSION
+from vmrt.agent import AGENT_VERSION, netdev
 from vmrt.agent.containers import ContainerManager
 from vmrt.agent.errors import AgentError, InvalidArgument
 from vmrt.agent.events import EventBus
@@ -276,8 +276,13 @@ class AgentService(pb_grpc.AgentServicer):
         self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
     ) -> Any:
         stats = self._containers.stats(request.container_id)
+        interfaces = [] if request.container_id else [
+            pb.InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
+                              tx_bytes=i.tx_bytes, tx_errors=i.tx_errors)
+            for i in netdev.read()]
         return pb.ContainerStatsResponse(
             timestamp_ns=time.time_ns(),
+            interfaces=interfaces,
             cpu_usage_ns=stats.cpu_usage_ns,
             memory_usage_bytes=stats.memory_usage,
             memory_working_set_bytes=stats.working_set,

@@ -12,15 +12,31 @@ from cri_api.v1 import api_pb2 as api
 from vmrt import metrics, safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.cri.base import Base
+from vmrt.network.pod import IFNAME
 from vmrt.runtime.containers import ContainerFilter
 from vmrt.runtime.pods import PodFilter
 from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
 
 log = logging.getLogger(__name__)
 
+POD_INTERFACE = IFNAME  # the pod NIC's name in the guest
+
 
 def _u64(value: int) -> api.UInt64Value:
     return api.UInt64Value(value=value)
+
+
+def network_usage(raw: pb.ContainerStatsResponse) -> api.NetworkUsage | None:
+    """The guest's interfaces as CRI NetworkUsage, the pod's eth0 the default."""
+    interfaces = [api.NetworkInterfaceUsage(
+        name=i.name, rx_bytes=_u64(i.rx_bytes), rx_errors=_u64(i.rx_errors),
+        tx_bytes=_u64(i.tx_bytes), tx_errors=_u64(i.tx_errors))
+        for i in metrics.guest_interfaces(raw)]
+    if not interfaces:
+        return None
+    default = next((i for i in interfaces if i.name == POD_INTERFACE), interfaces[0])
+    return api.NetworkUsage(timestamp=raw.timestamp_ns, default_interface=default,
+                            interfaces=[i for i in interfaces if i is not default])
 
 
 class StatsRPCs(Base):
@@ -111,6 +127,9 @@ class StatsRPCs(Base):
         linux.memory.CopyFrom(self._memory(raw))
         linux.process.CopyFrom(api.ProcessUsage(timestamp=raw.timestamp_ns,
                                                 process_count=_u64(raw.pids)))
+        network = network_usage(raw)
+        if network is not None:
+            linux.network.CopyFrom(network)
         for container in self.containers.list(ContainerFilter(pod_id=pod.id,
                                                               state=ContainerState.RUNNING)):
             linux.containers.append(await self._listed_stats(container))

@@ -381,7 +381,7 @@ class ContainerStatsRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class ContainerStatsResponse(_message.Message):
-    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills")
+    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills", "interfaces")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     CPU_USAGE_NS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +391,7 @@ class ContainerStatsResponse(_message.Message):
     MAJOR_PAGE_FAULTS_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     cpu_usage_ns: int
     memory_usage_bytes: int
@@ -400,7 +401,22 @@ class ContainerStatsResponse(_message.Message):
     major_page_faults: int
     pids: int
     oom_kills: int
-    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ...) -> None: ...
+    interfaces: _containers.RepeatedCompositeFieldContainer[InterfaceStats]
+    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ...) -> None: ...
+
+class InterfaceStats(_message.Message):
+    __slots__ = ("name", "rx_bytes", "rx_errors", "tx_bytes", "tx_errors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RX_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+    def __init__(self, name: _Optional[str] = ..., rx_bytes: _Optional[int] = ..., rx_errors: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., tx_errors: _Optional[int] = ...) -> None: ...
 
 class PortForwardData(_message.Message):
     __slots__ = ("port", "data")
