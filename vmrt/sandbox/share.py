@@ -180,9 +180,10 @@ class SandboxShare:
         view_top = self.view.resolve() / rel
         for top in (host_top, view_top):
             mounts.set_propagation(top, MS_PRIVATE, recursive=False)
-        host_root = self.host.resolve()
-        for point in below:  # deepest first
-            for copy in (point, self.view.resolve() / point.relative_to(host_root)):
+        # Detaching the outermost submounts takes everything mounted below them.
+        outermost = [p for p in below if not any(q in p.parents for q in below)]
+        for point in outermost:
+            for copy in (point, view_top / point.relative_to(host_top)):
                 mounts.unmount(copy, lazy=True)
 
     def release(self, name: str) -> None:
