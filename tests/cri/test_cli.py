@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cri_api.v1 import api_pb2 as api
@@ -69,3 +70,26 @@ def test_cli_commands(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> N
                                   "unix:///nonexistent.sock", "--timeout", "2"],
                                  capture_output=True, text=True, timeout=60, check=False)
     assert unreachable.returncode == 125 and "cannot reach vmrtd" in unreachable.stderr
+
+
+def test_overhead_is_measured_from_a_probe_pod_that_goes_away(vmrtd: Daemon,
+                                                              tmp_path: Path) -> None:
+    before = {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items}
+    result = vmrt(vmrtd, "overhead", "--seconds", "2", "-o", "json",
+                  "--log-root", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    # QEMU's PSS holds the guest's kernel, agent and translation cache: far
+    # more than a sleeping container's own working set.
+    assert figures["qemu_pss_mib"] > 32 and figures["memory_mib"] > 32
+    assert 0 < figures["containers_working_set_mib"] < 16
+    assert figures["measured_seconds"] >= 2 and figures["idle_cpu_millicores"] >= 0
+    assert figures["pod_fixed_memory"].endswith("Mi")
+    assert int(figures["pod_fixed_memory"][:-2]) >= figures["memory_mib"] * 1.1
+    assert {p.id for p in vmrtd.runtime.ListPodSandbox(api.ListPodSandboxRequest()).items} == before
+    manifest = vmrt(vmrtd, "overhead", "--seconds", "1", "--runtimeclass", "vmrt",
+                    "--log-root", str(tmp_path), timeout=300)
+    assert manifest.returncode == 0, manifest.stderr
+    assert "kind: RuntimeClass" in manifest.stdout and "podFixed:" in manifest.stdout
+    refused = vmrt(vmrtd, "overhead", "--seconds", "0")
+    assert refused.returncode != 0 and "--seconds" in refused.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
-from vmrt.cli import launch, streams, tenants, workloads
+from vmrt.cli import launch, overhead, streams, tenants, workloads
 from vmrt.cli.cri_client import (
     DEFAULT_ENDPOINT,
     Client,
@@ -63,6 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     workloads.add_parsers(sub, common)
     launch.add_parser(sub, common)
     tenants.add_parsers(sub, common, output)
+    overhead.add_parser(sub, common, output)
     p = sub.add_parser("logs", parents=[common], help="a container's log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--timestamps", action="store_true")
