@@ -74,17 +74,19 @@ class Series:
     value: Callable[[pb.ContainerStatsResponse], int]
 
 
-# What the agent reports, for a pod (its VM) and for each container.
+# What the agent reports from the guest's cgroups: for a pod, the cgroup
+# holding all its containers (not the guest kernel and agent around them:
+# vmrt_pod_vm_pss_bytes is the whole VM); for a container, its own.
 GUEST_SERIES = (
-    Series("memory_working_set_bytes", "Memory working set in the guest", False,
+    Series("memory_working_set_bytes", "Memory working set, in the guest's cgroup", False,
            lambda u: u.memory_working_set_bytes),
-    Series("memory_usage_bytes", "Memory usage in the guest", False,
+    Series("memory_usage_bytes", "Memory usage, in the guest's cgroup", False,
            lambda u: u.memory_usage_bytes),
-    Series("memory_rss_bytes", "Anonymous and swap-cache memory in the guest", False,
+    Series("memory_rss_bytes", "Anonymous memory, in the guest's cgroup", False,
            lambda u: u.memory_rss_bytes),
-    Series("cpu_usage_nanoseconds_total", "CPU time used in the guest", True,
+    Series("cpu_usage_nanoseconds_total", "CPU time, in the guest's cgroup", True,
            lambda u: u.cpu_usage_ns),
-    Series("processes", "Processes in the guest", False, lambda u: u.pids),
+    Series("processes", "Processes, in the guest's cgroup", False, lambda u: u.pids),
 )
 # What the agent reports per guest network interface (the loopback left out).
 NETWORK_SERIES = (
