@@ -95,6 +95,13 @@ NETWORK_SERIES = (
     ("transmit_bytes_total", "Bytes sent by the guest", lambda i: i.tx_bytes),
     ("transmit_errors_total", "Transmit errors in the guest", lambda i: i.tx_errors),
 )
+# The guest kernel's own /proc/meminfo, for a pod.
+MEMINFO_SERIES = (
+    Series("vm_guest_memory_total_bytes", "MemTotal of the pod's guest kernel", False,
+           lambda u: u.guest_memory_total_bytes),
+    Series("vm_guest_memory_available_bytes", "MemAvailable of the pod's guest kernel",
+           False, lambda u: u.guest_memory_available_bytes),
+)
 PSS = ("vmrt_pod_vm_pss_bytes",
        "Proportional set size of the pod's QEMU on the host (guest RAM, translation "
        "cache, QEMU itself; pages shared with a template or other VMs counted in part)")
@@ -156,6 +163,9 @@ def descriptors() -> list[api.MetricDescriptor]:
     for series in GUEST_SERIES:
         found.append(api.MetricDescriptor(name=f"vmrt_pod_guest_{series.name}",
                                           help=series.help, label_keys=list(POD_LABELS)))
+    for series in MEMINFO_SERIES:
+        found.append(api.MetricDescriptor(name=f"vmrt_pod_{series.name}", help=series.help,
+                                          label_keys=list(POD_LABELS)))
     for name, help_text, _ in NETWORK_SERIES:
         found.append(api.MetricDescriptor(name=f"vmrt_pod_network_{name}", help=help_text,
                                           label_keys=list(INTERFACE_LABELS)))
@@ -182,6 +192,9 @@ def pod_metrics(sample: PodSample) -> api.PodSandboxMetrics:
         for series in GUEST_SERIES:
             out.metrics.append(_metric(f"vmrt_pod_guest_{series.name}", series.counter,
                                        labels, series.value(sample.usage), at))
+        for series in MEMINFO_SERIES:
+            out.metrics.append(_metric(f"vmrt_pod_{series.name}", False, labels,
+                                       series.value(sample.usage), at))
         for interface in guest_interfaces(sample.usage):
             for name, _, read in NETWORK_SERIES:
                 out.metrics.append(_metric(f"vmrt_pod_network_{name}", True,
@@ -238,6 +251,13 @@ class _PodCollector(Collector):
                 if sample.usage is not None:
                     family.add_metric(list(sample.labels()), series.value(sample.usage))
             yield family
+        for series in MEMINFO_SERIES:
+            gauge = GaugeMetricFamily(f"vmrt_pod_{series.name}", series.help,
+                                      labels=list(POD_LABELS))
+            for sample in samples:
+                if sample.usage is not None:
+                    gauge.add_metric(list(sample.labels()), series.value(sample.usage))
+            yield gauge
         for name, help_text, read in NETWORK_SERIES:
             counter = CounterMetricFamily(f"vmrt_pod_network_{name}".removesuffix("_total"),
                                           help_text, labels=list(INTERFACE_LABELS))

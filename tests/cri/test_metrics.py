@@ -71,6 +71,10 @@ def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> No
     assert value(found["vmrt_pod_vm_pss_bytes"], **pod_labels) > 32 << 20
     assert value(found["vmrt_pod_guest_memory_working_set_bytes"], **pod_labels) > 0
     assert value(found["vmrt_pod_guest_processes"], **pod_labels) >= 1
+    # The guest kernel's own meminfo: a VM of the handler's 256 MiB.
+    total = value(found["vmrt_pod_vm_guest_memory_total_bytes"], **pod_labels)
+    assert 200 << 20 < total <= 256 << 20
+    assert 0 < value(found["vmrt_pod_vm_guest_memory_available_bytes"], **pod_labels) < total
     sent = value(found["vmrt_pod_network_transmit_bytes_total"], interface="eth0", **pod_labels)
     assert sent >= network.default_interface.tx_bytes.value
     assert value(found["vmrt_container_memory_working_set_bytes"], container="app",

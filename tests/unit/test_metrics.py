@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from cri_api.v1 import api_pb2 as api
@@ -86,3 +87,16 @@ def test_network_usage_keeps_what_an_interface_can_be_named() -> None:
             if m.name == "vmrt_pod_network_transmit_bytes_total"]
     assert len(sent) == metrics.MAX_INTERFACES and sent[1].label_values[-1] == "eth0"
     assert sent[1].value.value == 20 and sent[1].metric_type == api.COUNTER
+
+
+def test_meminfo_read_from_the_guests_format(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:         250000 kB\nMemFree:          100 kB\n"
+                       "MemAvailable:     180000 kB\n")
+    assert netdev.meminfo(str(meminfo)) == (250000 * 1024, 180000 * 1024)
+    assert netdev.meminfo(str(tmp_path / "none")) == (0, 0)
+    usage = pb.ContainerStatsResponse(guest_memory_total_bytes=7, guest_memory_available_bytes=5)
+    out = metrics.pod_metrics(metrics.PodSample("p" * 64, "web", "shop", "u-1", 1, 1, usage))
+    by_name = {m.name: m.value.value for m in out.metrics}
+    assert by_name["vmrt_pod_vm_guest_memory_total_bytes"] == 7
+    assert by_name["vmrt_pod_vm_guest_memory_available_bytes"] == 5

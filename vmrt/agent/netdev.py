@@ -1,4 +1,5 @@
-"""The guest's network interfaces' counters, from /proc/net/dev."""
+"""The guest's own view of itself for the pod's stats: its network
+interfaces' counters (/proc/net/dev) and its memory (/proc/meminfo)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,18 @@ def read(path: str = "/proc/net/dev") -> list[InterfaceCounters]:
             return parse(f.read())
     except OSError:
         return []
+
+
+def meminfo(path: str = "/proc/meminfo") -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes; zeros when unreadable."""
+    values = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                fields = rest.split()
+                if key in ("MemTotal", "MemAvailable") and fields and fields[0].isdigit():
+                    values[key] = int(fields[0]) * 1024
+    except OSError:
+        pass
+    return values.get("MemTotal", 0), values.get("MemAvailable", 0)

@@ -280,9 +280,12 @@ class AgentService(pb_grpc.AgentServicer):
             pb.InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
                               tx_bytes=i.tx_bytes, tx_errors=i.tx_errors)
             for i in netdev.read()]
+        total, available = (0, 0) if request.container_id else netdev.meminfo()
         return pb.ContainerStatsResponse(
             timestamp_ns=time.time_ns(),
             interfaces=interfaces,
+            guest_memory_total_bytes=total,
+            guest_memory_available_bytes=available,
             cpu_usage_ns=stats.cpu_usage_ns,
             memory_usage_bytes=stats.memory_usage,
             memory_working_set_bytes=stats.working_set,

@@ -381,7 +381,7 @@ class ContainerStatsRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class ContainerStatsResponse(_message.Message):
-    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills", "interfaces")
+    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills", "interfaces", "guest_memory_total_bytes", "guest_memory_available_bytes")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     CPU_USAGE_NS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +392,8 @@ class ContainerStatsResponse(_message.Message):
     PIDS_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    GUEST_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GUEST_MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     cpu_usage_ns: int
     memory_usage_bytes: int
@@ -402,7 +404,9 @@ class ContainerStatsResponse(_message.Message):
     pids: int
     oom_kills: int
     interfaces: _containers.RepeatedCompositeFieldContainer[InterfaceStats]
-    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ...) -> None: ...
+    guest_memory_total_bytes: int
+    guest_memory_available_bytes: int
+    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ..., guest_memory_total_bytes: _Optional[int] = ..., guest_memory_available_bytes: _Optional[int] = ...) -> None: ...
 
 class InterfaceStats(_message.Message):
     __slots__ = ("name", "rx_bytes", "rx_errors", "tx_bytes", "tx_errors")
