@@ -97,3 +97,15 @@ def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> No
     assert app.container_id == container
     assert {m.name for m in app.metrics} <= set(descriptors)
     assert all(len(m.label_values) == len(descriptors[m.name]) for m in app.metrics)
+
+    # Values follow the pods: stopped, the pod is counted NOTREADY and has no
+    # samples; removed, it is gone from the counts too.
+    daemon.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    stopped = scrape(port)
+    assert value(stopped["vmrt_pods"], state="ready") == 0
+    assert value(stopped["vmrt_pods"], state="notready") == 1
+    assert not stopped.get("vmrt_pod_vm_pss_bytes")
+    assert value(stopped["vmrt_cri_requests_total"], method="StopPodSandbox", code="OK") == 1
+    assert not daemon.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest()).pod_metrics
+    daemon.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert value(scrape(port)["vmrt_pods"], state="notready") == 0
