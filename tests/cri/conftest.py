@@ -30,8 +30,10 @@ class Daemon:
     """One vmrtd process with its own socket, root and state directories."""
 
     def __init__(self, base: Path, image_dir: Path, extra_config: str = "",
-                 cri_config: str = "", hypervisor_config: str = "") -> None:
+                 cri_config: str = "", hypervisor_config: str = "",
+                 python: str = sys.executable) -> None:
         self.base = base
+        self.python = python  # the interpreter (and so the vmrt) vmrtd runs with
         self.image_dir = image_dir
         self.socket = base / "vmrt.sock"
         self.root = base / "root"
@@ -75,7 +77,7 @@ class Daemon:
     def start(self) -> None:
         log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "vmrt.daemon.main", "--config", str(self.config),
+            [*self.prefix, self.python, "-m", "vmrt.daemon.main", "--config", str(self.config),
              "--debug"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **self.env})
