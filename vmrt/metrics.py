@@ -34,14 +34,21 @@ POD_LABELS = ("pod", "namespace", "uid", "pod_id")
 INTERFACE_LABELS = (*POD_LABELS, "interface")
 CONTAINER_LABELS = ("pod", "namespace", "uid", "container", "container_id")
 SCRAPE_TIMEOUT = 20.0
+GUEST_TIMEOUT = 5.0
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 MAX_INTERFACES = 32
 
 
 def guest_interfaces(raw: pb.ContainerStatsResponse) -> list[pb.InterfaceStats]:
     """The interfaces a guest reported. It wrote them: only names an interface
-    can have, at most MAX_INTERFACES."""
-    return [i for i in raw.interfaces if INTERFACE_NAME.fullmatch(i.name)][:MAX_INTERFACES]
+    can have, each once, at most MAX_INTERFACES."""
+    seen: set[str] = set()
+    kept = []
+    for interface in raw.interfaces:
+        if INTERFACE_NAME.fullmatch(interface.name) and interface.name not in seen:
+            seen.add(interface.name)
+            kept.append(interface)
+    return kept[:MAX_INTERFACES]
 
 
 @dataclass(frozen=True)
@@ -134,22 +141,21 @@ class Sampler:
 
     async def _pod(self, pod: PodRecord) -> PodSample:
         meta = pod.config().metadata
-        usage = None
+        # A guest that does not answer loses its own numbers, within
+        # GUEST_TIMEOUT, and holds up no other pod's.
         try:
-            usage = await self.pods.usage(pod)
-        except Exception as exc:  # one pod's failure leaves its guest numbers out
-            log.debug("metrics of pod %s: %s", pod.id[:12], exc)
-        containers = []
-        for container in list(self.rt.store.containers.values()):
-            if container.pod_id != pod.id or container.state != ContainerState.RUNNING:
-                continue
-            try:
-                raw = await self.containers.usage(container)
-            except Exception as exc:
-                log.debug("metrics of container %s: %s", container.id[:12], exc)
-                continue
-            if raw is not None:
-                containers.append(ContainerSample(container.id, container.name, raw))
+            usage = await asyncio.wait_for(self.pods.usage(pod), GUEST_TIMEOUT)
+        except Exception as exc:  # TimeoutError, the agent's errors
+            log.debug("metrics of pod %s: %r", pod.id[:12], exc)
+            usage = None
+        running = [c for c in list(self.rt.store.containers.values())
+                   if c.pod_id == pod.id and c.state == ContainerState.RUNNING]
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(self.containers.usage(c), GUEST_TIMEOUT) for c in running),
+            return_exceptions=True) if usage is not None else []
+        containers = [ContainerSample(c.id, c.name, raw)
+                      for c, raw in zip(running, answers, strict=False)
+                      if isinstance(raw, pb.ContainerStatsResponse)]
         pid = pod.vm.pid if pod.vm else 0
         return PodSample(pod.id, meta.name, meta.namespace, meta.uid, time.time_ns(),
                          qemu_pss(pid) if pid else 0, usage, tuple(containers))
@@ -229,11 +235,12 @@ class _PodCollector(Collector):
         for state, number in sorted(counts.items()):
             states.add_metric([state], number)
         yield states
+        future = asyncio.run_coroutine_threadsafe(self.sampler.sample(), self.loop)
         try:
-            samples = asyncio.run_coroutine_threadsafe(
-                self.sampler.sample(), self.loop).result(SCRAPE_TIMEOUT)
-        except Exception as exc:
-            log.warning("metrics: sampling the pods failed: %s", exc)
+            samples = future.result(SCRAPE_TIMEOUT)
+        except Exception as exc:  # the loop busy past the timeout, or closing
+            future.cancel()
+            log.warning("metrics: sampling the pods failed: %r", exc)
             return
         yield from self._families(samples)
 

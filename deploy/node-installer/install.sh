@@ -77,13 +77,22 @@ host systemctl enable vmrtd.service
 host systemctl restart vmrtd.service
 say "vmrtd (re)started; running pods are adopted"
 
-# 4. This node's overhead, in the RuntimeClass.
-for i in $(seq 60); do [ -S "$root/run/vmrt/vmrt.sock" ] && break; sleep 1; done
-host /opt/vmrt/venv/bin/vmrt overhead --runtime vmrt --runtimeclass vmrt \
-  > "$root/etc/vmrt/runtimeclass-vmrt.yaml"
-say "measured: $(grep vmrt.io/measured "$root/etc/vmrt/runtimeclass-vmrt.yaml")"
+# 4. This node's overhead, in the RuntimeClass. vmrtd answers CRI first.
+ready=no
+for i in $(seq 120); do
+  if host /opt/vmrt/venv/bin/vmrt pods >/dev/null 2>&1; then ready=yes; break; fi
+  sleep 1
+done
+[ "$ready" = yes ] || { echo "vmrt-install: vmrtd does not answer on /run/vmrt/vmrt.sock" \
+                         "after 120 s (journalctl -u vmrtd)" >&2; exit 1; }
+measured="$root/etc/vmrt/runtimeclass-vmrt.yaml"
+host /opt/vmrt/venv/bin/vmrt overhead --runtime vmrt --runtimeclass vmrt > "$measured.new"
+mv "$measured.new" "$measured"
+say "measured: $(grep vmrt.io/measured "$measured")"
 if command -v kubectl >/dev/null 2>&1; then
-  kubectl apply -f "$root/etc/vmrt/runtimeclass-vmrt.yaml"
+  # One RuntimeClass for the cluster: the first node's figures stay (a
+  # cluster of TCG and KVM nodes needs one class per kind; see README.md).
+  kubectl get runtimeclass vmrt >/dev/null 2>&1 || kubectl apply -f "$measured"
   [ -z "$node" ] || kubectl label node "$node" vmrt.io/runtime=true --overwrite
 fi
 say "done"

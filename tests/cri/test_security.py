@@ -11,7 +11,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tests.cri.conftest import Daemon, expect_error
+from tests.cri.conftest import Daemon, expect_error, wait_for
 from vmrt.sandbox import mounts
 from vmrt.sandbox.vm import sandbox_dir
 
@@ -30,6 +30,12 @@ def run(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig], *args: str,
         **fields: object) -> str:
     pod_id, config = pod
     return vmrtd.run_container(pod_id, config, list(args) or ["sleep", "300"], **fields)
+
+
+def trapped(vmrtd: Daemon, container: str) -> None:
+    """The container's shell has set its trap (a signal before it would not be caught)."""
+    assert wait_for(lambda: sh(vmrtd, container, "test -e /trapped").exit_code == 0,
+                    timeout=30)
 
 
 def sh(vmrtd: Daemon, container: str, script: str) -> api.ExecSyncResponse:
@@ -143,7 +149,9 @@ def test_mounts_devices_and_stop_signal_escalation(vmrtd: Daemon,
     assert sh(vmrtd, container, "echo x >> /etc/app.conf").exit_code != 0
     assert sh(vmrtd, container, "head -c 4 /dev/myzero | wc -c").stdout.strip() == b"4"
 
-    stubborn = run(vmrtd, pod, "sh", "-c", "trap '' TERM; while true; do sleep 1; done")
+    stubborn = run(vmrtd, pod, "sh", "-c",
+                   "trap '' TERM; touch /trapped; while true; do sleep 1; done")
+    trapped(vmrtd, stubborn)
     started = time.monotonic()
     vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=stubborn, timeout=2))
     assert time.monotonic() - started >= 2
@@ -151,8 +159,10 @@ def test_mounts_devices_and_stop_signal_escalation(vmrtd: Daemon,
     assert status.state == api.CONTAINER_EXITED and status.exit_code == 137
     assert status.stop_signal == api.SIGTERM  # busybox's image names none
     # The config's stop signal is reported and is what StopContainer sends.
-    quits = run(vmrtd, pod, "sh", "-c", "trap 'exit 42' USR1; while true; do sleep 1; done",
+    quits = run(vmrtd, pod, "sh", "-c",
+                "trap 'exit 42' USR1; touch /trapped; while true; do sleep 1; done",
                 stop_signal=api.SIGUSR1)
+    trapped(vmrtd, quits)
     assert vmrtd.status(quits).stop_signal == api.SIGUSR1
     vmrtd.runtime.StopContainer(api.StopContainerRequest(container_id=quits, timeout=30))
     assert vmrtd.status(quits).exit_code == 42
@@ -165,6 +175,9 @@ def test_readonly_mounts_recursive_or_not_and_nodev_below(
     below = volume / "tmpfs"
     below.mkdir(parents=True)
     mounts.mount("tmpfs", below, "tmpfs", 0, "size=1m,mode=0777")  # neither nodev nor nosuid
+    inner = below / "inner"  # and one inside that
+    inner.mkdir()
+    mounts.mount("tmpfs", inner, "tmpfs", 0, "size=1m,mode=0777")
     created: list[str] = []
     try:
         plain = run(vmrtd, pod, mounts=[api.Mount(container_path="/mnt",
@@ -180,7 +193,9 @@ def test_readonly_mounts_recursive_or_not_and_nodev_below(
         # recursive_read_only: everything below too.
         deep = sh(vmrtd, rro, "touch /mnt/tmpfs/from-rro 2>&1")
         assert deep.exit_code != 0 and b"Read-only file system" in deep.stdout, deep
-        assert sorted(p.name for p in below.iterdir()) == ["from-plain"]
+        assert sh(vmrtd, plain, "touch /mnt/tmpfs/inner/deeper").exit_code == 0
+        assert sorted(p.name for p in below.iterdir()) == ["from-plain", "inner"]
+        assert [p.name for p in inner.iterdir()] == ["deeper"]  # in the inner mount itself
         assert not (volume / "top").exists()
         # On the host only the two binds themselves, nodev and nosuid; the tmpfs
         # copies are in QEMU's jail alone, nodev and nosuid there too (QEMU opens
@@ -197,11 +212,13 @@ def test_readonly_mounts_recursive_or_not_and_nodev_below(
             jail = [line.split() for line in f if line.split(" - ")[1].startswith("tmpfs ")]
         copies = [p for p in jail if p[4].endswith("/mounts/0/tmpfs")
                   and any(f"/{c}/mounts/" in p[4] for c in created)]
+        assert len([p for p in jail if p[4].endswith("/mounts/0/tmpfs/inner")]) == 2, jail
         assert len(copies) == 2, jail
         assert all({"nodev", "nosuid"} <= set(p[5].split(",")) for p in copies), copies
         assert sorted(p[5].split(",")[0] for p in copies) == ["ro", "rw"], copies
         # critest's clean-up: the host removes the directory while the containers
         # live (EBUSY while the host held copies), as it can with runc.
+        mounts.unmount(inner, lazy=True)
         mounts.unmount(below, lazy=True)
         below.rmdir()
         handlers = vmrtd.runtime.Status(api.StatusRequest()).runtime_handlers
@@ -209,8 +226,9 @@ def test_readonly_mounts_recursive_or_not_and_nodev_below(
     finally:
         for container_id in created:
             vmrtd.runtime.RemoveContainer(api.RemoveContainerRequest(container_id=container_id))
-        if below.exists():
-            mounts.unmount(below, lazy=True)
+        for point in (inner, below):
+            if point.is_mount():
+                mounts.unmount(point, lazy=True)
 
 
 def test_username_from_the_image(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:

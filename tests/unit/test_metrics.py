@@ -74,6 +74,7 @@ def test_network_usage_keeps_what_an_interface_can_be_named() -> None:
         pb.InterfaceStats(name="eth0", rx_bytes=10, tx_bytes=20),
         pb.InterfaceStats(name="x" * 300, rx_bytes=3),  # a guest's forgery
         pb.InterfaceStats(name='a"}\nevil', rx_bytes=4),
+        pb.InterfaceStats(name="eth0", rx_bytes=666),  # the same name again: the first stays
         *(pb.InterfaceStats(name=f"dummy{i}") for i in range(100))])
     usage = network_usage(raw)
     assert usage is not None and usage.timestamp == 7

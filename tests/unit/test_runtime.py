@@ -346,6 +346,13 @@ def test_a_command_the_image_lacks_fails_at_start_as_in_containerd(world: World)
     assert (status.state, status.exit_code, status.reason) == (
         api.CONTAINER_EXITED, 128, "StartError")
     assert "/no/such" in status.message and status.finished_at > 0
+    # The guest wrote that message: a flood of it is cut and made printable.
+    world.journal.fail_at["agent.create_container"] = AgentError(
+        "CreateContainer", grpc.StatusCode.INVALID_ARGUMENT, "command: " + "x\x1b[2J" * 100_000)
+    flooded = run(world.containers.create(pod_id, container_config("flood")))
+    message = world.rt.container(flooded).meta.start_error
+    assert len(message) <= 1024 and "\x1b" not in message
+    run(world.containers.remove(flooded))
     assert "agent.start_container" not in world.journal.steps
     run(world.containers.remove(container_id))
     assert container_id not in world.rt.store.containers
@@ -817,6 +824,18 @@ def test_an_image_goes_with_its_last_tag(tmp_path: Path) -> None:
     store.add_local(["r.example/app:3"], {"rootfs": {"diff_ids": []}}, [], digests=(digest,))
     store.remove(digest, set())
     assert [(i.repo_tags, i.repo_digests) for i in store.images()] == [(["r.example/app:3"], [])]
+
+
+def test_records_of_a_later_vmrtd_load_without_its_new_fields(world: World) -> None:
+    _, container_id, _ = started(world)
+    path = next((world.tmp / "root" / "pods").glob(f"*/containers/{container_id}.json"))
+    data = json.loads(path.read_text())
+    data["meta"]["from_the_future"] = 1
+    data["status"]["also_new"] = "x"
+    path.write_text(json.dumps(data))
+    store = RecordStore(world.tmp / "root")
+    store.load()
+    assert store.containers[container_id].state == ContainerState.RUNNING
 
 
 def test_an_unreadable_image_index_collects_no_garbage(tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ def test_a_kubelet_container_passes() -> None:
 @pytest.mark.parametrize(("fields", "field"), [
     ({"metadata__name": "x/y"}, "config.metadata.name"),
     ({"image__image": ""}, "config.image.image"),
+    ({"stop_signal": 999}, "config.stop_signal"),
     ({"command": ["sh", "-c", "a\0b"]}, "config.command+args[2]"),
     ({"working_dir": "tmp"}, "config.working_dir"),
     ({"envs": [api.KeyValue(key="A=B", value="c")]}, "config.envs[0]"),

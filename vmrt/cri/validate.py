@@ -297,6 +297,8 @@ def container_config(config: api.ContainerConfig, log_directory: str,
                      field: str = "config") -> None:
     name(config.metadata.name, f"{field}.metadata.name")
     image_reference(config.image.image, f"{field}.image.image")
+    if config.stop_signal not in api.Signal.values():
+        raise fail(f"{field}.stop_signal", f"{config.stop_signal} is not a known signal")
     count(config.command, f"{field}.command")
     count(config.args, f"{field}.args")
     strings([*config.command, *config.args], f"{field}.command+args")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -59,6 +60,9 @@ async def _agent_create(live: PodSandbox, container_id: str, oci_spec: bytes, ro
             # layer puts "config." in front.
             raise InvalidArgumentError(exc.details) from None
         raise
+
+
+MAX_START_ERROR = 1024
 
 
 class ContainerService:
@@ -140,7 +144,9 @@ class ContainerService:
                 # not CreateContainer (kubelet's back-off and events depend on
                 # which). The agent undid its side; the record is kept, and so
                 # are its root filesystem and mounts, until RemoveContainer.
-                start_error = str(exc).removeprefix("command: ")
+                # The guest wrote it: kept short and printable (record, status, gRPC).
+                start_error = re.sub(r"[\x00-\x1f\x7f]", " ",
+                                     str(exc).removeprefix("command: "))[:MAX_START_ERROR]
             crashpoint.reached("create", "agent-created")
             record = ContainerRecord.new(container_id, live.id, config, image.id, log_path,
                                          time.time_ns(), process_json=json.dumps(spec["process"]),

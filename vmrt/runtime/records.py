@@ -215,7 +215,7 @@ class PodRecord(_Record[PodMeta, PodStatus]):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PodRecord:
         _check_version(data)
-        return cls(PodMeta(**data["meta"]), PodStatus.from_dict(data["status"]))
+        return cls(PodMeta(**_known(PodMeta, data["meta"])), PodStatus.from_dict(data["status"]))
 
     @classmethod
     def new(cls, pod_id: str, config: api.PodSandboxConfig, handler: str, created_at: int,
@@ -273,7 +273,7 @@ class ContainerStatus:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerStatus:
-        return cls(**{**data, "state": ContainerState(data["state"])})
+        return cls(**{**_known(cls, data), "state": ContainerState(data["state"])})
 
 
 class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
@@ -330,7 +330,7 @@ class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
         _check_version(data)
-        meta = dict(data["meta"])
+        meta = _known(ContainerMeta, data["meta"])
         meta["layers"] = tuple(meta.get("layers", ()))
         return cls(ContainerMeta(**meta), ContainerStatus.from_dict(data["status"]))
 
@@ -350,6 +350,13 @@ class ContainerRecord(_Record[ContainerMeta, ContainerStatus]):
 def with_resources(status: ContainerStatus,
                    resources: api.LinuxContainerResources) -> ContainerStatus:
     return dataclasses.replace(status, resources_b64=_encode(resources))
+
+
+def _known(kind: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys ``kind`` has: a record a later vmrtd wrote (a rollback) may
+    carry fields this one does not know; they are left out, not fatal."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def _check_version(data: dict[str, Any]) -> None:

@@ -95,11 +95,14 @@ class SandboxShare:
         else:
             stage.touch(mode=0o600)
         try:
-            prepare(stage)
             try:
+                prepare(stage)
                 mounts.move(stage, self.host.joinpath(*parts))
             except BaseException:
-                mounts.unmount(stage, lazy=True)
+                # Whatever prepare had mounted before it failed goes, so the
+                # stage can be removed and the real error is the one raised.
+                for point in mounts.mounts_under(stage):
+                    mounts.unmount(point, lazy=True)
                 raise
         finally:
             if is_dir:
@@ -132,7 +135,6 @@ class SandboxShare:
                 try:
                     os.close(safefs.open_beneath(stage, sub_path, os.O_PATH))
                 except (OSError, safefs.UnsafePathError) as exc:
-                    mounts.unmount(stage, lazy=True)
                     why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno \
                         else "a symlink on the way (not followed)"
                     raise NotFoundError(f"image_sub_path: {sub_path!r} is not in the image: "
@@ -169,7 +171,8 @@ class SandboxShare:
         lets it and detaches them, as it does a runc container's.
 
         An unmount propagates along its parent's propagation, so the bind's
-        two host copies (under mounts/ and shared/) are made private first:
+        two host copies (under mounts/ and shared/) are made private first,
+        every mount in them:
         the jail's copy loses its master and stays, and unmounting the
         submounts below the host copies reaches nothing else. Not for binds
         that follow the host (HostToContainer): those need the propagation."""
@@ -178,8 +181,10 @@ class SandboxShare:
         if not below:
             return
         view_top = self.view.resolve() / rel
+        # The whole trees, submounts too: a detached submount's own children
+        # would otherwise take their jail copies with them.
         for top in (host_top, view_top):
-            mounts.set_propagation(top, MS_PRIVATE, recursive=False)
+            mounts.set_propagation(top, MS_PRIVATE, recursive=True)
         # Detaching the outermost submounts takes everything mounted below them.
         outermost = [p for p in below if not any(q in p.parents for q in below)]
         for point in outermost:
