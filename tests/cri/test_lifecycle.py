@@ -268,6 +268,24 @@ def test_stats(vmrtd: Daemon, pod: tuple[str, api.PodSandboxConfig]) -> None:
     assert pod_id in {s.attributes.id for s in all_pods.stats}
 
 
+def test_pod_resize_keeps_the_size_or_says_why_not(vmrtd: Daemon,
+                                                    pod: tuple[str, api.PodSandboxConfig]) -> None:
+    pod_id, config = pod
+    # kubelet's call after a resize that leaves the VM as it is: accepted.
+    vmrtd.runtime.UpdatePodSandboxResources(api.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod_id, resources=config.linux.resources))
+    bigger = api.LinuxContainerResources(memory_limit_in_bytes=512 << 20)
+    details = expect_error(grpc.StatusCode.FAILED_PRECONDITION,
+                           vmrtd.runtime.UpdatePodSandboxResources,
+                           api.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod_id,
+                                                                resources=bigger))
+    assert "has 256 MiB and 1 vCPU(s)" in details and "cannot become 768 MiB" in details, details
+    expect_error(grpc.StatusCode.NOT_FOUND, vmrtd.runtime.UpdatePodSandboxResources,
+                 api.UpdatePodSandboxResourcesRequest(pod_sandbox_id="f" * 64))
+    assert vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
+        pod_sandbox_id=pod_id)).status.state == api.SANDBOX_READY
+
+
 def test_update_resources_and_oom_killed(vmrtd: Daemon,
                                          pod: tuple[str, api.PodSandboxConfig]) -> None:
     pod_id, config = pod

@@ -15,6 +15,8 @@ _counter = itertools.count(os.getpid() % 200)
 
 
 class TestNetwork:
+    __test__ = False  # a helper, not a test class for pytest to collect
+
     def __init__(self, base: Path) -> None:
         self.bridge = "vtb" + secrets.token_hex(4)
         octet = 10 + next(_counter) % 240

@@ -56,7 +56,10 @@ class Line:
         self.guest_end = conn
         self.link = SerialLink(conn.fileno(), inner)
         while not self._stop:
-            self.link.step(50)
+            try:
+                self.link.step(50)
+            except BrokenPipeError:  # the host end closed: this fake guest is done
+                return
 
     def inject(self, data: bytes) -> None:
         """Bytes from the guest's side, outside any session's order."""

@@ -129,7 +129,10 @@ class ContainerRPCs(Base):
     async def UpdatePodSandboxResources(
             self, request: api.UpdatePodSandboxResourcesRequest,
             context: Any) -> api.UpdatePodSandboxResourcesResponse:
-        raise UnimplementedError("resizing a running pod's VM is not supported yet")
+        validate.resources(request.resources, "resources")
+        validate.resources(request.overhead, "overhead")
+        self.pods.resize(request.pod_sandbox_id, request.resources)
+        return api.UpdatePodSandboxResourcesResponse()
 
     async def GetContainerEvents(self, request: api.GetEventsRequest, context: Any) -> Any:
         queue = self.rt.events.subscribe()

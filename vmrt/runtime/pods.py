@@ -16,7 +16,7 @@ from cri_api.v1 import api_pb2 as api
 from vmrt import crashpoint
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.aio import push_cleanup
-from vmrt.errors import NotFoundError
+from vmrt.errors import FailedPreconditionError, NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState, PreparedNetwork
 from vmrt.runtime import ocispec, sizing
@@ -222,6 +222,27 @@ class PodService:
         if sandbox is None:
             return None
         return await sandbox.usage("")
+
+    def resize(self, pod_id: str, resources: api.LinuxContainerResources) -> None:
+        """UpdatePodSandboxResources. A microvm (and vmrt's q35 alike, booted
+        without hot-pluggable memory or CPUs) keeps the size it booted with: a
+        resize that leaves the VM as it is succeeds, any other is refused with
+        the sizes and the reason, rather than pretending."""
+        pod = self.rt.pod(pod_id)
+        self.rt.ready_sandbox(pod)
+        have = pod.vm.settings if pod.vm else None
+        if have is None:
+            raise FailedPreconditionError(f"pod {pod.id} has no running VM")
+        config = pod.config()
+        config.linux.resources.CopyFrom(resources)
+        wanted = self.rt.vm_config(pod.meta.runtime_handler, config)
+        if (wanted.memory_mib, wanted.vcpus) == (have.memory_mib, have.vcpus):
+            return
+        raise FailedPreconditionError(
+            f"pod {pod.id[:13]}'s VM has {have.memory_mib} MiB and {have.vcpus} vCPU(s), "
+            f"fixed when it booted: its {have.machine} machine has no memory or CPU hot-plug, "
+            f"so it cannot become {wanted.memory_mib} MiB and {wanted.vcpus} vCPU(s) in place "
+            "(a new pod with the new resources can)")
 
     def list(self, flt: PodFilter) -> list[PodRecord]:
         pods = []
