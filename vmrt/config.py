@@ -146,6 +146,19 @@ class MetricsConfig:
     # host:port of the Prometheus endpoint ("127.0.0.1:9464"); empty: none.
     address: str = ""
 
+    def host_port(self) -> tuple[str, int]:
+        """The address as (IP, port); ConfigError when it is not IP:PORT."""
+        host, _, port = self.address.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 65535:
+            raise ConfigError(f"metrics.address: {self.address!r} is not IP:PORT "
+                              "(\"127.0.0.1:9464\"; empty: no endpoint)")
+        return host.strip("[]"), number
+
 
 @dataclass(frozen=True)
 class CNIConfig:
@@ -319,22 +332,9 @@ def parse(text: str, source: str = "<config>") -> Config:
     if config.cri.stream_idle_timeout < 0:
         raise ConfigError(f"cri.stream_idle_timeout: {config.cri.stream_idle_timeout} is "
                           f"negative (0 turns the timeout off)")
-    _validate_metrics(config.metrics.address)
+    if config.metrics.address:
+        config.metrics.host_port()
     return config
-
-
-def _validate_metrics(address: str) -> None:
-    if not address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"metrics.address: {address!r} is not IP:PORT "
-                          "(\"127.0.0.1:9464\"; empty: no endpoint)")
 
 
 def load(path: str | Path | None) -> Config:

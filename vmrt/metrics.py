@@ -1,5 +1,6 @@
-"""Metrics: one table of per-pod and per-container samples, served two ways,
-as Prometheus text (``[metrics] address``) and as CRI ListPodSandboxMetrics.
+"""Metrics: one table of per-pod and per-container series (``SERIES``), served
+two ways, as Prometheus text (``[metrics] address``, with vmrtd's own
+counters from ``vmrt.runtime.counters``) and as CRI ListPodSandboxMetrics.
 
 Samples are taken when asked for (a scrape, a CRI call), never on a timer:
 an idle pod costs nothing until someone looks. A pod's sample is QEMU's PSS
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
+from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,40 +80,81 @@ class Series:
     name: str
     help: str
     counter: bool
-    value: Callable[[pb.ContainerStatsResponse], int]
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Value:
+    series: Series
+    labels: tuple[str, ...]
+    value: int
+    container_id: str = ""  # a container's value, or the pod's
+
+
+Read = Callable[[Any], int]
+
+
+def _table(prefix: str, labels: tuple[str, ...],
+           rows: tuple[tuple[str, str, bool, Read], ...]) -> tuple[tuple[Series, Read], ...]:
+    return tuple((Series(prefix + name, help_text, counter, labels), read)
+                 for name, help_text, counter, read in rows)
 
 
 # What the agent reports from the guest's cgroups: for a pod, the cgroup
 # holding all its containers (not the guest kernel and agent around them:
 # vmrt_pod_vm_pss_bytes is the whole VM); for a container, its own.
-GUEST_SERIES = (
-    Series("memory_working_set_bytes", "Memory working set, in the guest's cgroup", False,
-           lambda u: u.memory_working_set_bytes),
-    Series("memory_usage_bytes", "Memory usage, in the guest's cgroup", False,
-           lambda u: u.memory_usage_bytes),
-    Series("memory_rss_bytes", "Anonymous memory, in the guest's cgroup", False,
-           lambda u: u.memory_rss_bytes),
-    Series("cpu_usage_nanoseconds_total", "CPU time, in the guest's cgroup", True,
-           lambda u: u.cpu_usage_ns),
-    Series("processes", "Processes, in the guest's cgroup", False, lambda u: u.pids),
+_CGROUP: tuple[tuple[str, str, bool, Read], ...] = (
+    ("memory_working_set_bytes", "Memory working set, in the guest's cgroup", False,
+     lambda u: u.memory_working_set_bytes),
+    ("memory_usage_bytes", "Memory usage, in the guest's cgroup", False,
+     lambda u: u.memory_usage_bytes),
+    ("memory_rss_bytes", "Anonymous memory, in the guest's cgroup", False,
+     lambda u: u.memory_rss_bytes),
+    ("cpu_usage_nanoseconds_total", "CPU time, in the guest's cgroup", True,
+     lambda u: u.cpu_usage_ns),
 )
-# What the agent reports per guest network interface (the loopback left out).
-NETWORK_SERIES = (
-    ("receive_bytes_total", "Bytes received by the guest", lambda i: i.rx_bytes),
-    ("receive_errors_total", "Receive errors in the guest", lambda i: i.rx_errors),
-    ("transmit_bytes_total", "Bytes sent by the guest", lambda i: i.tx_bytes),
-    ("transmit_errors_total", "Transmit errors in the guest", lambda i: i.tx_errors),
-)
-# The guest kernel's own /proc/meminfo, for a pod.
-MEMINFO_SERIES = (
-    Series("vm_guest_memory_total_bytes", "MemTotal of the pod's guest kernel", False,
-           lambda u: u.guest_memory_total_bytes),
-    Series("vm_guest_memory_available_bytes", "MemAvailable of the pod's guest kernel",
-           False, lambda u: u.guest_memory_available_bytes),
-)
-PSS = ("vmrt_pod_vm_pss_bytes",
-       "Proportional set size of the pod's QEMU on the host (guest RAM, translation "
-       "cache, QEMU itself; pages shared with a template or other VMs counted in part)")
+PSS = Series("vmrt_pod_vm_pss_bytes",
+             "Proportional set size of the pod's QEMU on the host (guest RAM, translation "
+             "cache, QEMU itself; pages shared with a template or other VMs counted in part)",
+             False, POD_LABELS)
+# Read from a pod's answer: its containers' cgroup, and the guest kernel's
+# own /proc/meminfo.
+POD_SERIES = _table("vmrt_pod_guest_", POD_LABELS, (
+    *_CGROUP,
+    ("processes", "Processes, in the guest's cgroup", False, lambda u: u.pids),
+)) + _table("vmrt_pod_vm_guest_", POD_LABELS, (
+    ("memory_total_bytes", "MemTotal of the pod's guest kernel", False,
+     lambda u: u.guest_memory_total_bytes),
+    ("memory_available_bytes", "MemAvailable of the pod's guest kernel", False,
+     lambda u: u.guest_memory_available_bytes),
+))
+# Read from each network interface the guest reported (the loopback left out).
+INTERFACE_SERIES = _table("vmrt_pod_network_", INTERFACE_LABELS, (
+    ("receive_bytes_total", "Bytes received by the guest", True, lambda i: i.rx_bytes),
+    ("receive_errors_total", "Receive errors in the guest", True, lambda i: i.rx_errors),
+    ("transmit_bytes_total", "Bytes sent by the guest", True, lambda i: i.tx_bytes),
+    ("transmit_errors_total", "Transmit errors in the guest", True, lambda i: i.tx_errors),
+))
+# Read from each container's answer.
+CONTAINER_SERIES = _table("vmrt_container_", CONTAINER_LABELS, _CGROUP)
+SERIES = (PSS, *(s for table in (POD_SERIES, INTERFACE_SERIES, CONTAINER_SERIES)
+                 for s, _ in table))
+
+
+def values(sample: PodSample) -> Iterator[Value]:
+    """Every value of one pod's sample, in SERIES' order within each part."""
+    labels = sample.labels()
+    yield Value(PSS, labels, sample.pss_bytes)
+    if sample.usage is not None:
+        for series, read in POD_SERIES:
+            yield Value(series, labels, read(sample.usage))
+        for interface in guest_interfaces(sample.usage):
+            for series, read in INTERFACE_SERIES:
+                yield Value(series, (*labels, interface.name), read(interface))
+    for container in sample.containers:
+        container_labels = (*labels[:3], container.name, container.container_id)
+        for series, read in CONTAINER_SERIES:
+            yield Value(series, container_labels, read(container.usage), container.container_id)
 
 
 def qemu_pss(pid: int) -> int:
@@ -165,55 +208,24 @@ class Sampler:
 
 
 def descriptors() -> list[api.MetricDescriptor]:
-    found = [api.MetricDescriptor(name=PSS[0], help=PSS[1], label_keys=list(POD_LABELS))]
-    for series in GUEST_SERIES:
-        found.append(api.MetricDescriptor(name=f"vmrt_pod_guest_{series.name}",
-                                          help=series.help, label_keys=list(POD_LABELS)))
-    for series in MEMINFO_SERIES:
-        found.append(api.MetricDescriptor(name=f"vmrt_pod_{series.name}", help=series.help,
-                                          label_keys=list(POD_LABELS)))
-    for name, help_text, _ in NETWORK_SERIES:
-        found.append(api.MetricDescriptor(name=f"vmrt_pod_network_{name}", help=help_text,
-                                          label_keys=list(INTERFACE_LABELS)))
-    for series in GUEST_SERIES:
-        if series.name != "processes":
-            found.append(api.MetricDescriptor(name=f"vmrt_container_{series.name}",
-                                              help=series.help,
-                                              label_keys=list(CONTAINER_LABELS)))
-    return found
-
-
-def _metric(name: str, counter: bool, labels: tuple[str, ...], value: int,
-            timestamp: int) -> api.Metric:
-    return api.Metric(name=name, timestamp=timestamp,
-                      metric_type=api.COUNTER if counter else api.GAUGE,
-                      label_values=list(labels), value=api.UInt64Value(value=value))
+    return [api.MetricDescriptor(name=s.name, help=s.help, label_keys=list(s.labels))
+            for s in SERIES]
 
 
 def pod_metrics(sample: PodSample) -> api.PodSandboxMetrics:
-    labels, at = sample.labels(), sample.timestamp_ns
     out = api.PodSandboxMetrics(pod_sandbox_id=sample.pod_id)
-    out.metrics.append(_metric(PSS[0], False, labels, sample.pss_bytes, at))
-    if sample.usage is not None:
-        for series in GUEST_SERIES:
-            out.metrics.append(_metric(f"vmrt_pod_guest_{series.name}", series.counter,
-                                       labels, series.value(sample.usage), at))
-        for series in MEMINFO_SERIES:
-            out.metrics.append(_metric(f"vmrt_pod_{series.name}", False, labels,
-                                       series.value(sample.usage), at))
-        for interface in guest_interfaces(sample.usage):
-            for name, _, read in NETWORK_SERIES:
-                out.metrics.append(_metric(f"vmrt_pod_network_{name}", True,
-                                           (*labels, interface.name), read(interface), at))
-    for container in sample.containers:
-        entry = api.ContainerMetrics(container_id=container.container_id)
-        container_labels = (*labels[:3], container.name, container.container_id)
-        for series in GUEST_SERIES:
-            if series.name != "processes":
-                entry.metrics.append(_metric(f"vmrt_container_{series.name}", series.counter,
-                                             container_labels, series.value(container.usage),
-                                             at))
-        out.container_metrics.append(entry)
+    containers: dict[str, api.ContainerMetrics] = {}
+    for value in values(sample):
+        metric = api.Metric(name=value.series.name, timestamp=sample.timestamp_ns,
+                            metric_type=api.COUNTER if value.series.counter else api.GAUGE,
+                            label_values=list(value.labels),
+                            value=api.UInt64Value(value=value.value))
+        if value.container_id:
+            containers.setdefault(value.container_id, api.ContainerMetrics(
+                container_id=value.container_id)).metrics.append(metric)
+        else:
+            out.metrics.append(metric)
+    out.container_metrics.extend(containers.values())
     return out
 
 
@@ -242,50 +254,30 @@ class _PodCollector(Collector):
             future.cancel()
             log.warning("metrics: sampling the pods failed: %r", exc)
             return
-        yield from self._families(samples)
-
-    @staticmethod
-    def _families(samples: list[PodSample]) -> Iterator[Any]:
-        pss = GaugeMetricFamily(PSS[0], PSS[1], labels=list(POD_LABELS))
-        for sample in samples:
-            pss.add_metric(list(sample.labels()), sample.pss_bytes)
-        yield pss
-        for series in GUEST_SERIES:
-            kind = CounterMetricFamily if series.counter else GaugeMetricFamily
-            name = f"vmrt_pod_guest_{series.name}".removesuffix("_total")
-            family = kind(name, series.help, labels=list(POD_LABELS))
-            for sample in samples:
-                if sample.usage is not None:
-                    family.add_metric(list(sample.labels()), series.value(sample.usage))
-            yield family
-        for series in MEMINFO_SERIES:
-            gauge = GaugeMetricFamily(f"vmrt_pod_{series.name}", series.help,
-                                      labels=list(POD_LABELS))
-            for sample in samples:
-                if sample.usage is not None:
-                    gauge.add_metric(list(sample.labels()), series.value(sample.usage))
-            yield gauge
-        for name, help_text, read in NETWORK_SERIES:
-            counter = CounterMetricFamily(f"vmrt_pod_network_{name}".removesuffix("_total"),
-                                          help_text, labels=list(INTERFACE_LABELS))
-            for sample in samples:
-                for interface in guest_interfaces(sample.usage) if sample.usage else ():
-                    counter.add_metric([*sample.labels(), interface.name], read(interface))
-            yield counter
-        for series in GUEST_SERIES:
-            if series.name == "processes":
-                continue
-            kind = CounterMetricFamily if series.counter else GaugeMetricFamily
-            name = f"vmrt_container_{series.name}".removesuffix("_total")
-            family = kind(name, series.help, labels=list(CONTAINER_LABELS))
-            for sample in samples:
-                for c in sample.containers:
-                    family.add_metric([*sample.labels()[:3], c.name, c.container_id],
-                                      series.value(c.usage))
-            yield family
+        yield from families(samples)
 
 
-def watch_pods(runtime: Runtime) -> None:
-    """Pod samples in the Prometheus registry, taken through this event loop."""
-    runtime.metrics.registry.register(
-        _PodCollector(runtime, Sampler(runtime), asyncio.get_running_loop()))
+def families(samples: list[PodSample]) -> Iterator[Any]:
+    """One Prometheus family per series (empty ones too), every sample's values in it."""
+    found = {s.name: (CounterMetricFamily if s.counter else GaugeMetricFamily)(
+        s.name.removesuffix("_total"), s.help, labels=list(s.labels)) for s in SERIES}
+    for sample in samples:
+        for value in values(sample):
+            found[value.series.name].add_metric(list(value.labels), value.value)
+    yield from found.values()
+
+
+class Endpoint:
+    """The Prometheus endpoint: vmrtd's counters and the pods' samples, served
+    from a thread of its own (prometheus_client's HTTP server)."""
+
+    def __init__(self, runtime: Runtime, host: str, port: int) -> None:
+        runtime.metrics.registry.register(
+            _PodCollector(runtime, Sampler(runtime), asyncio.get_running_loop()))
+        self._server, _thread = start_http_server(port, addr=host,
+                                                  registry=runtime.metrics.registry)
+        self.address = f"{host}:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

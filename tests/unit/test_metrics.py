@@ -9,7 +9,7 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from vmrt import metrics
-from vmrt.agent import netdev
+from vmrt.agent import guestinfo
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.cri.stats import network_usage
 from vmrt.runtime.counters import Counters
@@ -65,7 +65,7 @@ def test_proc_net_dev_parsed_without_the_loopback() -> None:
             "    lo:  100 1 0 0 0 0 0 0  100 1 0 0 0 0 0 0\n"
             "  eth0: 5000 7 2 0 0 0 0 0  900 5 1 0 0 0 0 0\n"
             "  bad: x y z\n")
-    assert netdev.parse(text) == [netdev.InterfaceCounters("eth0", 5000, 2, 900, 1)]
+    assert guestinfo.parse(text) == [guestinfo.InterfaceCounters("eth0", 5000, 2, 900, 1)]
 
 
 def test_network_usage_keeps_what_an_interface_can_be_named() -> None:
@@ -94,8 +94,8 @@ def test_meminfo_read_from_the_guests_format(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:         250000 kB\nMemFree:          100 kB\n"
                        "MemAvailable:     180000 kB\n")
-    assert netdev.meminfo(str(meminfo)) == (250000 * 1024, 180000 * 1024)
-    assert netdev.meminfo(str(tmp_path / "none")) == (0, 0)
+    assert guestinfo.meminfo(str(meminfo)) == (250000 * 1024, 180000 * 1024)
+    assert guestinfo.meminfo(str(tmp_path / "none")) == (0, 0)
     usage = pb.ContainerStatsResponse(guest_memory_total_bytes=7, guest_memory_available_bytes=5)
     out = metrics.pod_metrics(metrics.PodSample("p" * 64, "web", "shop", "u-1", 1, 1, usage))
     by_name = {m.name: m.value.value for m in out.metrics}

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from vmrt.agent import AGENT_VERSION, netdev
+from vmrt.agent import AGENT_VERSION, guestinfo
 from vmrt.agent.containers import ContainerManager
 from vmrt.agent.errors import AgentError, InvalidArgument
 from vmrt.agent.events import EventBus
@@ -276,16 +276,8 @@ class AgentService(pb_grpc.AgentServicer):
         self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
     ) -> Any:
         stats = self._containers.stats(request.container_id)
-        interfaces = [] if request.container_id else [
-            pb.InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
-                              tx_bytes=i.tx_bytes, tx_errors=i.tx_errors)
-            for i in netdev.read()]
-        total, available = (0, 0) if request.container_id else netdev.meminfo()
-        return pb.ContainerStatsResponse(
+        reply = pb.ContainerStatsResponse(
             timestamp_ns=time.time_ns(),
-            interfaces=interfaces,
-            guest_memory_total_bytes=total,
-            guest_memory_available_bytes=available,
             cpu_usage_ns=stats.cpu_usage_ns,
             memory_usage_bytes=stats.memory_usage,
             memory_working_set_bytes=stats.working_set,
@@ -295,6 +287,14 @@ class AgentService(pb_grpc.AgentServicer):
             pids=stats.pids,
             oom_kills=stats.oom_kills,
         )
+        if not request.container_id:  # the whole pod: the guest's own view too
+            reply.interfaces.extend(
+                pb.InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
+                                  tx_bytes=i.tx_bytes, tx_errors=i.tx_errors)
+                for i in guestinfo.interfaces())
+            reply.guest_memory_total_bytes, reply.guest_memory_available_bytes = \
+                guestinfo.meminfo()
+        return reply
 
     @rpc
     def PortForward(self, request_iterator: Iterator[pb.PortForwardData],

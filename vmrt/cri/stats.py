@@ -19,22 +19,20 @@ from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord
 
 log = logging.getLogger(__name__)
 
-POD_INTERFACE = IFNAME  # the pod NIC's name in the guest
-
 
 def _u64(value: int) -> api.UInt64Value:
     return api.UInt64Value(value=value)
 
 
 def network_usage(raw: pb.ContainerStatsResponse) -> api.NetworkUsage | None:
-    """The guest's interfaces as CRI NetworkUsage, the pod's eth0 the default."""
+    """The guest's interfaces as CRI NetworkUsage, the pod's NIC the default."""
     interfaces = [api.NetworkInterfaceUsage(
         name=i.name, rx_bytes=_u64(i.rx_bytes), rx_errors=_u64(i.rx_errors),
         tx_bytes=_u64(i.tx_bytes), tx_errors=_u64(i.tx_errors))
         for i in metrics.guest_interfaces(raw)]
     if not interfaces:
         return None
-    default = next((i for i in interfaces if i.name == POD_INTERFACE), interfaces[0])
+    default = next((i for i in interfaces if i.name == IFNAME), interfaces[0])
     return api.NetworkUsage(timestamp=raw.timestamp_ns, default_interface=default,
                             interfaces=[i for i in interfaces if i is not default])
 

@@ -82,25 +82,16 @@ def absolute_path(value: str, field: str, required: bool = True) -> None:
         raise fail(field, f"{_show(value)} must not contain '.' or '..' components")
 
 
-def relative_path(value: str, field: str) -> None:
+def relative_path(value: str, field: str, base: str = "the pod's log_directory") -> None:
     _no_nul(value, field)
     if len(value) > MAX_PATH:
         raise fail(field, f"is longer than {MAX_PATH} bytes")
     if value.startswith("/"):
-        raise fail(field, f"{_show(value)} must be relative to the pod's log_directory")
+        raise fail(field, f"{_show(value)} must be relative to {base}")
     parts = value.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise fail(field, f"{_show(value)} must be a plain relative path (no '..', '.' or "
                           "empty components)")
-
-
-def plain_relative(value: str, field: str) -> None:
-    _no_nul(value, field)
-    if len(value) > MAX_PATH:
-        raise fail(field, f"is longer than {MAX_PATH} bytes")
-    if value.startswith("/") or any(p in ("", ".", "..") for p in value.rstrip("/").split("/")):
-        raise fail(field, f"{_show(value)} must be a relative path without '..', '.' or "
-                          "empty components")
 
 
 def hostname(value: str, field: str) -> None:
@@ -325,7 +316,8 @@ def container_config(config: api.ContainerConfig, log_directory: str,
             if mount.host_path:
                 raise fail(f"{where}.host_path", "an image volume has no host path")
             if mount.image_sub_path:
-                plain_relative(mount.image_sub_path, f"{where}.image_sub_path")
+                relative_path(mount.image_sub_path.rstrip("/"), f"{where}.image_sub_path",
+                              "the image's root")
             continue
         if mount.image_sub_path:
             raise fail(f"{where}.image_sub_path", "is only for an image volume")

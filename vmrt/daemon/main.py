@@ -66,15 +66,16 @@ async def run(config: Config, image: GuestImage) -> None:
         raise ConfigError(f"cri.stream_address/stream_port: cannot listen on "
                           f"{config.cri.stream_address}:{config.cri.stream_port}: "
                           f"{exc.strerror or exc}") from None
-    server = await serve(runtime, config.cri.socket, streaming)
-    if config.metrics.address:
-        metrics.watch_pods(runtime)
+    endpoint = None
+    if config.metrics.address:  # before the CRI socket, so a bad address leaves none
         try:
-            served = runtime.metrics.serve(config.metrics.address)
+            endpoint = metrics.Endpoint(runtime, *config.metrics.host_port())
         except OSError as exc:
+            await streaming.stop()
             raise ConfigError(f"metrics.address: cannot listen on {config.metrics.address}: "
                               f"{exc.strerror or exc}") from None
-        log.info("metrics on http://%s/metrics", served)
+        log.info("metrics on http://%s/metrics", endpoint.address)
+    server = await serve(runtime, config.cri.socket, streaming)
     # Served from here on; calls on a pod still being adopted wait for it.
     adoption = asyncio.create_task(_adopt_then_warm(runtime), name="recovery")
     log.info("serving CRI on %s, streaming on %s (%d pods being recovered)",
@@ -86,7 +87,8 @@ async def run(config: Config, image: GuestImage) -> None:
     await stop.wait()
     log.info("stopping; pods and their VMs keep running")
     await server.stop(GRACE)
-    runtime.metrics.close()
+    if endpoint is not None:
+        endpoint.close()
     # Open exec and attach sessions end here; their processes are killed
     # (exec) or left running (attach), as when their clients disconnect.
     await streaming.stop()

@@ -172,10 +172,10 @@ class SandboxShare:
 
         An unmount propagates along its parent's propagation, so the bind's
         two host copies (under mounts/ and shared/) are made private first,
-        every mount in them:
-        the jail's copy loses its master and stays, and unmounting the
-        submounts below the host copies reaches nothing else. Not for binds
-        that follow the host (HostToContainer): those need the propagation."""
+        every mount in them: the jail's copies lose their master and stay, and
+        unmounting the submounts below the host copies reaches nothing else.
+        Not for binds that follow the host (HostToContainer): those need the
+        propagation."""
         host_top = (self.host / rel).resolve()
         below = [p for p in mounts.mounts_under(host_top) if p != host_top]
         if not below:

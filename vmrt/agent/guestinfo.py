@@ -33,7 +33,7 @@ def parse(text: str) -> list[InterfaceCounters]:
     return found[:MAX_INTERFACES]
 
 
-def read(path: str = "/proc/net/dev") -> list[InterfaceCounters]:
+def interfaces(path: str = "/proc/net/dev") -> list[InterfaceCounters]:
     try:
         with open(path) as f:
             return parse(f.read())
