@@ -109,3 +109,28 @@ def test_prometheus_and_cri_metrics_of_a_pod(measured: tuple[Daemon, int]) -> No
     assert not daemon.runtime.ListPodSandboxMetrics(api.ListPodSandboxMetricsRequest()).pod_metrics
     daemon.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     assert value(scrape(port)["vmrt_pods"], state="notready") == 0
+
+
+def test_interfaces_a_privileged_container_makes_cannot_flood_or_forge(
+        measured: tuple[Daemon, int]) -> None:
+    """Guest root makes 40 bridges and one whose name would break the text
+    format; the host keeps at most 32 interfaces, each with a name an
+    interface can have, and the scrape still parses."""
+    daemon, port = measured
+    config = daemon.pod_config()
+    pod_id = daemon.run_pod(config)
+    evil = daemon.run_container(pod_id, config, ["sleep", "300"], linux=api.LinuxContainerConfig(
+        security_context=api.LinuxContainerSecurityContext(privileged=True)))
+    made = daemon.exec(evil, ["sh", "-c", "for i in $(seq 40); do ip link add br$i type bridge "
+                                          "|| exit 1; done; ip link add 'x\"}{y' type bridge && "
+                                          "grep -c : /proc/net/dev"])
+    assert made.exit_code == 0, made.stderr
+    assert int(made.stdout) >= 43  # lo, eth0, 40 bridges and the forged name in the guest
+    network = daemon.runtime.PodSandboxStats(api.PodSandboxStatsRequest(
+        pod_sandbox_id=pod_id)).stats.linux.network
+    names = [network.default_interface.name, *(i.name for i in network.interfaces)]
+    assert names[0] == "eth0" and len(names) == 32 and len(set(names)) == 32, names
+    assert all('"' not in n and "{" not in n for n in names)
+    found = scrape(port)  # parses: no label value broke out of its quotes
+    sent = found["vmrt_pod_network_transmit_bytes_total"]
+    assert len(sent) == 32 and {s["interface"] for s, _ in sent} == set(names)
