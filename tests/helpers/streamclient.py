@@ -144,7 +144,10 @@ async def ws_forward(url: str, port: int, payload: bytes,
     prefixes: dict[int, bytes] = {}
     async with websockets.connect(url.replace("http://", "ws://"), subprotocols=[protocol],
                                   max_size=None) as ws:
-        await ws.send(bytes([0]) + payload)
+        try:
+            await ws.send(bytes([0]) + payload)
+        except websockets.ConnectionClosed:
+            pass  # a refused port is answered and closed before the payload goes out
         async for message in ws:
             assert isinstance(message, bytes)
             channel, data = message[0], message[1:]
