@@ -10,6 +10,7 @@ to the server over real TCP, as crictl and kubelet do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -144,10 +145,9 @@ async def ws_forward(url: str, port: int, payload: bytes,
     prefixes: dict[int, bytes] = {}
     async with websockets.connect(url.replace("http://", "ws://"), subprotocols=[protocol],
                                   max_size=None) as ws:
-        try:
+        # A refused port may be answered and closed before the payload goes out.
+        with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send(bytes([0]) + payload)
-        except websockets.ConnectionClosed:
-            pass  # a refused port is answered and closed before the payload goes out
         async for message in ws:
             assert isinstance(message, bytes)
             channel, data = message[0], message[1:]
