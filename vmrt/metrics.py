@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2 as api
@@ -24,21 +26,29 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vmrt import safefs
 from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.runtime.containers import ContainerService
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.pods import PodService
-from vmrt.runtime.records import ContainerState, PodRecord, PodState
+from vmrt.runtime.records import ContainerRecord, ContainerState, PodRecord, PodState
 
 log = logging.getLogger(__name__)
 
+# vmrt's own pod series are labelled as kata-monitor labels them; the
+# cAdvisor series as cAdvisor does, which is what dashboards and kubelet's
+# /metrics/cadvisor (filled from ListPodSandboxMetrics) expect.
 POD_LABELS = ("pod", "namespace", "uid", "pod_id")
-INTERFACE_LABELS = (*POD_LABELS, "interface")
-CONTAINER_LABELS = ("pod", "namespace", "uid", "container", "container_id")
+CONTAINER_LABELS = ("container", "id", "image", "namespace", "pod")
+NETWORK_LABELS = ("id", "interface", "namespace", "pod")
 SCRAPE_TIMEOUT = 20.0
 GUEST_TIMEOUT = 5.0
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 MAX_INTERFACES = 32
+MAX_DEVICES = 16
+NS = 1_000_000_000
+CFS_PERIOD_US = 100_000  # the kernel's cpu.max period when none is given
+CPU_SHARES = 1024  # cgroup v1's default, which cpu.weight 100 stands for
 
 
 def guest_interfaces(raw: pb.ContainerStatsResponse) -> list[pb.InterfaceStats]:
@@ -54,10 +64,35 @@ def guest_interfaces(raw: pb.ContainerStatsResponse) -> list[pb.InterfaceStats]:
 
 
 @dataclass(frozen=True)
+class Filesystem:
+    """A container's writable layer, measured on the host."""
+    used_bytes: int
+    inodes_used: int
+    capacity_bytes: int
+    inodes_total: int
+    inodes_free: int
+
+
+def writable_layer(upper: Path) -> Filesystem:
+    """The layer's own use (``safefs.tree_usage``: the guest fills it) and the
+    size of the host filesystem it lives on."""
+    used, inodes = safefs.tree_usage(upper)
+    try:
+        st = os.statvfs(upper)
+    except OSError:
+        return Filesystem(used, inodes, 0, 0, 0)
+    return Filesystem(used, inodes, st.f_blocks * st.f_frsize, st.f_files, st.f_ffree)
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     container_id: str
     name: str
     usage: pb.ContainerStatsResponse
+    image: str = ""
+    started_at_ns: int = 0
+    resources: api.LinuxContainerResources = field(default_factory=api.LinuxContainerResources)
+    filesystem: Filesystem | None = None
 
 
 @dataclass(frozen=True)
@@ -87,58 +122,172 @@ class Series:
 class Value:
     series: Series
     labels: tuple[str, ...]
-    value: int
+    value: float
     container_id: str = ""  # a container's value, or the pod's
 
 
-Read = Callable[[Any], int]
+# A reader gives a series' values from what it reads: one number, or
+# (extra label values, number) pairs for a series with labels of its own.
+Number = int | float
+Read = Callable[[Any], Number | Iterable[tuple[tuple[str, ...], Number]]]
 
 
 def _table(prefix: str, labels: tuple[str, ...],
-           rows: tuple[tuple[str, str, bool, Read], ...]) -> tuple[tuple[Series, Read], ...]:
-    return tuple((Series(prefix + name, help_text, counter, labels), read)
-                 for name, help_text, counter, read in rows)
+           rows: tuple[tuple[Any, ...], ...]) -> tuple[tuple[Series, Read], ...]:
+    """Rows of (name, help, counter, read) or (name, help, counter, read, extra labels)."""
+    return tuple((Series(prefix + row[0], row[1], row[2], labels + (row[4] if len(row) > 4
+                                                                     else ())), row[3])
+                 for row in rows)
+
+
+def _failures(c: ContainerSample) -> list[tuple[tuple[str, ...], int]]:
+    # cgroup v2 counts faults hierarchically only: both scopes are the same.
+    faults = (("pgfault", c.usage.page_faults), ("pgmajfault", c.usage.major_page_faults))
+    return [((kind, scope), n) for kind, n in faults for scope in ("container", "hierarchy")]
+
+
+def _devices(c: ContainerSample) -> list[pb.DeviceIo]:
+    return list(c.usage.devices[:MAX_DEVICES])
+
+
+def _blkio(c: ContainerSample) -> list[tuple[tuple[str, ...], int]]:
+    return [((f"{d.major}:{d.minor}", str(d.major), str(d.minor), op), n)
+            for d in _devices(c) for op, n in (("Read", d.read_bytes), ("Write", d.write_bytes))]
+
+
+def _fs(read: Callable[[Filesystem], int]) -> Read:
+    return lambda c: read(c.filesystem) if c.filesystem else 0
+
+
+def _io(read: Callable[[pb.DeviceIo], int]) -> Read:
+    return lambda c: sum(read(d) for d in _devices(c))
 
 
 # What the agent reports from the guest's cgroups: for a pod, the cgroup
 # holding all its containers (not the guest kernel and agent around them:
-# vmrt_pod_vm_pss_bytes is the whole VM); for a container, its own.
-_CGROUP: tuple[tuple[str, str, bool, Read], ...] = (
-    ("memory_working_set_bytes", "Memory working set, in the guest's cgroup", False,
-     lambda u: u.memory_working_set_bytes),
-    ("memory_usage_bytes", "Memory usage, in the guest's cgroup", False,
-     lambda u: u.memory_usage_bytes),
-    ("memory_rss_bytes", "Anonymous memory, in the guest's cgroup", False,
-     lambda u: u.memory_rss_bytes),
-    ("cpu_usage_nanoseconds_total", "CPU time, in the guest's cgroup", True,
-     lambda u: u.cpu_usage_ns),
-)
+# vmrt_pod_vm_pss_bytes is the whole VM).
 PSS = Series("vmrt_pod_vm_pss_bytes",
              "Proportional set size of the pod's QEMU on the host (guest RAM, translation "
              "cache, QEMU itself; pages shared with a template or other VMs counted in part)",
              False, POD_LABELS)
-# Read from a pod's answer: its containers' cgroup, and the guest kernel's
-# own /proc/meminfo.
 POD_SERIES = _table("vmrt_pod_guest_", POD_LABELS, (
-    *_CGROUP,
-    ("processes", "Processes, in the guest's cgroup", False, lambda u: u.pids),
+    ("memory_working_set_bytes", "Memory working set of the pod's containers, in the guest",
+     False, lambda u: u.memory_working_set_bytes),
+    ("memory_usage_bytes", "Memory usage of the pod's containers, in the guest", False,
+     lambda u: u.memory_usage_bytes),
+    ("memory_rss_bytes", "Anonymous memory of the pod's containers, in the guest", False,
+     lambda u: u.memory_rss_bytes),
+    ("cpu_usage_nanoseconds_total", "CPU time of the pod's containers, in the guest", True,
+     lambda u: u.cpu_usage_ns),
+    ("processes", "Threads of the pod's containers, in the guest", False, lambda u: u.pids),
 )) + _table("vmrt_pod_vm_guest_", POD_LABELS, (
     ("memory_total_bytes", "MemTotal of the pod's guest kernel", False,
      lambda u: u.guest_memory_total_bytes),
     ("memory_available_bytes", "MemAvailable of the pod's guest kernel", False,
      lambda u: u.guest_memory_available_bytes),
 ))
-# Read from each network interface the guest reported (the loopback left out).
-INTERFACE_SERIES = _table("vmrt_pod_network_", INTERFACE_LABELS, (
-    ("receive_bytes_total", "Bytes received by the guest", True, lambda i: i.rx_bytes),
-    ("receive_errors_total", "Receive errors in the guest", True, lambda i: i.rx_errors),
-    ("transmit_bytes_total", "Bytes sent by the guest", True, lambda i: i.tx_bytes),
-    ("transmit_errors_total", "Transmit errors in the guest", True, lambda i: i.tx_errors),
+# cAdvisor's network series, one per guest interface (the loopback left out).
+NETWORK_SERIES = _table("container_network_", NETWORK_LABELS, (
+    ("receive_bytes_total", "Cumulative count of bytes received", True, lambda i: i.rx_bytes),
+    ("receive_packets_total", "Cumulative count of packets received", True,
+     lambda i: i.rx_packets),
+    ("receive_errors_total", "Cumulative count of errors encountered while receiving", True,
+     lambda i: i.rx_errors),
+    ("receive_packets_dropped_total", "Cumulative count of packets dropped while receiving",
+     True, lambda i: i.rx_dropped),
+    ("transmit_bytes_total", "Cumulative count of bytes transmitted", True,
+     lambda i: i.tx_bytes),
+    ("transmit_packets_total", "Cumulative count of packets transmitted", True,
+     lambda i: i.tx_packets),
+    ("transmit_errors_total", "Cumulative count of errors encountered while transmitting", True,
+     lambda i: i.tx_errors),
+    ("transmit_packets_dropped_total", "Cumulative count of packets dropped while transmitting",
+     True, lambda i: i.tx_dropped),
 ))
-# Read from each container's answer.
-CONTAINER_SERIES = _table("vmrt_container_", CONTAINER_LABELS, _CGROUP)
-SERIES = (PSS, *(s for table in (POD_SERIES, INTERFACE_SERIES, CONTAINER_SERIES)
-                 for s, _ in table))
+# cAdvisor's container series: the guest's cgroup of the container, the
+# writable layer as the host measures it, and the spec from vmrt's record.
+CONTAINER_SERIES = _table("container_", CONTAINER_LABELS, (
+    ("cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds", True,
+     lambda c: c.usage.cpu_usage_ns / NS),
+    ("cpu_user_seconds_total", "Cumulative user cpu time consumed in seconds", True,
+     lambda c: c.usage.cpu_user_ns / NS),
+    ("cpu_system_seconds_total", "Cumulative system cpu time consumed in seconds", True,
+     lambda c: c.usage.cpu_system_ns / NS),
+    ("cpu_cfs_periods_total", "Number of elapsed enforcement period intervals", True,
+     lambda c: c.usage.cpu_periods),
+    ("cpu_cfs_throttled_periods_total", "Number of throttled period intervals", True,
+     lambda c: c.usage.cpu_throttled_periods),
+    ("cpu_cfs_throttled_seconds_total", "Total time duration the container has been throttled",
+     True, lambda c: c.usage.cpu_throttled_ns / NS),
+    ("memory_usage_bytes", "Current memory usage in bytes, including all memory regardless "
+     "of when it was accessed", False, lambda c: c.usage.memory_usage_bytes),
+    ("memory_working_set_bytes", "Current working set in bytes", False,
+     lambda c: c.usage.memory_working_set_bytes),
+    ("memory_rss", "Size of RSS in bytes", False, lambda c: c.usage.memory_rss_bytes),
+    ("memory_cache", "Number of bytes of page cache memory", False,
+     lambda c: c.usage.memory_cache_bytes),
+    ("memory_mapped_file", "Size of memory mapped files in bytes", False,
+     lambda c: c.usage.memory_mapped_file_bytes),
+    ("memory_kernel_usage", "Size of kernel memory allocated in bytes", False,
+     lambda c: c.usage.memory_kernel_bytes),
+    ("memory_swap", "Container swap usage in bytes", False, lambda c: c.usage.memory_swap_bytes),
+    ("memory_max_usage_bytes", "Maximum memory usage recorded in bytes", False,
+     lambda c: c.usage.memory_max_usage_bytes),
+    ("memory_failcnt", "Number of memory usage hits limits", False,
+     lambda c: c.usage.memory_limit_hits),
+    ("memory_failures_total", "Cumulative count of memory allocation failures", True,
+     _failures, ("failure_type", "scope")),
+    ("oom_events_total", "Count of out of memory events observed for the container", True,
+     lambda c: c.usage.oom_kills),
+    ("processes", "Number of processes running inside the container", False,
+     lambda c: c.usage.processes),
+    ("threads", "Number of threads running inside the container", False,
+     lambda c: c.usage.pids),
+    ("threads_max", "Maximum number of threads allowed inside the container, 0 for unlimited",
+     False, lambda c: c.usage.threads_max),
+    ("file_descriptors", "Number of open file descriptors for the container", False,
+     lambda c: c.usage.file_descriptors),
+    ("sockets", "Number of open sockets for the container", False, lambda c: c.usage.sockets),
+    ("fs_usage_bytes", "Number of bytes that are consumed by the container on this filesystem",
+     False, _fs(lambda f: f.used_bytes)),
+    ("fs_limit_bytes", "Number of bytes that can be consumed by the container on this "
+     "filesystem", False, _fs(lambda f: f.capacity_bytes)),
+    ("fs_inodes_total", "Number of available Inodes", False, _fs(lambda f: f.inodes_total)),
+    ("fs_inodes_free", "Number of available Inodes", False, _fs(lambda f: f.inodes_free)),
+    ("fs_reads_bytes_total", "Cumulative count of bytes read", True, _io(lambda d: d.read_bytes)),
+    ("fs_reads_total", "Cumulative count of reads completed", True, _io(lambda d: d.reads)),
+    ("fs_writes_bytes_total", "Cumulative count of bytes written", True,
+     _io(lambda d: d.write_bytes)),
+    ("fs_writes_total", "Cumulative count of writes completed", True, _io(lambda d: d.writes)),
+    ("blkio_device_usage_total", "Blkio device bytes usage", True, _blkio,
+     ("device", "major", "minor", "operation")),
+    ("spec_cpu_period", "CPU period of the container", False,
+     lambda c: c.resources.cpu_period or CFS_PERIOD_US),
+    ("spec_cpu_quota", "CPU quota of the container, 0 for none", False,
+     lambda c: max(0, c.resources.cpu_quota)),
+    ("spec_cpu_shares", "CPU share of the container", False,
+     lambda c: c.resources.cpu_shares or CPU_SHARES),
+    ("spec_memory_limit_bytes", "Memory limit for the container, 0 for none", False,
+     lambda c: max(0, c.resources.memory_limit_in_bytes)),
+    ("spec_memory_swap_limit_bytes", "Memory swap limit for the container, 0 for none", False,
+     lambda c: max(0, c.resources.memory_swap_limit_in_bytes)),
+    ("start_time_seconds", "Start time of the container since unix epoch in seconds", False,
+     lambda c: c.started_at_ns / NS),
+))
+LAST_SEEN = Series("container_last_seen", "Last time a container was seen by the exporter",
+                   False, CONTAINER_LABELS)
+SERIES = (PSS, *(s for table in (POD_SERIES, NETWORK_SERIES, CONTAINER_SERIES)
+                 for s, _ in table), LAST_SEEN)
+
+
+def _read(series: Series, read: Read, source: Any, labels: tuple[str, ...],
+          container_id: str = "") -> Iterator[Value]:
+    got = read(source)
+    if isinstance(got, int | float):
+        yield Value(series, labels, got, container_id)
+        return
+    for extra, number in got:
+        yield Value(series, (*labels, *extra), number, container_id)
 
 
 def values(sample: PodSample) -> Iterator[Value]:
@@ -147,14 +296,18 @@ def values(sample: PodSample) -> Iterator[Value]:
     yield Value(PSS, labels, sample.pss_bytes)
     if sample.usage is not None:
         for series, read in POD_SERIES:
-            yield Value(series, labels, read(sample.usage))
+            yield from _read(series, read, sample.usage, labels)
         for interface in guest_interfaces(sample.usage):
-            for series, read in INTERFACE_SERIES:
-                yield Value(series, (*labels, interface.name), read(interface))
+            network_labels = (sample.pod_id, interface.name, sample.namespace, sample.name)
+            for series, read in NETWORK_SERIES:
+                yield from _read(series, read, interface, network_labels)
     for container in sample.containers:
-        container_labels = (*labels[:3], container.name, container.container_id)
+        container_labels = (container.name, container.container_id, container.image,
+                            sample.namespace, sample.name)
         for series, read in CONTAINER_SERIES:
-            yield Value(series, container_labels, read(container.usage), container.container_id)
+            yield from _read(series, read, container, container_labels, container.container_id)
+        yield Value(LAST_SEEN, container_labels, sample.timestamp_ns // NS,
+                    container.container_id)
 
 
 def qemu_pss(pid: int) -> int:
@@ -196,12 +349,19 @@ class Sampler:
         answers = await asyncio.gather(
             *(asyncio.wait_for(self.containers.usage(c), GUEST_TIMEOUT) for c in running),
             return_exceptions=True) if usage is not None else []
-        containers = [ContainerSample(c.id, c.name, raw)
+        containers = [await self._container(c, raw)
                       for c, raw in zip(running, answers, strict=False)
                       if isinstance(raw, pb.ContainerStatsResponse)]
         pid = pod.vm.pid if pod.vm else 0
         return PodSample(pod.id, meta.name, meta.namespace, meta.uid, time.time_ns(),
                          qemu_pss(pid) if pid else 0, usage, tuple(containers))
+
+    async def _container(self, container: ContainerRecord,
+                         usage: pb.ContainerStatsResponse) -> ContainerSample:
+        layer = await asyncio.to_thread(writable_layer,
+                                        self.rt.container_dir(container.id) / "upper")
+        return ContainerSample(container.id, container.name, usage, container.image,
+                               container.status.started_at, container.resources(), layer)
 
 
 # -- CRI form -------------------------------------------------------------------
@@ -219,7 +379,7 @@ def pod_metrics(sample: PodSample) -> api.PodSandboxMetrics:
         metric = api.Metric(name=value.series.name, timestamp=sample.timestamp_ns,
                             metric_type=api.COUNTER if value.series.counter else api.GAUGE,
                             label_values=list(value.labels),
-                            value=api.UInt64Value(value=value.value))
+                            value=api.UInt64Value(value=int(value.value)))
         if value.container_id:
             containers.setdefault(value.container_id, api.ContainerMetrics(
                 container_id=value.container_id)).metrics.append(metric)

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from vmrt.agent import bundles, cgroups, execs, specfix
 from vmrt.agent.crun import Crun
@@ -34,6 +35,9 @@ from vmrt.agent.launch import KILL_GRACE, Launcher, kill
 from vmrt.agent.model import Container, Process, check_id
 from vmrt.agent.proctable import ProcessTable
 from vmrt.agent.stdio import ProcessIO
+
+if TYPE_CHECKING:
+    from vmrt.agent.v1 import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +291,7 @@ class ContainerManager:
         except ValueError as exc:
             raise FailedPrecondition(str(exc)) from None
 
-    def stats(self, container_id: str) -> cgroups.CgroupStats:
+    def stats(self, container_id: str) -> pb.ContainerStatsResponse:
         if not container_id:
             return cgroups.read_stats(cgroups.cgroup_dir("/vmrt"))
         return cgroups.read_stats(self.get(container_id).cgroup)

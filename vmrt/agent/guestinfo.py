@@ -12,24 +12,28 @@ MAX_INTERFACES = 32
 class InterfaceCounters:
     name: str
     rx_bytes: int
+    rx_packets: int
     rx_errors: int
+    rx_dropped: int
     tx_bytes: int
+    tx_packets: int
     tx_errors: int
+    tx_dropped: int
 
 
 def parse(text: str) -> list[InterfaceCounters]:
     """Every interface but the loopback. The format: two header lines, then
     ``name: rx_bytes packets errs drop fifo frame compressed multicast
-    tx_bytes packets errs ...``."""
+    tx_bytes packets errs drop ...``."""
     found = []
     for line in text.splitlines()[2:]:
         name, sep, rest = line.partition(":")
         fields = rest.split()
         name = name.strip()
-        if not sep or name == "lo" or len(fields) < 11 or not all(f.isdigit() for f in fields):
+        if not sep or name == "lo" or len(fields) < 12 or not all(f.isdigit() for f in fields):
             continue
-        found.append(InterfaceCounters(name, int(fields[0]), int(fields[2]), int(fields[8]),
-                                       int(fields[10])))
+        rx, tx = [int(f) for f in fields[0:4]], [int(f) for f in fields[8:12]]
+        found.append(InterfaceCounters(name, *rx, *tx))
     return found[:MAX_INTERFACES]
 
 

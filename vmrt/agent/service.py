@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -275,23 +276,11 @@ class AgentService(pb_grpc.AgentServicer):
     def ContainerStats(
         self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
     ) -> Any:
-        stats = self._containers.stats(request.container_id)
-        reply = pb.ContainerStatsResponse(
-            timestamp_ns=time.time_ns(),
-            cpu_usage_ns=stats.cpu_usage_ns,
-            memory_usage_bytes=stats.memory_usage,
-            memory_working_set_bytes=stats.working_set,
-            memory_rss_bytes=stats.rss,
-            page_faults=stats.page_faults,
-            major_page_faults=stats.major_page_faults,
-            pids=stats.pids,
-            oom_kills=stats.oom_kills,
-        )
+        reply = self._containers.stats(request.container_id)
+        reply.timestamp_ns = time.time_ns()
         if not request.container_id:  # the whole pod: the guest's own view too
             reply.interfaces.extend(
-                pb.InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
-                                  tx_bytes=i.tx_bytes, tx_errors=i.tx_errors)
-                for i in guestinfo.interfaces())
+                pb.InterfaceStats(**dataclasses.asdict(i)) for i in guestinfo.interfaces())
             reply.guest_memory_total_bytes, reply.guest_memory_available_bytes = \
                 guestinfo.meminfo()
         return reply

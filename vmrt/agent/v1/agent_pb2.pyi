@@ -381,7 +381,7 @@ class ContainerStatsRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class ContainerStatsResponse(_message.Message):
-    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills", "interfaces", "guest_memory_total_bytes", "guest_memory_available_bytes")
+    __slots__ = ("timestamp_ns", "cpu_usage_ns", "memory_usage_bytes", "memory_working_set_bytes", "memory_rss_bytes", "page_faults", "major_page_faults", "pids", "oom_kills", "interfaces", "guest_memory_total_bytes", "guest_memory_available_bytes", "cpu_user_ns", "cpu_system_ns", "cpu_periods", "cpu_throttled_periods", "cpu_throttled_ns", "memory_cache_bytes", "memory_mapped_file_bytes", "memory_kernel_bytes", "memory_swap_bytes", "memory_max_usage_bytes", "memory_limit_hits", "processes", "threads_max", "file_descriptors", "sockets", "devices")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     CPU_USAGE_NS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +394,22 @@ class ContainerStatsResponse(_message.Message):
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     GUEST_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     GUEST_MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_USER_NS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SYSTEM_NS_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    CPU_THROTTLED_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    CPU_THROTTLED_NS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MAPPED_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_KERNEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SWAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MAX_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_HITS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_MAX_FIELD_NUMBER: _ClassVar[int]
+    FILE_DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     cpu_usage_ns: int
     memory_usage_bytes: int
@@ -406,21 +422,61 @@ class ContainerStatsResponse(_message.Message):
     interfaces: _containers.RepeatedCompositeFieldContainer[InterfaceStats]
     guest_memory_total_bytes: int
     guest_memory_available_bytes: int
-    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ..., guest_memory_total_bytes: _Optional[int] = ..., guest_memory_available_bytes: _Optional[int] = ...) -> None: ...
+    cpu_user_ns: int
+    cpu_system_ns: int
+    cpu_periods: int
+    cpu_throttled_periods: int
+    cpu_throttled_ns: int
+    memory_cache_bytes: int
+    memory_mapped_file_bytes: int
+    memory_kernel_bytes: int
+    memory_swap_bytes: int
+    memory_max_usage_bytes: int
+    memory_limit_hits: int
+    processes: int
+    threads_max: int
+    file_descriptors: int
+    sockets: int
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceIo]
+    def __init__(self, timestamp_ns: _Optional[int] = ..., cpu_usage_ns: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_working_set_bytes: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., page_faults: _Optional[int] = ..., major_page_faults: _Optional[int] = ..., pids: _Optional[int] = ..., oom_kills: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ..., guest_memory_total_bytes: _Optional[int] = ..., guest_memory_available_bytes: _Optional[int] = ..., cpu_user_ns: _Optional[int] = ..., cpu_system_ns: _Optional[int] = ..., cpu_periods: _Optional[int] = ..., cpu_throttled_periods: _Optional[int] = ..., cpu_throttled_ns: _Optional[int] = ..., memory_cache_bytes: _Optional[int] = ..., memory_mapped_file_bytes: _Optional[int] = ..., memory_kernel_bytes: _Optional[int] = ..., memory_swap_bytes: _Optional[int] = ..., memory_max_usage_bytes: _Optional[int] = ..., memory_limit_hits: _Optional[int] = ..., processes: _Optional[int] = ..., threads_max: _Optional[int] = ..., file_descriptors: _Optional[int] = ..., sockets: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceIo, _Mapping]]] = ...) -> None: ...
 
 class InterfaceStats(_message.Message):
-    __slots__ = ("name", "rx_bytes", "rx_errors", "tx_bytes", "tx_errors")
+    __slots__ = ("name", "rx_bytes", "rx_errors", "tx_bytes", "tx_errors", "rx_packets", "rx_dropped", "tx_packets", "tx_dropped")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RX_BYTES_FIELD_NUMBER: _ClassVar[int]
     RX_ERRORS_FIELD_NUMBER: _ClassVar[int]
     TX_BYTES_FIELD_NUMBER: _ClassVar[int]
     TX_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    RX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    TX_DROPPED_FIELD_NUMBER: _ClassVar[int]
     name: str
     rx_bytes: int
     rx_errors: int
     tx_bytes: int
     tx_errors: int
-    def __init__(self, name: _Optional[str] = ..., rx_bytes: _Optional[int] = ..., rx_errors: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., tx_errors: _Optional[int] = ...) -> None: ...
+    rx_packets: int
+    rx_dropped: int
+    tx_packets: int
+    tx_dropped: int
+    def __init__(self, name: _Optional[str] = ..., rx_bytes: _Optional[int] = ..., rx_errors: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., tx_errors: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_dropped: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_dropped: _Optional[int] = ...) -> None: ...
+
+class DeviceIo(_message.Message):
+    __slots__ = ("major", "minor", "read_bytes", "write_bytes", "reads", "writes")
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    major: int
+    minor: int
+    read_bytes: int
+    write_bytes: int
+    reads: int
+    writes: int
+    def __init__(self, major: _Optional[int] = ..., minor: _Optional[int] = ..., read_bytes: _Optional[int] = ..., write_bytes: _Optional[int] = ..., reads: _Optional[int] = ..., writes: _Optional[int] = ...) -> None: ...
 
 class PortForwardData(_message.Message):
     __slots__ = ("port", "data")
