@@ -35,6 +35,11 @@ class CRIConfig:
     # Seconds without a frame either way before a streaming connection is
     # closed (containerd's and kubelet's default: 4 h); 0 never.
     stream_idle_timeout: float = 14400.0
+    # A delegating handler (see DelegateConfig) for pods that ask for the
+    # node's network, PID or IPC namespace, which a VM cannot share; "" keeps
+    # them in VMs (user-mode networking for hostNetwork, a refusal for the
+    # others).
+    host_namespace_handler: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,24 @@ class TenantConfig:
 
 
 @dataclass(frozen=True)
+class DelegateConfig:
+    """A RuntimeClass handler run by another CRI runtime (containerd + runc,
+    Frakti's mixed runtimes): ``[runtime_handlers.X] cri_endpoint = ...``."""
+    cri_endpoint: str = ""
+    # The handler to ask the delegate for ("" is the delegate's default).
+    runtime_handler: str = ""
+    # Seconds a forwarded call may take when its caller set no deadline.
+    timeout: float = 120.0
+
+    def validate(self, where: str) -> None:
+        if not self.cri_endpoint.startswith("unix:///"):
+            raise ConfigError(f"{where}.cri_endpoint: {self.cri_endpoint!r} is not a unix "
+                              "socket address (unix:///path)")
+        if self.timeout <= 0:
+            raise ConfigError(f"{where}.timeout: {self.timeout} is not positive")
+
+
+@dataclass(frozen=True)
 class Config:
     cri: CRIConfig = field(default_factory=CRIConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -221,6 +244,9 @@ class Config:
     cgroups: CgroupConfig = field(default_factory=CgroupConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # The runtime_handlers blocks that name a cri_endpoint, taken out of
+    # runtime_handlers when the file is read (those are VM handlers only).
+    delegates: dict[str, DelegateConfig] = field(default_factory=dict)
 
     def handler(self, name: str) -> HypervisorConfig:
         """The hypervisor settings for a RuntimeClass handler ("" is the default)."""
@@ -279,6 +305,22 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
 NODE_WIDE = frozenset({"memory_overcommit"})  # [hypervisor] keys a handler cannot override
 
 
+def _split_delegates(data: dict[str, Any]) -> dict[str, DelegateConfig]:
+    """Take the delegating blocks (those with cri_endpoint) out of
+    ``data["runtime_handlers"]``: they are not VM settings."""
+    handlers = data.get("runtime_handlers")
+    if not isinstance(handlers, dict):
+        return {}
+    delegates = {}
+    for name in [n for n, block in handlers.items()
+                 if isinstance(block, dict) and "cri_endpoint" in block]:
+        where = f"runtime_handlers.{name}"
+        delegate: DelegateConfig = _build(DelegateConfig, handlers.pop(name), where)
+        delegate.validate(where)
+        delegates[name] = delegate
+    return delegates
+
+
 def _validate_handlers(config: Config) -> None:
     allowed = {f.name for f in dataclasses.fields(HypervisorConfig)} - NODE_WIDE
     hints = typing.get_type_hints(HypervisorConfig)
@@ -315,7 +357,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    config: Config = _build(Config, data, "")
+    if "delegates" in data:
+        raise ConfigError("unknown key delegates (a delegating handler is a "
+                          "[runtime_handlers.X] block with cri_endpoint)")
+    delegates = _split_delegates(data)
+    config: Config = dataclasses.replace(_build(Config, data, ""), delegates=delegates)
+    host_handler = config.cri.host_namespace_handler
+    if host_handler and host_handler not in delegates:
+        known = ", ".join(sorted(delegates)) or "none"
+        raise ConfigError(f"cri.host_namespace_handler: {host_handler!r} is not a handler with "
+                          f"a cri_endpoint (those configured: {known})")
     config.hypervisor.validate("hypervisor")
     _validate_handlers(config)
     _validate_tenants(config)

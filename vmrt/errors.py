@@ -3,6 +3,7 @@
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 
 class VmrtError(Exception):
@@ -64,3 +65,12 @@ def about(field: str) -> Iterator[None]:
         message = str(exc)
         raise InvalidArgumentError(f"{field}.{message}" if names_a_field(message)
                                    else f"{field}: {message}") from None
+
+
+class StatusError(VmrtError):
+    """Another gRPC service answered with an error: ``code`` is its status,
+    passed on as it is."""
+
+    def __init__(self, code: Any, message: str) -> None:
+        self.code = code
+        super().__init__(message)

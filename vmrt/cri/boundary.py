@@ -20,6 +20,7 @@ import grpc
 
 from vmrt.agentapi import AgentError
 from vmrt.config import ConfigError
+from vmrt.cri.intercept import rewrap
 from vmrt.errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -27,6 +28,7 @@ from vmrt.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+    StatusError,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -51,7 +53,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, AgentError):
+    if isinstance(exc, AgentError | StatusError):
         return exc.code, str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # A full disk is the node's state, not a bug: kubelet backs off and retries.
@@ -147,17 +149,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Any,
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary, self.prepare, self.observe),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(handler,
+                      lambda behavior: _wrap_unary(method, behavior, self.prepare, self.observe),
+                      lambda behavior: _wrap_stream(method, behavior))

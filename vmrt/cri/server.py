@@ -40,16 +40,17 @@ def _adoption_wait(runtime: Runtime) -> Callable[[Any], Awaitable[None]]:
     return prepare
 
 
-async def serve(runtime: Runtime, socket_path: str,
-                stream_server: StreamServer) -> grpc.aio.Server:
+async def serve(runtime: Runtime, socket_path: str, stream_server: StreamServer,
+                router: grpc.aio.ServerInterceptor | None = None) -> grpc.aio.Server:
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     server = grpc.aio.server(
         # The boundary outermost: the tenant scope's errors are mapped there too.
+        # The router innermost: a tenant sees only its own (VM) pods.
         interceptors=[ErrorBoundary(_adoption_wait(runtime), runtime.metrics.observe_call),
-                      TenantScope(runtime)],
+                      TenantScope(runtime), *([router] if router is not None else [])],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE)],
     )

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as api
 
+from vmrt.cri.intercept import rewrap
 from vmrt.errors import InvalidArgumentError, NotFoundError
 from vmrt.runtime.core import Runtime
 from vmrt.runtime.tenants import check_name
@@ -113,20 +114,8 @@ class TenantScope(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Any,
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
+        return rewrap(handler, lambda behavior: self._unary(method, behavior), self._stream)
 
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 from vmrt import crashpoint, metrics
 from vmrt.config import Config, ConfigError, load
 from vmrt.cri.server import serve
+from vmrt.delegate import router as delegation
 from vmrt.errors import VmrtError
 from vmrt.guest.image import GuestImage, default_image_dir
 from vmrt.hypervisor.accel import choose_accel
@@ -75,7 +76,8 @@ async def run(config: Config, image: GuestImage) -> None:
             raise ConfigError(f"metrics.address: cannot listen on {config.metrics.address}: "
                               f"{exc.strerror or exc}") from None
         log.info("metrics on http://%s/metrics", endpoint.address)
-    server = await serve(runtime, config.cri.socket, streaming)
+    router = delegation.from_config(runtime)
+    server = await serve(runtime, config.cri.socket, streaming, router)
     # Served from here on; calls on a pod still being adopted wait for it.
     adoption = asyncio.create_task(_adopt_then_warm(runtime), name="recovery")
     log.info("serving CRI on %s, streaming on %s (%d pods being recovered)",
@@ -87,6 +89,8 @@ async def run(config: Config, image: GuestImage) -> None:
     await stop.wait()
     log.info("stopping; pods and their VMs keep running")
     await server.stop(GRACE)
+    if router is not None:
+        await router.close()
     if endpoint is not None:
         endpoint.close()
     # Open exec and attach sessions end here; their processes are killed
