@@ -7,9 +7,11 @@ and the image service. Everything else goes to vmrt's own handlers.
 The image rule: kubelet asks ImageStatus with no pod, and pulls only what
 is missing, so an image is present only when every store that may run it
 has it: vmrt's and every delegate's that answers. Pulls and removals go to
-all of them. A delegate that is down is left out of the rule (logged), so
-that VM pods keep starting while it is; when it is back, its missing images
-make ImageStatus say "missing" and kubelet pulls them again.
+all of them, and succeed when vmrt's own does: a delegate that cannot pull
+an image (one only vmrt has, like its built-in busybox, or a delegate that
+is down) is logged and left out, so VM pods keep starting; its own pods
+then fail to create with the delegate's own "not found", and kubelet's next
+ImageStatus says "missing" and pulls again.
 """
 
 from __future__ import annotations
@@ -273,25 +275,21 @@ class Router(grpc.aio.ServerInterceptor):
 
     def _answers(self, method: str,
                  answers: list[tuple[Delegate, Any | VmrtError]]) -> Iterable[tuple[Delegate, Any]]:
-        """The answers of the delegates that are up; others' errors raise,
-        except a delegate that is down, which is logged and left out."""
+        """The delegates' answers; a delegate's error is logged and it is left out."""
         for delegate, answer in answers:
-            if isinstance(answer, UnavailableError):
+            if isinstance(answer, VmrtError):
                 log.warning("%s: %s; left out", method, answer)
                 continue
-            if isinstance(answer, VmrtError):
-                raise answer
             yield delegate, answer
 
     async def _merge_PullImage(self, request: Any, reply: Any) -> None:
-        for _ in self._answers("PullImage", await self._ask(self._every(), "PullImage",
-                                                            request)):
-            pass
+        # vmrt's own pull has succeeded; a delegate that cannot pull is logged
+        # (its pods then fail to create with its own "not found").
+        list(self._answers("PullImage", await self._ask(self._every(), "PullImage", request)))
 
     async def _merge_RemoveImage(self, request: Any, reply: Any) -> None:
-        for _ in self._answers("RemoveImage", await self._ask(self._every(), "RemoveImage",
-                                                              request)):
-            pass
+        list(self._answers("RemoveImage", await self._ask(self._every(), "RemoveImage",
+                                                          request)))
 
     async def _merge_ImageStatus(self, request: Any, reply: api.ImageStatusResponse) -> None:
         if not reply.image.id:
