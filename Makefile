@@ -12,7 +12,8 @@ VMRT_ROOT ?= /var/lib/vmrt
 APT_PACKAGES := qemu-system-x86 qemu-system-common cpio dpkg apt util-linux \
                 docker-registry skopeo apache2-utils nginx-light procps \
                 containernetworking-plugins iptables iproute2 zstd \
-                python3 python3-venv python3-pip ca-certificates openssh-server git
+                python3 python3-venv python3-pip ca-certificates openssh-server git \
+                containerd runc
 
 .PHONY: run test deps image proto lint bench clean cni-config doctor
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
 from vmrt import config
+from vmrt.config import DelegateConfig
 from vmrt.delegate import listing
+from vmrt.delegate.client import DelegateError
 from vmrt.delegate.records import DelegatedRecords
-from vmrt.delegate.router import asks_for_the_node
-from vmrt.errors import InvalidArgumentError
+from vmrt.delegate.router import UNAVAILABLE_ANNOTATION, Router, asks_for_the_node
+from vmrt.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 
 RUNC = '[runtime_handlers.runc]\ncri_endpoint = "unix:///run/containerd/containerd.sock"\n'
 
@@ -105,3 +111,142 @@ def test_an_image_in_two_stores_is_listed_once_with_every_tag() -> None:
                                         api.Image(id="sha256:2", repo_tags=["c:1"])])
     assert [(i.id, list(i.repo_tags), list(i.repo_digests)) for i in reply.images] == [
         ("sha256:1", ["a:1", "b:1"], ["a@sha256:9"]), ("sha256:2", ["c:1"], [])]
+
+
+# -- the router's rules, with a fake delegate behind the same interface --------------
+
+
+class FakeDelegate:
+    """Delegate's interface: answers from a table, or an error for every call."""
+
+    def __init__(self, name: str, answers: dict[str, Any], down: bool = False) -> None:
+        self.name = name
+        self.config = DelegateConfig(cri_endpoint="unix:///fake.sock", runtime_handler="inner")
+        self.answers = answers
+        self.down = down
+        self.calls: list[tuple[str, Any]] = []
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        self.calls.append((method, request))
+        if self.down:
+            raise UnavailableError(f"delegate {self.name!r} at unix:///fake.sock is unavailable")
+        answer = self.answers.get(method)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer if answer is not None else getattr(api, f"{method}Response")()
+
+
+class Context:
+    def __init__(self, tenant: str = "") -> None:
+        self.tenant = tenant
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [("vmrt-tenant", self.tenant)] if self.tenant else []
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def router(tmp_path: Path, delegate: FakeDelegate) -> Router:
+    runtime = SimpleNamespace(store=SimpleNamespace(pods={}, containers={}))
+    records = DelegatedRecords(tmp_path / "delegated.json")
+    return Router(runtime, {delegate.name: delegate}, records,  # type: ignore[arg-type, dict-item]
+                  "runc")
+
+
+def call(r: Router, method: str, request: Any, local: Any = None, tenant: str = "") -> Any:
+    async def behavior(request: Any, context: Any) -> Any:
+        reply = getattr(api, f"{method}Response")()
+        if local is not None:  # a copy: the router may change the reply it is given
+            reply.CopyFrom(local)
+        return reply
+    return asyncio.run(r._unary(method, behavior)(request, Context(tenant)))  # type: ignore[arg-type]
+
+
+def test_a_host_network_pod_is_run_by_the_delegate_and_routed_after(tmp_path: Path) -> None:
+    runc = FakeDelegate("runc", {"RunPodSandbox": api.RunPodSandboxResponse(
+        pod_sandbox_id="a" * 64)})
+    r = router(tmp_path, runc)
+    config = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name="kube-proxy", uid="u", namespace="kube-system"),
+        linux=api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(
+            namespace_options=api.NamespaceOption(network=api.NODE))))
+    reply = call(r, "RunPodSandbox", api.RunPodSandboxRequest(config=config))
+    assert reply.pod_sandbox_id == "a" * 64
+    assert runc.calls[0][1].runtime_handler == "inner"  # the delegate's own name for it
+    assert r.records.pods["a" * 64].item.metadata.name == "kube-proxy"
+    call(r, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id="aaaa"))
+    assert runc.calls[-1] == ("StopPodSandbox",
+                              api.StopPodSandboxRequest(pod_sandbox_id="a" * 64))
+    # A tenant's pod never goes there.
+    with pytest.raises(FailedPreconditionError, match="VMs only"):
+        call(r, "RunPodSandbox", api.RunPodSandboxRequest(config=config), tenant="blue")
+    # Removing what the delegate no longer has succeeds, and forgets it.
+    runc.answers["RemovePodSandbox"] = DelegateError("runc", "RemovePodSandbox",
+                                                     grpc.StatusCode.NOT_FOUND, "gone")
+    call(r, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id="a" * 64))
+    assert not r.records.pods
+
+
+def test_a_failed_run_leaves_no_pod_at_the_delegate(tmp_path: Path) -> None:
+    meta = api.PodSandboxMetadata(name="p", uid="u", namespace="n", attempt=1)
+    runc = FakeDelegate("runc", {
+        "RunPodSandbox": TimeoutError(),  # the answer never came
+        "ListPodSandbox": api.ListPodSandboxResponse(items=[
+            api.PodSandbox(id="b" * 64, metadata=meta),
+            api.PodSandbox(id="c" * 64, metadata=api.PodSandboxMetadata(name="other"))])})
+    r = router(tmp_path, runc)
+    with pytest.raises(TimeoutError):
+        call(r, "RunPodSandbox", api.RunPodSandboxRequest(
+            config=api.PodSandboxConfig(metadata=meta), runtime_handler="runc"))
+    removed = [req.pod_sandbox_id for method, req in runc.calls if method == "RemovePodSandbox"]
+    assert removed == ["b" * 64] and not r.records.pods
+
+
+def test_images_are_present_only_where_every_answering_store_has_them(tmp_path: Path) -> None:
+    here = api.ImageStatusResponse(image=api.Image(id="sha256:1"))
+    runc = FakeDelegate("runc", {"ImageStatus": api.ImageStatusResponse()})
+    r = router(tmp_path, runc)
+    request = api.ImageStatusRequest(image=api.ImageSpec(image="x:1"))
+    assert not call(r, "ImageStatus", request, local=here).image.id
+    runc.answers["ImageStatus"] = here
+    assert call(r, "ImageStatus", request, local=here).image.id == "sha256:1"
+    runc.down = True  # a delegate that is down is left out of the rule
+    assert call(r, "ImageStatus", request, local=here).image.id == "sha256:1"
+    # A pull succeeds when vmrt's own does, whatever the delegate says.
+    runc.down = False
+    runc.answers["PullImage"] = DelegateError("runc", "PullImage", grpc.StatusCode.UNKNOWN,
+                                              "not found")
+    pulled = api.PullImageResponse(image_ref="sha256:1")
+    assert call(r, "PullImage", api.PullImageRequest(image=request.image),
+                local=pulled).image_ref == "sha256:1"
+    assert runc.calls[-1][0] == "PullImage"
+
+
+def test_a_delegate_down_lists_its_pods_as_last_seen(tmp_path: Path) -> None:
+    runc = FakeDelegate("runc", {})
+    r = router(tmp_path, runc)
+    r.records.add_pod("runc", api.PodSandbox(id="d" * 64, state=api.SANDBOX_READY,
+                                             labels={"app": "proxy"}, runtime_handler="runc"))
+    r.records.add_container("runc", api.Container(id="e" * 64, pod_sandbox_id="d" * 64,
+                                                  state=api.CONTAINER_RUNNING))
+    runc.answers["ListPodSandbox"] = api.ListPodSandboxResponse(items=[
+        api.PodSandbox(id="d" * 64, state=api.SANDBOX_NOTREADY, runtime_handler="inner"),
+        api.PodSandbox(id="f" * 64)])  # someone else's pod on that containerd
+    local = api.ListPodSandboxResponse(items=[api.PodSandbox(id="1" * 64)])
+    listed = call(r, "ListPodSandbox", api.ListPodSandboxRequest(), local=local)
+    assert [(p.id, p.state, p.runtime_handler) for p in listed.items] == [
+        ("1" * 64, api.SANDBOX_READY, ""), ("d" * 64, api.SANDBOX_NOTREADY, "runc")]
+    runc.down = True
+    local = api.ListPodSandboxResponse(items=[api.PodSandbox(id="1" * 64)])
+    listed = call(r, "ListPodSandbox", api.ListPodSandboxRequest(), local=local)
+    remembered = listed.items[1]
+    assert remembered.id == "d" * 64 and remembered.state == api.SANDBOX_NOTREADY
+    assert "unavailable" in remembered.annotations[UNAVAILABLE_ANNOTATION]
+    assert "d" * 64 in r.records.pods  # kept while the delegate is down
+    filtered = call(r, "ListContainers", api.ListContainersRequest(filter=api.ContainerFilter(
+        state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))),
+        local=api.ListContainersResponse())
+    assert [c.id for c in filtered.containers] == ["e" * 64]
+    with pytest.raises(UnavailableError, match="'runc'"):
+        call(r, "ContainerStatus", api.ContainerStatusRequest(container_id="e" * 64))

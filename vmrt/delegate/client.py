@@ -6,6 +6,8 @@ be reached is UNAVAILABLE, naming it and its socket, so kubelet retries.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,11 @@ from vmrt.config import DelegateConfig
 from vmrt.errors import StatusError, UnavailableError, VmrtError
 
 MAX_MESSAGE = 16 * 1024 * 1024 + 4096
+# A delegate that went away is retried within a second of its return (gRPC's
+# own backoff grows to two minutes), and a call waits that long for it to
+# connect before it says UNAVAILABLE.
+RECONNECT_MS = (100, 1000)
+CONNECT_WAIT = 1.0
 IMAGE_METHODS = frozenset({"ListImages", "ImageStatus", "PullImage", "RemoveImage",
                            "ImageFsInfo"})
 
@@ -40,7 +47,10 @@ class Delegate:
             self._channel = grpc.aio.insecure_channel(
                 self.config.cri_endpoint,
                 options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                         ("grpc.max_send_message_length", MAX_MESSAGE)])
+                         ("grpc.max_send_message_length", MAX_MESSAGE),
+                         ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS[0]),
+                         ("grpc.min_reconnect_backoff_ms", RECONNECT_MS[0]),
+                         ("grpc.max_reconnect_backoff_ms", RECONNECT_MS[1])])
             self._runtime = api_grpc.RuntimeServiceStub(self._channel)
             self._images = api_grpc.ImageServiceStub(self._channel)
         return self._runtime, self._images
@@ -51,9 +61,16 @@ class Delegate:
                                     f"unavailable: {exc.details()}")
         return DelegateError(self.name, method, exc.code(), exc.details() or "")
 
+    async def _connected(self) -> None:
+        assert self._channel is not None
+        if self._channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._channel.channel_ready(), CONNECT_WAIT)
+
     async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         runtime, images = self._stubs()
         stub = images if method in IMAGE_METHODS else runtime
+        await self._connected()
         try:
             return await getattr(stub, method)(request, timeout=timeout or self.config.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -61,6 +78,7 @@ class Delegate:
 
     async def stream(self, method: str, request: Any) -> AsyncIterator[Any]:
         runtime, _ = self._stubs()
+        await self._connected()
         call = getattr(runtime, method)(request)
         try:
             async for reply in call:

@@ -143,18 +143,41 @@ class Router(grpc.aio.ServerInterceptor):
         forwarded = api.RunPodSandboxRequest()
         forwarded.CopyFrom(request)
         forwarded.runtime_handler = delegate.config.runtime_handler
-        reply = await delegate.call("RunPodSandbox", forwarded, timeout)
-        pod_id = reply.pod_sandbox_id
-        if pod_id in self.rt.store.pods or not pod_id:
-            raise VmrtError(f"delegate {name!r} answered pod id {pod_id!r}, which is not "
-                            "a new id")
-        config = request.config
-        self.records.add_pod(name, api.PodSandbox(
-            id=pod_id, metadata=config.metadata, state=api.SANDBOX_READY,
-            created_at=time.time_ns(), labels=config.labels, annotations=config.annotations,
-            runtime_handler=request.runtime_handler))
+        try:
+            reply = await delegate.call("RunPodSandbox", forwarded, timeout)
+            pod_id = reply.pod_sandbox_id
+            if pod_id in self.rt.store.pods or not pod_id:
+                raise VmrtError(f"delegate {name!r} answered pod id {pod_id!r}, which is not "
+                                "a new id")
+            config = request.config
+            self.records.add_pod(name, api.PodSandbox(
+                id=pod_id, metadata=config.metadata, state=api.SANDBOX_READY,
+                created_at=time.time_ns(), labels=config.labels, annotations=config.annotations,
+                runtime_handler=request.runtime_handler))
+        except BaseException as exc:
+            # Cut short (the caller's deadline, a lost answer, a record not
+            # written): the delegate may have made the pod; nobody else knows it.
+            if not isinstance(exc, DelegateError):
+                await asyncio.shield(self._undo_run(delegate, request.config.metadata))
+            raise
         log.info("pod %s runs on delegate %s", pod_id[:13], name)
         return reply
+
+    async def _undo_run(self, delegate: Delegate, metadata: api.PodSandboxMetadata) -> None:
+        """Remove the pod a failed RunPodSandbox may have left at the delegate
+        (found by its metadata, which kubelet makes unique per attempt)."""
+        try:
+            pods = await delegate.call("ListPodSandbox", api.ListPodSandboxRequest())
+            for pod in pods.items:
+                if pod.metadata == metadata and pod.id not in self.records.pods:
+                    await delegate.call("StopPodSandbox",
+                                        api.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+                    await delegate.call("RemovePodSandbox",
+                                        api.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+                    log.info("removed pod %s a failed run left at delegate %s", pod.id[:13],
+                             delegate.name)
+        except VmrtError as exc:
+            log.warning("could not undo a failed run at delegate %s: %s", delegate.name, exc)
 
     async def _forward(self, method: str, request: Any, target: tuple[Delegate, Entry],
                        timeout: float | None) -> Any:
