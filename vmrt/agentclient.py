@@ -267,6 +267,11 @@ class AgentClient:
                                  pb.ContainerStatsRequest(container_id=container_id),
                                  pb.ContainerStatsResponse)
 
+    async def set_online_cpus(self, count: int) -> int:
+        reply = await self._unary("SetOnlineCpus", pb.SetOnlineCpusRequest(count=count),
+                                  pb.SetOnlineCpusResponse)
+        return int(reply.online)
+
     # -- stdio ------------------------------------------------------------
 
     async def follow_output(self, container_id: str, exec_id: str, stream: pb.Stream,

@@ -279,11 +279,51 @@ def test_pod_resize_keeps_the_size_or_says_why_not(vmrtd: Daemon,
                            vmrtd.runtime.UpdatePodSandboxResources,
                            api.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod_id,
                                                                 resources=bigger))
-    assert "has 256 MiB and 1 vCPU(s)" in details and "cannot become 768 MiB" in details, details
+    assert "booted with 256 MiB and 1 vCPU(s)" in details, details
+    assert "cannot become 768 MiB" in details, details
     expect_error(grpc.StatusCode.NOT_FOUND, vmrtd.runtime.UpdatePodSandboxResources,
                  api.UpdatePodSandboxResourcesRequest(pod_sandbox_id="f" * 64))
     assert vmrtd.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(
         pod_sandbox_id=pod_id)).status.state == api.SANDBOX_READY
+
+
+def test_a_pod_shrinks_and_grows_back_in_place(vmrtd: Daemon) -> None:
+    """In-place pod resize within the size the VM booted with: the balloon
+    takes guest RAM and gives it back, a vCPU goes offline and online; the
+    guest's own /proc/meminfo and nproc show it."""
+    def resources(memory_mib: int, cpus: int) -> api.LinuxContainerResources:
+        return api.LinuxContainerResources(memory_limit_in_bytes=memory_mib << 20,
+                                           cpu_period=100_000, cpu_quota=cpus * 100_000)
+
+    config = vmrtd.pod_config(linux=api.LinuxPodSandboxConfig(resources=resources(128, 1)))
+    pod_id = vmrtd.run_pod(config)  # a VM of 256 + 128 MiB and 1 + 1 vCPUs
+    container = vmrtd.run_container(pod_id, config, ["sleep", "300"])
+
+    def guest() -> tuple[int, int]:
+        out = vmrtd.exec(container, ["sh", "-c", "grep MemTotal /proc/meminfo; nproc"])
+        memtotal, nproc = out.stdout.decode().split("\n")[:2]
+        return int(memtotal.split()[1]) // 1024, int(nproc)
+
+    booted_mib, booted_cpus = guest()
+    assert booted_cpus == 2 and booted_mib > 300, (booted_mib, booted_cpus)
+
+    def resize(memory_mib: int, cpus: int) -> None:
+        vmrtd.runtime.UpdatePodSandboxResources(api.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod_id, resources=resources(memory_mib, cpus)), timeout=60)
+
+    resize(64, 0)  # 256 + 64 MiB, 1 vCPU
+    small_mib, small_cpus = guest()
+    assert small_cpus == 1 and 56 <= booted_mib - small_mib <= 72, (booted_mib, small_mib)
+    resize(128, 1)  # back to the size it booted with
+    assert guest() == (booted_mib, booted_cpus)
+    # Past it: refused with the sizes, and the VM keeps what it has.
+    details = expect_error(grpc.StatusCode.FAILED_PRECONDITION,
+                           vmrtd.runtime.UpdatePodSandboxResources,
+                           api.UpdatePodSandboxResourcesRequest(
+                               pod_sandbox_id=pod_id, resources=resources(256, 1)))
+    assert "booted with 384 MiB and 2 vCPU(s)" in details and "512 MiB" in details, details
+    assert guest() == (booted_mib, booted_cpus)
+    vmrtd.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_update_resources_and_oom_killed(vmrtd: Daemon,

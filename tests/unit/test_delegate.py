@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -250,3 +251,30 @@ def test_a_delegate_down_lists_its_pods_as_last_seen(tmp_path: Path) -> None:
     assert [c.id for c in filtered.containers] == ["e" * 64]
     with pytest.raises(UnavailableError, match="'runc'"):
         call(r, "ContainerStatus", api.ContainerStatusRequest(container_id="e" * 64))
+
+
+def test_the_event_stream_merges_the_delegates_about_what_vmrt_gave_it(tmp_path: Path) -> None:
+    runc = FakeDelegate("runc", {})
+    r = router(tmp_path, runc)
+    r.records.add_container("runc", api.Container(id="e" * 64, pod_sandbox_id="d" * 64,
+                                                  state=api.CONTAINER_CREATED))
+
+    async def delegate_events(method: str, request: Any) -> AsyncIterator[Any]:
+        assert method == "GetContainerEvents"
+        yield api.ContainerEventResponse(container_id="9" * 64)  # not vmrt's
+        yield api.ContainerEventResponse(container_id="e" * 64,
+                                         container_event_type=api.CONTAINER_STARTED_EVENT)
+
+    runc.stream = delegate_events  # type: ignore[attr-defined]
+
+    async def local(request: Any, context: Any) -> AsyncIterator[Any]:
+        yield api.ContainerEventResponse(container_id="1" * 64)
+        await asyncio.sleep(0.3)  # the delegate's arrive meanwhile; then vmrt's stream ends
+
+    async def collect() -> list[str]:
+        stream = r._stream("GetContainerEvents", local)(api.GetEventsRequest(), Context())
+        return [event.container_id async for event in stream]  # type: ignore[attr-defined]
+
+    seen = asyncio.run(collect())
+    assert sorted(seen) == ["1" * 64, "e" * 64]
+    assert r.records.containers["e" * 64].item.state == api.CONTAINER_RUNNING

@@ -34,6 +34,41 @@ MODULE_DIR = "/lib/modules"
 SHARE_MOUNT = "/run/vmrt/share"
 
 
+CPU_DIR = "/sys/devices/system/cpu"
+
+
+def cpu_list(text: str) -> set[int]:
+    """The kernel's CPU list format: ``0-2,5``."""
+    found: set[int] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
+def _read_cpus(name: str, root: str) -> set[int]:
+    try:
+        with open(os.path.join(root, name)) as f:
+            return cpu_list(f.read())
+    except OSError:
+        return set()
+
+
+def set_online_cpus(count: int, root: str = CPU_DIR) -> int:
+    """The first ``count`` CPUs online and the others offline (CPU 0 always
+    stays); returns how many are online."""
+    present = sorted(_read_cpus("present", root))
+    if not 1 <= count <= len(present):
+        raise InvalidArgument(f"{count} CPUs: the guest has {len(present)}")
+    for index, cpu in enumerate(present):
+        if cpu == 0:
+            continue
+        with open(os.path.join(root, f"cpu{cpu}", "online"), "w") as f:
+            f.write("1" if index < count else "0")
+    return len(_read_cpus("online", root))
+
+
 class Guest:
     def __init__(self, table: ProcessTable) -> None:
         self._table = table

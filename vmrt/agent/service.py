@@ -18,7 +18,7 @@ from vmrt.agent import AGENT_VERSION, guestinfo
 from vmrt.agent.containers import ContainerManager
 from vmrt.agent.errors import AgentError, InvalidArgument
 from vmrt.agent.events import EventBus
-from vmrt.agent.guest import Guest
+from vmrt.agent.guest import Guest, set_online_cpus
 from vmrt.agent.model import ExitEvent, Process
 from vmrt.agent.portforward import forward
 from vmrt.agent.stdio import IDLE_RECHECK
@@ -284,6 +284,11 @@ class AgentService(pb_grpc.AgentServicer):
             reply.guest_memory_total_bytes, reply.guest_memory_available_bytes = \
                 guestinfo.meminfo()
         return reply
+
+    @rpc
+    def SetOnlineCpus(self, request: pb.SetOnlineCpusRequest,
+                      context: grpc.ServicerContext) -> Any:
+        return pb.SetOnlineCpusResponse(online=set_online_cpus(request.count))
 
     @rpc
     def PortForward(self, request_iterator: Iterator[pb.PortForwardData],

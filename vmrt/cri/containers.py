@@ -131,7 +131,7 @@ class ContainerRPCs(Base):
             context: Any) -> api.UpdatePodSandboxResourcesResponse:
         validate.resources(request.resources, "resources")
         validate.resources(request.overhead, "overhead")
-        self.pods.resize(request.pod_sandbox_id, request.resources)
+        await self.pods.resize(request.pod_sandbox_id, request.resources)
         return api.UpdatePodSandboxResourcesResponse()
 
     async def GetContainerEvents(self, request: api.GetEventsRequest, context: Any) -> Any:

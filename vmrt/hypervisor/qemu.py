@@ -348,6 +348,25 @@ class QemuVM:
         await self._migration_done(timeout)
         await qmp.execute("cont")
 
+    # -- size -------------------------------------------------------------
+
+    async def balloon(self, target_bytes: int, timeout: float = 15.0) -> int:
+        """Ask the guest, through its virtio-balloon, to hold ``target_bytes``
+        of RAM (never more than it booted with), and wait until it does or
+        ``timeout`` passes; returns what it holds then. The guest may be slow
+        or refuse (it is the guest's driver that gives pages back)."""
+        qmp = self._require_qmp()
+        await qmp.execute("balloon", {"value": target_bytes})
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await qmp.execute("query-balloon")
+            assert isinstance(info, dict)
+            actual = int(info.get("actual", 0))
+            # The driver moves in pages of 4 KiB, in batches: 1 MiB is there.
+            if abs(actual - target_bytes) < 1 << 20 or time.monotonic() > deadline:
+                return actual
+            await asyncio.sleep(0.1)
+
     def _require_qmp(self) -> QMPClient:
         if self._qmp is None:
             raise VMError(f"{self.name}: no QMP connection")

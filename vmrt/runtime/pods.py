@@ -223,26 +223,35 @@ class PodService:
             return None
         return await sandbox.usage("")
 
-    def resize(self, pod_id: str, resources: api.LinuxContainerResources) -> None:
+    async def resize(self, pod_id: str, resources: api.LinuxContainerResources) -> None:
         """UpdatePodSandboxResources. A microvm (and vmrt's q35 alike, booted
-        without hot-pluggable memory or CPUs) keeps the size it booted with: a
-        resize that leaves the VM as it is succeeds, any other is refused with
-        the sizes and the reason, rather than pretending."""
+        without hot-pluggable memory or CPUs) cannot grow past the size it
+        booted with, but within it the VM moves: the balloon gives guest RAM
+        back to the host and takes it again, vCPUs go offline and online. A
+        resize past the boot size is refused with the sizes and the reason."""
         pod = self.rt.pod(pod_id)
-        self.rt.ready_sandbox(pod)
+        sandbox = self.rt.ready_sandbox(pod)
         have = pod.vm.settings if pod.vm else None
         if have is None:
             raise FailedPreconditionError(f"pod {pod.id} has no running VM")
         config = pod.config()
         config.linux.resources.CopyFrom(resources)
         wanted = self.rt.vm_config(pod.meta.runtime_handler, config)
-        if (wanted.memory_mib, wanted.vcpus) == (have.memory_mib, have.vcpus):
-            return
-        raise FailedPreconditionError(
-            f"pod {pod.id[:13]}'s VM has {have.memory_mib} MiB and {have.vcpus} vCPU(s), "
-            f"fixed when it booted: its {have.machine} machine has no memory or CPU hot-plug, "
-            f"so it cannot become {wanted.memory_mib} MiB and {wanted.vcpus} vCPU(s) in place "
-            "(a new pod with the new resources can)")
+        if wanted.memory_mib > have.memory_mib or wanted.vcpus > have.vcpus:
+            raise FailedPreconditionError(
+                f"pod {pod.id[:13]}'s VM booted with {have.memory_mib} MiB and {have.vcpus} "
+                f"vCPU(s): its {have.machine} machine has no memory or CPU hot-plug, so it "
+                f"can shrink and grow back within that but cannot become "
+                f"{wanted.memory_mib} MiB and {wanted.vcpus} vCPU(s) in place "
+                "(a new pod with the new resources can)")
+        memory, vcpus = await sandbox.vm.resize(wanted.memory_mib, wanted.vcpus)
+        log.info("pod %s resized to %d MiB (asked %d) and %d vCPU(s)", pod.id[:13], memory,
+                 wanted.memory_mib, vcpus)
+        if vcpus != wanted.vcpus or abs(memory - wanted.memory_mib) > 1:
+            raise FailedPreconditionError(
+                f"pod {pod.id[:13]}'s guest holds {memory} MiB and {vcpus} vCPU(s) after "
+                f"being asked for {wanted.memory_mib} MiB and {wanted.vcpus}: its balloon "
+                "driver has not given the memory back (in use, or refused)")
 
     def list(self, flt: PodFilter) -> list[PodRecord]:
         pods = []

@@ -74,6 +74,11 @@ class Sandbox(Protocol):
         """Until the sandbox has ended and the last it said is read."""
         ...
 
+    async def resize(self, memory_mib: int, vcpus: int) -> tuple[int, int]:
+        """Hold this much guest RAM and this many online vCPUs, at most what it
+        started with; returns (MiB, vCPUs) the guest has then."""
+        ...
+
     def death_message(self) -> str: ...
 
     async def destroy(self) -> None:

@@ -27,7 +27,7 @@ from vmrt.errors import InvalidArgumentError
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.confine import Jail
-from vmrt.hypervisor.qemu import QemuVM, VMDied
+from vmrt.hypervisor.qemu import QemuVM, VMDied, VMError
 from vmrt.hypervisor.spec import NetSpec
 from vmrt.sandbox import cgroups, mounts
 from vmrt.sandbox.settings import VMConfig
@@ -118,6 +118,19 @@ class SandboxVM:
 
     def death_message(self) -> str:
         return self.qemu.death_message()
+
+    async def resize(self, memory_mib: int, vcpus: int) -> tuple[int, int]:
+        # Within what it booted with: the balloon gives RAM back and takes it
+        # again, vCPUs go offline and online (microvm has no hot-plug).
+        if not (0 < memory_mib <= self.config.memory_mib and 0 < vcpus <= self.config.vcpus):
+            raise InvalidArgumentError(
+                f"{memory_mib} MiB and {vcpus} vCPU(s) are outside the VM's "
+                f"{self.config.memory_mib} MiB and {self.config.vcpus} vCPU(s)")
+        if self.agent is None:
+            raise VMError(f"{self.id[:13]}: no agent connection")
+        online = await self.agent.set_online_cpus(vcpus)
+        held = await self.qemu.balloon(memory_mib << 20)
+        return held >> 20, online
 
     def _jail(self) -> Jail:
         return vm_jail(self.directory, self.image, self.shared, self.config)

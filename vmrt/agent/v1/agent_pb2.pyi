@@ -374,6 +374,18 @@ class ResizeTtyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SetOnlineCpusRequest(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class SetOnlineCpusResponse(_message.Message):
+    __slots__ = ("online",)
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    online: int
+    def __init__(self, online: _Optional[int] = ...) -> None: ...
+
 class ContainerStatsRequest(_message.Message):
     __slots__ = ("container_id",)
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -124,6 +124,11 @@ class AgentStub:
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.SerializeToString,
                 response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.FromString,
                 _registered_method=True)
+        self.SetOnlineCpus = channel.unary_unary(
+                '/vmrt.agent.v1.Agent/SetOnlineCpus',
+                request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusRequest.SerializeToString,
+                response_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusResponse.FromString,
+                _registered_method=True)
         self.PortForward = channel.stream_stream(
                 '/vmrt.agent.v1.Agent/PortForward',
                 request_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.PortForwardData.SerializeToString,
@@ -258,6 +263,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetOnlineCpus(self, request, context):
+        """A pod resized in place: the guest's first ``count`` CPUs online, the
+        rest offline (a microvm has no CPU hot-plug; memory is the balloon's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PortForward(self, request_iterator, context):
         """A TCP connection to a port on the pod's localhost (the guest's network,
         which every container of the pod shares). The host's first message
@@ -369,6 +382,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ContainerStats,
                     request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.FromString,
                     response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.SerializeToString,
+            ),
+            'SetOnlineCpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOnlineCpus,
+                    request_deserializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusRequest.FromString,
+                    response_serializer=vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusResponse.SerializeToString,
             ),
             'PortForward': grpc.stream_stream_rpc_method_handler(
                     servicer.PortForward,
@@ -867,6 +885,33 @@ class Agent:
             '/vmrt.agent.v1.Agent/ContainerStats',
             vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsRequest.SerializeToString,
             vmrt_dot_agent_dot_v1_dot_agent__pb2.ContainerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOnlineCpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmrt.agent.v1.Agent/SetOnlineCpus',
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusRequest.SerializeToString,
+            vmrt_dot_agent_dot_v1_dot_agent__pb2.SetOnlineCpusResponse.FromString,
             options,
             channel_credentials,
             insecure,
