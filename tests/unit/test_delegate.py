@@ -278,3 +278,17 @@ def test_the_event_stream_merges_the_delegates_about_what_vmrt_gave_it(tmp_path:
     seen = asyncio.run(collect())
     assert sorted(seen) == ["1" * 64, "e" * 64]
     assert r.records.containers["e" * 64].item.state == api.CONTAINER_RUNNING
+
+
+def test_status_lists_the_delegating_handler_with_its_delegates_features(tmp_path: Path) -> None:
+    runc = FakeDelegate("runc", {"Status": api.StatusResponse(runtime_handlers=[
+        api.RuntimeHandler(name="inner", features=api.RuntimeHandlerFeatures(
+            user_namespaces=True))])})
+    r = router(tmp_path, runc)
+    local = api.StatusResponse(runtime_handlers=[api.RuntimeHandler(name="")])
+    handlers = {h.name: h for h in call(r, "Status", api.StatusRequest(),
+                                        local=local).runtime_handlers}
+    assert set(handlers) == {"", "runc"} and handlers["runc"].features.user_namespaces
+    runc.down = True
+    assert [h.name for h in call(r, "Status", api.StatusRequest(),
+                                 local=local).runtime_handlers] == [""]

@@ -45,7 +45,7 @@ _GONE_IS_SUCCESS = frozenset({"StopPodSandbox", "RemovePodSandbox", "StopContain
 _MERGED = frozenset({"ListPodSandbox", "ListContainers", "ListContainerStats",
                      "ListPodSandboxStats", "ListPodSandboxMetrics", "ListImages",
                      "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
-                     "UpdateRuntimeConfig"})
+                     "UpdateRuntimeConfig", "Status"})
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -335,6 +335,16 @@ class Router(grpc.aio.ServerInterceptor):
                                                                       "ImageFsInfo", request)):
             reply.image_filesystems.extend(answer.image_filesystems)
             reply.container_filesystems.extend(answer.container_filesystems)
+
+    async def _merge_Status(self, request: Any, reply: api.StatusResponse) -> None:
+        """Each delegating handler listed with the features its delegate gives
+        the handler it is asked for; a delegate that is down lists none."""
+        answers = await self._ask(self._every(), "Status", api.StatusRequest())
+        for delegate, answer in self._answers("Status", answers):
+            features = next((h.features for h in answer.runtime_handlers
+                             if h.name == delegate.config.runtime_handler), None)
+            reply.runtime_handlers.append(api.RuntimeHandler(name=delegate.name,
+                                                             features=features))
 
     async def _merge_UpdateRuntimeConfig(self, request: Any, reply: Any) -> None:
         for delegate, answer in await self._ask(self._every(), "UpdateRuntimeConfig", request):
