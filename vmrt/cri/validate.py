@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from cri_api.v1 import api_pb2 as api
 
@@ -218,11 +219,43 @@ def cgroup_parent(value: str, field: str) -> None:
         raise fail(field, f"{_show(value)} is not a cgroup path or systemd slice")
 
 
+ID_LIMIT = 1 << 32
+
+
+def _id_mapping(mappings: Any, field: str) -> None:
+    # As containerd and runc: one range, container id 0 in it.
+    if len(mappings) != 1:
+        raise fail(field, f"{len(mappings)} mappings; exactly one is supported")
+    (mapping,) = mappings
+    if mapping.container_id != 0:
+        raise fail(field, f"container id 0 must be mapped (the range starts at "
+                          f"{mapping.container_id})")
+    if not 0 < mapping.length < ID_LIMIT or mapping.host_id + mapping.length > ID_LIMIT - 1:
+        raise fail(field, f"host ids {mapping.host_id}+{mapping.length} are not a range of "
+                          "32-bit ids")
+
+
+def user_namespace(userns: api.UserNamespace, field: str) -> None:
+    """NODE: the guest's own user namespace (no mapping). POD: one of the
+    pod's, with one uid and one gid range that maps container id 0."""
+    if userns.mode == api.NODE:
+        if userns.uids or userns.gids:
+            raise fail(field, "mappings are for mode POD, not NODE")
+        return
+    if userns.mode != api.POD:
+        raise fail(f"{field}.mode", f"{userns.mode} is not supported: a user namespace is "
+                   "the pod's (POD) or the node's (NODE)")
+    _id_mapping(userns.uids, f"{field}.uids")
+    _id_mapping(userns.gids, f"{field}.gids")
+
+
 def namespace_options(options: api.NamespaceOption, field: str) -> None:
     for kind in ("network", "pid", "ipc"):
         enum(getattr(options, kind), NAMESPACE_MODES, f"{field}.{kind}")
     if options.target_id:
         name(options.target_id, f"{field}.target_id")
+    if options.HasField("userns_options"):
+        user_namespace(options.userns_options, f"{field}.userns_options")
 
 
 def _security_common(sc: api.LinuxSandboxSecurityContext | api.LinuxContainerSecurityContext,

@@ -37,6 +37,7 @@ from vmrt.runtime.records import (
 )
 from vmrt.runtime.sandbox import PodSandbox
 from vmrt.safefs import remove_tree_async as remove_tree
+from vmrt.sandbox import userns
 from vmrt.sandbox.driver import Share
 from vmrt.sandbox.mounts import has_submounts
 
@@ -119,7 +120,8 @@ class ContainerService:
             share = live.share
             undo.callback(share.release, container_id)
             push_cleanup(undo, remove_tree, self.rt.container_dir(container_id))
-            rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share)
+            rootfs = self._rootfs(container_id, self.rt.images.layer_dirs(image), share,
+                                  ocispec.pod_user_namespace(pod_config))
             shared = self._mounts(config.mounts, share, container_id, volumes)
             crashpoint.reached("create", "rootfs")
             spec = ocispec.build(
@@ -158,14 +160,22 @@ class ContainerService:
             undo.pop_all()
         store.drop_intent(container_id)
 
-    def _rootfs(self, container_id: str, layers: list[Path], share: Share) -> str:
-        """overlayfs on the host: the image's layers read-only below, a private upper dir."""
+    def _rootfs(self, container_id: str, layers: list[Path], share: Share,
+                userns_options: api.UserNamespace | None = None) -> str:
+        """overlayfs on the host: the image's layers read-only below, a private
+        upper dir. In a pod with a user namespace of its own, id-mapped
+        (``Share.mount_overlay``): the pod's root owns its files."""
         base = self.rt.container_dir(container_id)
         upper, work = base / "upper", base / "work"
         for path in (upper, work):
             path.mkdir(parents=True, exist_ok=True)
-        return share.mount_overlay(f"{container_id}/rootfs", lower=layers, upper=upper,
-                                   work=work)
+        rel = f"{container_id}/rootfs"
+        if userns_options is None:
+            return share.mount_overlay(rel, lower=layers, upper=upper, work=work)
+        (uids,), (gids,) = userns_options.uids, userns_options.gids
+        return share.mount_overlay(rel, lower=layers, upper=upper, work=work, idmap=(
+            userns.layer_map(uids.host_id, uids.length),
+            userns.layer_map(gids.host_id, gids.length)))
 
     def _mounts(self, cri_mounts: Sequence[api.Mount], share: Share, container_id: str,
                 volumes: dict[int, ImageRecord]) -> list[ocispec.SharedMount]:

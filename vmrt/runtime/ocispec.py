@@ -195,6 +195,20 @@ def _namespaces(options: api.NamespaceOption) -> list[dict[str, str]]:
     return spaces
 
 
+def pod_user_namespace(pod_config: api.PodSandboxConfig) -> api.UserNamespace | None:
+    """The pod's own user namespace (mode POD, validated to one range each),
+    or None: its containers are in the guest's."""
+    options = pod_config.linux.security_context.namespace_options
+    if options.HasField("userns_options") and options.userns_options.mode == api.POD:
+        return options.userns_options
+    return None
+
+
+def _id_mappings(ranges: Any) -> list[dict[str, int]]:
+    return [{"containerID": r.container_id, "hostID": r.host_id, "size": r.length}
+            for r in ranges]
+
+
 def pod_hostname(pod_config: api.PodSandboxConfig) -> str:
     """The pod's hostname; as containerd does, the node's when the config names none."""
     return pod_config.hostname or socket.gethostname()
@@ -240,6 +254,13 @@ def build(*, config: api.ContainerConfig, pod_config: api.PodSandboxConfig,
         },
         "annotations": dict(config.annotations),
     }
+    userns = pod_user_namespace(pod_config)
+    if userns is not None:
+        # In the guest, ids the pod's root filesystem (id-mapped on the host)
+        # already belongs to: the container's root is an unprivileged guest uid.
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = _id_mappings(userns.uids)
+        spec["linux"]["gidMappings"] = _id_mappings(userns.gids)
     profile = seccomp(sc, caps)
     if profile is not None:
         spec["linux"]["seccomp"] = profile

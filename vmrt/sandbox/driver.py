@@ -18,12 +18,14 @@ from vmrt.agentapi import Agent
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.spec import NetSpec
 from vmrt.sandbox.settings import VMConfig
+from vmrt.sandbox.userns import Range
 
 
 class Share(Protocol):
     """Where a sandbox's containers' files appear to the guest."""
 
-    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path) -> str: ...
+    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path,
+                      idmap: tuple[list[Range], list[Range]] | None = None) -> str: ...
 
     def mount_image(self, rel: str, layers: list[Path], sub_path: str = "") -> str: ...
 

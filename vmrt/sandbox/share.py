@@ -35,8 +35,9 @@ from pathlib import Path
 
 from vmrt import safefs
 from vmrt.errors import InvalidArgumentError, NotFoundError
-from vmrt.sandbox import mounts
+from vmrt.sandbox import mounts, userns
 from vmrt.sandbox.mounts import MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_SHARED, MS_SLAVE
+from vmrt.sandbox.userns import Range
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,43 @@ class SandboxShare:
                 stage.unlink()
         return "/".join(parts)
 
-    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path) -> str:
-        options = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
-        return self._place(rel, lambda stage: mounts.mount(
-            "overlay", stage, "overlay", SHARE_FLAGS, options))
+    def mount_overlay(self, rel: str, lower: list[Path], upper: Path, work: Path,
+                      idmap: tuple[list[Range], list[Range]] | None = None) -> str:
+        """A container's root filesystem. With ``idmap`` (uid and gid ranges,
+        a pod with a user namespace of its own), the layers and the upper
+        directory are id-mapped binds below the overlay (overlayfs cannot be
+        id-mapped itself; its layers can): QEMU's 9p server, and so the
+        guest, see the files owned by the pod's ids, and what is written is
+        shifted back to the image's ids on disk."""
+        if upper.parent != work.parent:
+            raise mounts.MountError("the upper and work directories must share a parent")
+
+        def prepare(stage: Path) -> None:
+            if idmap is None:
+                mounts.mount("overlay", stage, "overlay", SHARE_FLAGS,
+                             f"lowerdir={':'.join(map(str, lower))},upperdir={upper},"
+                             f"workdir={work}")
+                return
+            binds: list[Path] = []
+            try:
+                with userns.mapped(*idmap) as fd:
+                    for source in [*lower, upper.parent]:
+                        target = self.staging / secrets.token_hex(8)
+                        target.mkdir(mode=0o700)
+                        binds.append(target)
+                        mounts.idmapped_bind(source, target, fd)
+                mapped_rw = binds[-1]
+                mounts.mount("overlay", stage, "overlay", SHARE_FLAGS,
+                             f"lowerdir={':'.join(map(str, binds[:-1]))},"
+                             f"upperdir={mapped_rw / upper.name},workdir={mapped_rw / work.name}")
+            finally:
+                # The overlay holds its layers itself: the binds go at once.
+                for target in binds:
+                    if mounts.mounts_under(target):
+                        mounts.unmount(target, lazy=True)
+                    target.rmdir()
+
+        return self._place(rel, prepare)
 
     def mount_image(self, rel: str, layers: list[Path], sub_path: str = "") -> str:
         """An image volume: the image's layers as one read-only tree (an overlay
