@@ -24,6 +24,8 @@ def userns_pod(d: Daemon, mode: int, uids: list[api.IDMapping] | None = None,
 
 
 def test_a_pod_of_its_own_user_namespace(vmrtd: Daemon) -> None:
+    handlers = vmrtd.runtime.Status(api.StatusRequest()).runtime_handlers
+    assert handlers and all(h.features.user_namespaces for h in handlers)
     mapping = [api.IDMapping(container_id=0, host_id=100000, length=65536)]
     config = userns_pod(vmrtd, api.POD, mapping)
     pod_id = vmrtd.run_pod(config)

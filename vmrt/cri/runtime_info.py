@@ -21,8 +21,10 @@ CRI_VERSION = "v1"
 # /etc/group) and Strict (the config's groups alone), the primary gid first.
 FEATURES = api.RuntimeFeatures(supplemental_groups_policy=True)
 # Recursive read-only mounts: the host makes every mount of the bind read-only
-# (mount_setattr), the guest the 9p mount. User namespaces: not yet.
-HANDLER_FEATURES = api.RuntimeHandlerFeatures(recursive_read_only_mounts=True)
+# (mount_setattr), the guest the 9p mount. User namespaces: a pod's own, its
+# root filesystem id-mapped on the host (Share.mount_overlay).
+HANDLER_FEATURES = api.RuntimeHandlerFeatures(recursive_read_only_mounts=True,
+                                              user_namespaces=True)
 
 
 class RuntimeInfoRPCs(Base):
