@@ -367,6 +367,12 @@ class Sampler:
 # -- CRI form -------------------------------------------------------------------
 
 
+def _u64(value: float) -> int:
+    """A CRI value: the guest reports what it likes (a sum of its counters
+    may pass 2**64), and one pod's number must not fail every pod's call."""
+    return min(max(int(value), 0), (1 << 64) - 1)
+
+
 def descriptors() -> list[api.MetricDescriptor]:
     return [api.MetricDescriptor(name=s.name, help=s.help, label_keys=list(s.labels))
             for s in SERIES]
@@ -379,7 +385,7 @@ def pod_metrics(sample: PodSample) -> api.PodSandboxMetrics:
         metric = api.Metric(name=value.series.name, timestamp=sample.timestamp_ns,
                             metric_type=api.COUNTER if value.series.counter else api.GAUGE,
                             label_values=list(value.labels),
-                            value=api.UInt64Value(value=int(value.value)))
+                            value=api.UInt64Value(value=_u64(value.value)))
         if value.container_id:
             containers.setdefault(value.container_id, api.ContainerMetrics(
                 container_id=value.container_id)).metrics.append(metric)

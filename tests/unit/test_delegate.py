@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -77,11 +78,16 @@ def test_records_route_survive_a_reload_and_follow_listings(tmp_path: Path) -> N
     # what the delegate no longer has, with its containers' records.
     seen = again.refresh(again.pods, "runc", [api.PodSandbox(id="a" * 64,
                                                              state=api.SANDBOX_NOTREADY),
-                                              api.PodSandbox(id="9" * 64)], complete=False)
+                                              api.PodSandbox(id="9" * 64)], asked_at=None)
     assert [p.id for p in seen] == ["a" * 64]  # not one vmrt gave it: left out
     assert again.pods["a" * 64].item.state == api.SANDBOX_NOTREADY
     assert "ab" + "c" * 62 in again.pods
-    again.refresh(again.pods, "runc", [api.PodSandbox(id="a" * 64)], complete=True)
+    # One recorded after the listing was asked for is newer than it: kept.
+    asked = time.monotonic()
+    again.add_pod("runc", api.PodSandbox(id="b" * 64))
+    again.refresh(again.pods, "runc", [api.PodSandbox(id="a" * 64)], asked_at=asked)
+    assert set(again.pods) == {"a" * 64, "b" * 64}
+    again.refresh(again.pods, "runc", [api.PodSandbox(id="a" * 64)], asked_at=time.monotonic())
     assert set(again.pods) == {"a" * 64}
     again.drop_pod("a" * 64)
     assert not again.pods and not again.containers

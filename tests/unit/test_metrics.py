@@ -174,3 +174,14 @@ def test_meminfo_read_from_the_guests_format(tmp_path: Path) -> None:
     by_name = {m.name: m.value.value for m in out.metrics}
     assert by_name["vmrt_pod_vm_guest_memory_total_bytes"] == 7
     assert by_name["vmrt_pod_vm_guest_memory_available_bytes"] == 5
+
+
+def test_a_guests_counters_past_64_bits_do_not_fail_the_call() -> None:
+    usage = pb.ContainerStatsResponse(devices=[
+        pb.DeviceIo(major=1, minor=0, read_bytes=1 << 63),
+        pb.DeviceIo(major=1, minor=1, read_bytes=1 << 63)])  # a sum of 2**64
+    sample = metrics.PodSample("p" * 64, "web", "shop", "u-1", 1, 1, usage,
+                               (metrics.ContainerSample("c" * 64, "app", usage),))
+    (container,) = metrics.pod_metrics(sample).container_metrics
+    reads = [m.value.value for m in container.metrics if m.name == "container_fs_reads_bytes_total"]
+    assert reads == [(1 << 64) - 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Entry:
     delegate: str
     pod_id: str
     item: Any  # the last api.PodSandbox or api.Container seen
+    since: float = 0.0  # time.monotonic() when vmrt recorded it; 0 when loaded
 
 
 class DelegatedRecords:
@@ -59,11 +61,11 @@ class DelegatedRecords:
             for key, table in (("pods", self.pods), ("containers", self.containers))})
 
     def add_pod(self, delegate: str, item: api.PodSandbox) -> None:
-        self.pods[item.id] = Entry(delegate, item.id, item)
+        self.pods[item.id] = Entry(delegate, item.id, item, time.monotonic())
         self.save()
 
     def add_container(self, delegate: str, item: api.Container) -> None:
-        self.containers[item.id] = Entry(delegate, item.pod_sandbox_id, item)
+        self.containers[item.id] = Entry(delegate, item.pod_sandbox_id, item, time.monotonic())
         self.save()
 
     def drop_pod(self, pod_id: str) -> None:
@@ -77,10 +79,12 @@ class DelegatedRecords:
             self.save()
 
     def refresh(self, table: dict[str, Entry], delegate: str, items: list[Any],
-                complete: bool) -> list[Any]:
+                asked_at: float | None) -> list[Any]:
         """A listing from ``delegate``: the items vmrt gave it, each remembered
-        as now seen. A complete (unfiltered) listing that lacks one of them
-        means the delegate has lost it: the record goes too."""
+        as now seen. A complete (unfiltered) listing, asked for at
+        ``asked_at`` (None: a filtered one), that lacks one recorded before
+        it was asked means the delegate has lost it: the record goes too
+        (one recorded since may simply be newer than the listing)."""
         seen = {item.id: item for item in items if item.id in table
                 and table[item.id].delegate == delegate}
         changed = False
@@ -88,9 +92,9 @@ class DelegatedRecords:
             if table[object_id].item != item:
                 table[object_id].item = item
                 changed = True
-        if complete:
-            for object_id in [i for i, e in table.items()
-                              if e.delegate == delegate and i not in seen]:
+        if asked_at is not None:
+            for object_id in [i for i, e in table.items() if e.delegate == delegate
+                              and i not in seen and e.since < asked_at]:
                 log.info("delegate %s no longer has %s: record dropped", delegate, object_id[:13])
                 del table[object_id]
                 changed = True

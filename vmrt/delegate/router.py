@@ -157,7 +157,8 @@ class Router(grpc.aio.ServerInterceptor):
         except BaseException as exc:
             # Cut short (the caller's deadline, a lost answer, a record not
             # written): the delegate may have made the pod; nobody else knows it.
-            if not isinstance(exc, DelegateError):
+            if not isinstance(exc, DelegateError) or exc.code in (
+                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                 await asyncio.shield(self._undo_run(delegate, request.config.metadata))
             raise
         log.info("pod %s runs on delegate %s", pod_id[:13], name)
@@ -228,7 +229,7 @@ class Router(grpc.aio.ServerInterceptor):
 
     async def _merge_ListPodSandbox(self, request: api.ListPodSandboxRequest,
                                     reply: api.ListPodSandboxResponse) -> None:
-        complete = not request.HasField("filter")
+        asked_at = None if request.HasField("filter") else time.monotonic()
         for delegate, answer in await self._ask(self._holding(self.records.pods),
                                                 "ListPodSandbox", request):
             if isinstance(answer, VmrtError):
@@ -241,11 +242,11 @@ class Router(grpc.aio.ServerInterceptor):
                 if entry is not None:  # vmrt's handler name, not the delegate's
                     item.runtime_handler = entry.item.runtime_handler
             reply.items.extend(self.records.refresh(self.records.pods, delegate.name,
-                                                    list(answer.items), complete))
+                                                    list(answer.items), asked_at))
 
     async def _merge_ListContainers(self, request: api.ListContainersRequest,
                                     reply: api.ListContainersResponse) -> None:
-        complete = not request.HasField("filter")
+        asked_at = None if request.HasField("filter") else time.monotonic()
         for delegate, answer in await self._ask(self._holding(self.records.containers),
                                                 "ListContainers", request):
             if isinstance(answer, VmrtError):
@@ -254,7 +255,7 @@ class Router(grpc.aio.ServerInterceptor):
                     lambda c: listing.container_matches(c, request.filter)))
                 continue
             reply.containers.extend(self.records.refresh(
-                self.records.containers, delegate.name, list(answer.containers), complete))
+                self.records.containers, delegate.name, list(answer.containers), asked_at))
 
     def _remembered(self, table: dict[str, Entry], delegate: Delegate, error: VmrtError,
                     wanted: Callable[[Any], bool]) -> list[Any]:
@@ -367,7 +368,10 @@ class Router(grpc.aio.ServerInterceptor):
                     async for event in behavior(request, context):
                         await queue.put(event)
                 finally:
-                    await queue.put(ended)
+                    # Never blocks: a full queue's reader is gone or far behind,
+                    # and the stream ends when the caller goes anyway.
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait(ended)
 
             tasks = [asyncio.create_task(local(), name="events-local")]
             tasks += [asyncio.create_task(self._delegate_events(d, request, queue),

@@ -56,6 +56,8 @@ def mapped(uid: list[Range], gid: list[Range]) -> Iterator[int]:
             except OSError:
                 pass
             if child.poll() is not None or time.monotonic() > deadline:
+                child.kill()  # read its stderr only once it has ended
+                child.wait()
                 error = child.stderr.read().decode(errors="replace") if child.stderr else ""
                 raise UsernsError(f"cannot make a user namespace: {error.strip() or 'timed out'}")
             time.sleep(0.002)

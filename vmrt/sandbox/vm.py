@@ -23,7 +23,7 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentapi import AgentError, AgentUnreachable
 from vmrt.agentclient import AgentClient
 from vmrt.aio import push_cleanup
-from vmrt.errors import InvalidArgumentError
+from vmrt.errors import FailedPreconditionError, InvalidArgumentError
 from vmrt.fsutil import private_dir
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.confine import Jail
@@ -128,9 +128,19 @@ class SandboxVM:
                 f"{self.config.memory_mib} MiB and {self.config.vcpus} vCPU(s)")
         if self.agent is None:
             raise VMError(f"{self.id[:13]}: no agent connection")
+        if not self.spec.free_page_reporting:
+            # No balloon: RAM on a file (a template clone's) must not be given
+            # back through one (QEMU would punch holes in the shared file).
+            if memory_mib != self.config.memory_mib:
+                raise FailedPreconditionError(
+                    f"pod {self.id[:13]}'s VM shares its RAM with a template and has no "
+                    f"balloon: its memory stays {self.config.memory_mib} MiB (a pod of "
+                    "handler with template = false can be resized)")
+            held_mib = memory_mib
+        else:
+            held_mib = await self.qemu.balloon(memory_mib << 20) >> 20
         online = await self.agent.set_online_cpus(vcpus)
-        held = await self.qemu.balloon(memory_mib << 20)
-        return held >> 20, online
+        return held_mib, online
 
     def _jail(self) -> Jail:
         return vm_jail(self.directory, self.image, self.shared, self.config)
