@@ -306,20 +306,22 @@ class Router(grpc.aio.ServerInterceptor):
                 continue
             yield delegate, answer
 
+    async def _everywhere(self, method: str, request: Any) -> list[tuple[Delegate, Any]]:
+        """``method`` at every delegate: the answers of those that gave one."""
+        return list(self._answers(method, await self._ask(self._every(), method, request)))
+
     async def _merge_PullImage(self, request: Any, reply: Any) -> None:
         # vmrt's own pull has succeeded; a delegate that cannot pull is logged
         # (its pods then fail to create with its own "not found").
-        list(self._answers("PullImage", await self._ask(self._every(), "PullImage", request)))
+        await self._everywhere("PullImage", request)
 
     async def _merge_RemoveImage(self, request: Any, reply: Any) -> None:
-        list(self._answers("RemoveImage", await self._ask(self._every(), "RemoveImage",
-                                                          request)))
+        await self._everywhere("RemoveImage", request)
 
     async def _merge_ImageStatus(self, request: Any, reply: api.ImageStatusResponse) -> None:
         if not reply.image.id:
             return
-        answers = await self._ask(self._every(), "ImageStatus", request)
-        for delegate, answer in self._answers("ImageStatus", answers):
+        for delegate, answer in await self._everywhere("ImageStatus", request):
             if not answer.image.id:
                 log.info("image %s is missing from delegate %s: reported missing",
                          request.image.image[:200], delegate.name)
@@ -327,21 +329,18 @@ class Router(grpc.aio.ServerInterceptor):
                 return
 
     async def _merge_ListImages(self, request: Any, reply: api.ListImagesResponse) -> None:
-        answers = await self._ask(self._every(), "ListImages", request)
-        for _, answer in self._answers("ListImages", answers):
+        for _, answer in await self._everywhere("ListImages", request):
             listing.merge_images(reply.images, answer.images)
 
     async def _merge_ImageFsInfo(self, request: Any, reply: api.ImageFsInfoResponse) -> None:
-        for _, answer in self._answers("ImageFsInfo", await self._ask(self._every(),
-                                                                      "ImageFsInfo", request)):
+        for _, answer in await self._everywhere("ImageFsInfo", request):
             reply.image_filesystems.extend(answer.image_filesystems)
             reply.container_filesystems.extend(answer.container_filesystems)
 
     async def _merge_Status(self, request: Any, reply: api.StatusResponse) -> None:
         """Each delegating handler listed with the features its delegate gives
         the handler it is asked for; a delegate that is down lists none."""
-        answers = await self._ask(self._every(), "Status", api.StatusRequest())
-        for delegate, answer in self._answers("Status", answers):
+        for delegate, answer in await self._everywhere("Status", api.StatusRequest()):
             features = next((h.features for h in answer.runtime_handlers
                              if h.name == delegate.config.runtime_handler), None)
             reply.runtime_handlers.append(api.RuntimeHandler(name=delegate.name,
