@@ -73,8 +73,12 @@ class FakeAgent:
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         return pb.HealthResponse(agent_version="fake")
 
-    async def setup_sandbox(self, request: pb.SetupSandboxRequest) -> None:
+    async def wait_connected(self, timeout: float, vm_exited: Awaitable[object]) -> None:
+        pass
+
+    async def setup_sandbox(self, request: pb.SetupSandboxRequest) -> pb.SetupSandboxResponse:
         self.j("agent.setup_sandbox")
+        return pb.SetupSandboxResponse()
 
     async def set_clock(self, host_time_ns: int) -> None:
         self.j("agent.set_clock")
@@ -232,10 +236,18 @@ class FakeSandbox:
         self.detached = False
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
-                    sysctls: Iterable[tuple[str, str]] = ()) -> None:
+                    sysctls: Iterable[tuple[str, str]] = (),
+                    network: pb.ConfigureNetworkRequest | None = None) -> None:
         self.j("vm.start")
         self.alive = True
         self.agent = FakeAgent(self.j)
+        if network is not None:
+            # The real one sends it with SetupSandbox; a failure undoes the start.
+            try:
+                await self.agent.configure_network(network)
+            except BaseException:
+                await self.destroy()
+                raise
         self.timings["setup"] = 0.001
 
     def adopted(self) -> FakeSandbox:

@@ -190,22 +190,21 @@ class AgentClient:
 
     async def wait_ready(self, timeout: float, vm_exited: Awaitable[object]) -> pb.HealthResponse:
         """Health with wait-for-ready, abandoned as soon as the VM exits."""
-        health = asyncio.ensure_future(self._health_until(timeout))
-        died = asyncio.ensure_future(vm_exited)
-        try:
-            done, _ = await asyncio.wait({health, died}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (health, died):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-        if health in done:
-            return health.result()
-        raise AgentUnreachable("the VM exited before its agent answered")
+        return await _unless_exited(self._health_until(timeout), vm_exited)
 
-    async def setup_sandbox(self, request: pb.SetupSandboxRequest) -> None:
-        await self._unary("SetupSandbox", request, pb.SetupSandboxResponse)
+    async def wait_connected(self, timeout: float, vm_exited: Awaitable[object]) -> None:
+        """Until the connection is up (the guest's gRPC server sent its
+        SETTINGS), abandoned when the VM exits; for a guest whose agent is
+        known to be running (a template's clone), in place of a Health call."""
+        try:
+            await _unless_exited(asyncio.wait_for(self._channel.channel_ready(), timeout),
+                                 vm_exited)
+        except TimeoutError:
+            raise AgentError("connect", grpc.StatusCode.DEADLINE_EXCEEDED,
+                             f"no connection to the agent within {timeout:g} s") from None
+
+    async def setup_sandbox(self, request: pb.SetupSandboxRequest) -> pb.SetupSandboxResponse:
+        return await self._unary("SetupSandbox", request, pb.SetupSandboxResponse)
 
     async def set_clock(self, host_time_ns: int) -> None:
         await self._unary("SetClock", pb.SetClockRequest(host_time_ns=host_time_ns),
@@ -333,3 +332,20 @@ class AgentClient:
                 yield event
         except grpc.aio.AioRpcError as exc:
             raise _failed("GetEvents", exc) from None
+
+
+async def _unless_exited(call: Awaitable[R], vm_exited: Awaitable[object]) -> R:
+    """``call``'s result, or AgentUnreachable as soon as the VM exits first."""
+    answer = asyncio.ensure_future(call)
+    died = asyncio.ensure_future(vm_exited)
+    try:
+        done, _ = await asyncio.wait({answer, died}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (answer, died):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+    if answer in done:
+        return answer.result()
+    raise AgentUnreachable("the VM exited before its agent answered")

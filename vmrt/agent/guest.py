@@ -10,8 +10,9 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from vmrt.agent import netlink
 from vmrt.agent.errors import CommandFailed, InvalidArgument
 from vmrt.agent.libc import LIBC
 from vmrt.agent.modules import MODULE_GROUPS
@@ -148,27 +149,27 @@ class Guest:
 
     def configure_network(self, interfaces: Iterable[tuple[str, str, int, list[str]]],
                           routes: Iterable[tuple[str, str, str]]) -> None:
-        """Addresses, MTU and routes, with busybox ip (the agent has no netlink library)."""
+        """Names, addresses, MTU and routes, as `ip` would set them (vmrt.agent.netlink)."""
         self.load_modules("net")
         renamed: dict[str, str] = {}
         for mac, name, mtu, addresses in interfaces:
             current = _interface_by_mac(mac)
             if name and name != current:
-                self.run(["/bin/ip", "link", "set", "dev", current, "name", name])
+                _netlink(f"ip link set dev {current} name {name}", netlink.rename_link,
+                         current, name)
                 current = name
             renamed[name or current] = current
             if mtu:
                 _ifreq_ioctl(SIOCSIFMTU, current, struct.pack("i20x", mtu))
             for address in addresses:
-                self.run(["/bin/ip", "addr", "add", address, "dev", current])
+                _netlink(f"ip addr add {address} dev {current}", netlink.add_address,
+                         current, address)
             link_up(current)
         for destination, gateway, device in routes:
-            argv = ["/bin/ip", "route", "replace", destination]
-            if gateway:
-                argv += ["via", gateway]
-            if device:
-                argv += ["dev", renamed.get(device, device)]
-            self.run(argv)
+            device = renamed.get(device, device)
+            what = (f"ip route replace {destination}" + (f" via {gateway}" if gateway else "")
+                    + (f" dev {device}" if device else ""))
+            _netlink(what, netlink.replace_route, destination, gateway, device)
 
     @staticmethod
     def add_hosts_entries(addresses: Iterable[str]) -> None:
@@ -226,6 +227,16 @@ def _ifreq_ioctl(request: int, name: str, value: bytes) -> bytes:
             return fcntl.ioctl(sock, request, struct.pack("16s", name.encode()) + value)
         except OSError as exc:
             raise CommandFailed(f"ioctl {request:#x} on {name}: {exc.strerror}") from None
+
+
+def _netlink(what: str, request: Callable[..., None], *args: str) -> None:
+    """One rtnetlink request, its failure said as the ``ip`` command it replaces."""
+    try:
+        request(*args)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    except OSError as exc:
+        raise CommandFailed(f"{what} failed: {exc.strerror or exc}") from None
 
 
 def link_up(name: str) -> None:

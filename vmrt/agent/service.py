@@ -133,17 +133,23 @@ class AgentService(pb_grpc.AgentServicer):
         self._containers.set_pod_ipc_sysctls(sysctls)
         if request.share_tag:
             self._guest.mount_share(request.share_tag)
-        return pb.SetupSandboxResponse()
+        if not request.HasField("network"):
+            return pb.SetupSandboxResponse()
+        self._configure_network(request.network)
+        return pb.SetupSandboxResponse(network_configured=True)
 
     @rpc
     def ConfigureNetwork(self, request: pb.ConfigureNetworkRequest,
                          context: grpc.ServicerContext) -> Any:
+        self._configure_network(request)
+        return pb.ConfigureNetworkResponse()
+
+    def _configure_network(self, request: pb.ConfigureNetworkRequest) -> None:
         self._guest.configure_network(
             [(i.mac, i.name, i.mtu, list(i.addresses)) for i in request.interfaces],
             [(r.destination, r.gateway, r.interface) for r in request.routes])
         if request.pod_ips:
             self._guest.add_hosts_entries(request.pod_ips)
-        return pb.ConfigureNetworkResponse()
 
     @rpc
     def SetClock(self, request: pb.SetClockRequest, context: grpc.ServicerContext) -> Any:

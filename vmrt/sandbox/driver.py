@@ -70,7 +70,11 @@ class Sandbox(Protocol):
     def start_time(self) -> int: ...
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
-                    sysctls: Iterable[tuple[str, str]] = ()) -> None: ...
+                    sysctls: Iterable[tuple[str, str]] = (),
+                    network: pb.ConfigureNetworkRequest | None = None) -> None:
+        """Until the guest is set up (hostname, DNS, sysctls) and its
+        ``network`` configured; a failure undoes everything it did."""
+        ...
 
     async def wait_gone(self) -> None:
         """Until the sandbox has ended and the last it said is read."""

@@ -149,15 +149,17 @@ class SandboxVM:
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = (),
+                    network: pb.ConfigureNetworkRequest | None = None,
                     die_with_parent: bool = False) -> None:
         try:
-            await self._start(hostname, dns, sysctls, die_with_parent)
+            await self._start(hostname, dns, sysctls, network, die_with_parent)
         finally:
             if self.template is not None:
                 self.template.release()  # QEMU has its own copies, or is gone
 
     async def _start(self, hostname: str, dns: pb.DnsConfig | None,
-                     sysctls: Iterable[tuple[str, str]], die_with_parent: bool) -> None:
+                     sysctls: Iterable[tuple[str, str]],
+                     network: pb.ConfigureNetworkRequest | None, die_with_parent: bool) -> None:
         t0 = time.monotonic()
         async with contextlib.AsyncExitStack() as undo:
             private_dir(self.directory.parent)
@@ -182,7 +184,7 @@ class SandboxVM:
             self.timings["agent_ready"] = time.monotonic() - t0
             # A clone's NIC has the template's MAC until the agent sets its pod's.
             clone_mac = self.nic_mac if self.template is not None else ""
-            await self.agent.setup_sandbox(pb.SetupSandboxRequest(
+            request = pb.SetupSandboxRequest(
                 sandbox_id=self.id,
                 hostname=hostname,
                 dns=dns,
@@ -193,7 +195,11 @@ class SandboxVM:
                 share_tag=SHARE_TAG,
                 nic_mac_was=TEMPLATE_MAC if clone_mac else "",
                 nic_mac=clone_mac,
-            ))
+                network=network,
+            )
+            reply = await self.agent.setup_sandbox(request)
+            if network is not None and not reply.network_configured:
+                await self.agent.configure_network(network)  # an agent older than the field
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
 
@@ -247,8 +253,14 @@ class SandboxVM:
         assert self.agent is not None
         began = time.monotonic()
         try:
-            self.health = await self.agent.wait_ready(self.config.boot_timeout,
-                                                      self.qemu.wait_exit())
+            if self.template is not None:
+                # A clone's agent was answering when its template was saved:
+                # a connection is enough, SetupSandbox is its first call.
+                await self.agent.wait_connected(self.config.boot_timeout,
+                                                self.qemu.wait_exit())
+            else:
+                self.health = await self.agent.wait_ready(self.config.boot_timeout,
+                                                          self.qemu.wait_exit())
         except AgentUnreachable:
             await self.qemu.console_drained()
             raise self.died("the VM exited while booting") from None

@@ -49,7 +49,7 @@ class DnsConfig(_message.Message):
     def __init__(self, servers: _Optional[_Iterable[str]] = ..., searches: _Optional[_Iterable[str]] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetupSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "hostname", "dns", "sysctls", "host_time_ns", "share_tag", "entropy", "nic_mac_was", "nic_mac")
+    __slots__ = ("sandbox_id", "hostname", "dns", "sysctls", "host_time_ns", "share_tag", "entropy", "nic_mac_was", "nic_mac", "network")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class SetupSandboxRequest(_message.Message):
     ENTROPY_FIELD_NUMBER: _ClassVar[int]
     NIC_MAC_WAS_FIELD_NUMBER: _ClassVar[int]
     NIC_MAC_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     hostname: str
     dns: DnsConfig
@@ -68,11 +69,14 @@ class SetupSandboxRequest(_message.Message):
     entropy: bytes
     nic_mac_was: str
     nic_mac: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[DnsConfig, _Mapping]] = ..., sysctls: _Optional[_Iterable[_Union[SysctlEntry, _Mapping]]] = ..., host_time_ns: _Optional[int] = ..., share_tag: _Optional[str] = ..., entropy: _Optional[bytes] = ..., nic_mac_was: _Optional[str] = ..., nic_mac: _Optional[str] = ...) -> None: ...
+    network: ConfigureNetworkRequest
+    def __init__(self, sandbox_id: _Optional[str] = ..., hostname: _Optional[str] = ..., dns: _Optional[_Union[DnsConfig, _Mapping]] = ..., sysctls: _Optional[_Iterable[_Union[SysctlEntry, _Mapping]]] = ..., host_time_ns: _Optional[int] = ..., share_tag: _Optional[str] = ..., entropy: _Optional[bytes] = ..., nic_mac_was: _Optional[str] = ..., nic_mac: _Optional[str] = ..., network: _Optional[_Union[ConfigureNetworkRequest, _Mapping]] = ...) -> None: ...
 
 class SetupSandboxResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("network_configured",)
+    NETWORK_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    network_configured: bool
+    def __init__(self, network_configured: _Optional[bool] = ...) -> None: ...
 
 class Interface(_message.Message):
     __slots__ = ("mac", "name", "mtu", "addresses")
