@@ -28,7 +28,8 @@ def in_new_netns(script: str) -> dict[str, object]:
     program = textwrap.dedent("""
         import json, subprocess, sys
         from vmrt.agent import netlink
-        subprocess.run(["ip", "link", "add", "d0", "type", "veth", "peer", "name", "p0"], check=True)
+        subprocess.run(["ip", "link", "add", "d0", "type", "veth", "peer", "name", "p0"],
+                       check=True)
         errors = []
         def refused(call, *args):
             try:
