@@ -87,7 +87,6 @@ class SandboxVM:
         self.qemu = QemuVM(self.spec, self.directory, f"vmrt-{sandbox_id}",
                            config.qemu_binary, self._jail())
         self.agent: AgentClient | None = None
-        self.health: pb.HealthResponse | None = None
         self.timings: dict[str, float] = {}
 
     # -- what callers may know of QEMU -----------------------------------
@@ -226,7 +225,7 @@ class SandboxVM:
                                       connect_timeout=connect_timeout, adopted=True,
                                       ping_timeout_s=config.agent_ping_timeout_s)
         try:
-            vm.health = await asyncio.wait_for(
+            await asyncio.wait_for(
                 vm.agent.wait_ready(connect_timeout, vm.qemu.wait_exit()), connect_timeout * 2)
         except (TimeoutError, AgentError) as exc:
             if not vm.qemu.alive:
@@ -259,8 +258,7 @@ class SandboxVM:
                 await self.agent.wait_connected(self.config.boot_timeout,
                                                 self.qemu.wait_exit())
             else:
-                self.health = await self.agent.wait_ready(self.config.boot_timeout,
-                                                          self.qemu.wait_exit())
+                await self.agent.wait_ready(self.config.boot_timeout, self.qemu.wait_exit())
         except AgentUnreachable:
             await self.qemu.console_drained()
             raise self.died("the VM exited while booting") from None
