@@ -23,8 +23,9 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.agentapi import AgentError
 from vmrt.guest.image import GuestImage
 from vmrt.hypervisor.spec import NetSpec
+from vmrt.network.cni import NetworkConfig, PodNetworkArgs
 from vmrt.network.link import GuestInterface
-from vmrt.network.pod import PodNetworkState, PreparedNetwork
+from vmrt.network.pod import PodNetworkState, PodNIC, PreparedNetwork
 from vmrt.sandbox.settings import VMConfig
 
 
@@ -237,14 +238,15 @@ class FakeSandbox:
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = (),
-                    network: pb.ConfigureNetworkRequest | None = None) -> None:
+                    network: Awaitable[pb.ConfigureNetworkRequest] | None = None) -> None:
         self.j("vm.start")
         self.alive = True
         self.agent = FakeAgent(self.j)
         if network is not None:
-            # The real one sends it with SetupSandbox; a failure undoes the start.
+            # The real one awaits it once the guest is up and sends it with
+            # SetupSandbox; a failure of either undoes the start.
             try:
-                await self.agent.configure_network(network)
+                await self.agent.configure_network(await network)
             except BaseException:
                 await self.destroy()
                 raise
@@ -336,18 +338,25 @@ class FakeNetworking:
     def __init__(self, journal: Journal) -> None:
         self.j = journal
 
-    async def setup(self, pod_id: str, config: api.PodSandboxConfig,
-                    undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None],
-                    network_name: str = "") -> PreparedNetwork:
+    async def create_nic(self, pod_id: str, config: api.PodSandboxConfig,
+                         undo: contextlib.AsyncExitStack,
+                         remember: Callable[[PodNetworkState], None],
+                         network_name: str = "") -> PodNIC:
         state = PodNetworkState(mode="cni", netns=f"vmrt-{pod_id[:32]}",
                                 network_name=network_name or "fake")
         remember(state)
         self.j("net.netns")
         undo.push_async_callback(self._undo, "net.remove_netns")
+        net = NetworkConfig(name=state.network_name, cni_version="1.0.0", plugins=[],
+                            source=Path("<fake>"))
+        args = PodNetworkArgs(container_id=pod_id, netns_path="/dev/null", ifname="eth0",
+                              pod_namespace="", pod_name="", pod_uid="")
+        return PodNIC(state, NetSpec("tap", ""), net, args, "vmrtapfake")
+
+    async def connect(self, nic: PodNIC, undo: contextlib.AsyncExitStack) -> PreparedNetwork:
         self.j("net.cni_add")
         undo.push_async_callback(self._undo, "net.cni_del")
-        state = dataclasses.replace(state, ips=("10.88.0.9",))
+        state = dataclasses.replace(nic.state, ips=("10.88.0.9",))
         return PreparedNetwork(state, NetSpec("tap", "02:00:00:00:00:01"),
                                GuestInterface(mac="02:00:00:00:00:01", name="eth0", mtu=1500,
                                               addresses=["10.88.0.9/16"]), [])

@@ -141,16 +141,18 @@ def loop() -> Iterator[None]:
 
 # -- RunPodSandbox rollback -------------------------------------------------------
 
-RUN_STEPS = ["net.netns", "net.cni_add", "drivers.create", "vm.start",
+# CNI ADD runs while the VM starts (it needs only its tap, made with the netns).
+RUN_STEPS = ["net.netns", "drivers.create", "vm.start", "net.cni_add",
              "agent.configure_network"]
 
 
 @pytest.mark.parametrize(("failing", "undone"), [
     ("net.netns", []),
-    ("net.cni_add", ["net.remove_netns"]),
-    ("drivers.create", ["net.cni_del", "net.remove_netns"]),
-    # A VM that fails to start cleans up after itself (SandboxVM.start).
-    ("vm.start", ["net.cni_del", "net.remove_netns"]),
+    ("drivers.create", ["net.remove_netns"]),
+    # A VM that fails to start cleans up after itself (SandboxVM.start);
+    # the CNI ADD already under way is let finish, then undone.
+    ("vm.start", ["net.cni_add", "net.cni_del", "net.remove_netns"]),
+    ("net.cni_add", ["vm.destroy", "net.remove_netns"]),
     ("agent.configure_network", ["vm.destroy", "net.cni_del", "net.remove_netns"]),
 ])
 def test_run_pod_sandbox_undoes_every_step_done_in_reverse(world: World, failing: str,

@@ -1,11 +1,11 @@
-"""A pod's network from start to end: netns, CNI ADD, tap + tc, and back.
+"""A pod's network from start to end: netns, tap, CNI ADD, tc, and back.
 
 Two modes:
 
 * ``cni`` (the normal case): a network namespace per pod, named after it and
-  pinned under /var/run/netns; CNI ADD puts a veth there; a tap joined to it
-  by tc mirred becomes the VM's NIC, with the veth's MAC; the agent gives
-  the guest the veth's addresses, routes and MTU.
+  pinned under /var/run/netns; a tap there becomes the VM's NIC; CNI ADD
+  (while the VM starts) puts a veth beside it, and tc mirred joins the two;
+  the agent gives the guest's NIC the veth's MAC, addresses, routes and MTU.
 * hostNetwork pods: a VM cannot share the node's network namespace. They
   get the same set-up on vmrt's own network instead of the node's CNI one:
   ``ptp`` (a veth with NAT out through the node) and ``portmap``, with each
@@ -92,13 +92,31 @@ class PreparedNetwork:
     routes: list[link.GuestRoute]
 
 
-class Networking(Protocol):
-    """A pod's network, as the runtime uses it (``PodNetworking``; a fake in unit tests)."""
+@dataclass
+class PodNIC:
+    """A pod's NIC before its network: the netns and the tap QEMU opens.
+    CNI ADD comes after (``Networking.connect``), while the VM starts: the
+    VM needs its tap at launch, its addresses only once the guest is up."""
 
-    async def setup(self, pod_id: str, config: api.PodSandboxConfig,
-                    undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None],
-                    network_name: str = "") -> PreparedNetwork: ...
+    state: PodNetworkState
+    spec: NetSpec  # the tap's fd; no MAC yet (the veth's, once CNI made it)
+    config: NetworkConfig
+    args: PodNetworkArgs
+    tap: str
+
+
+class Networking(Protocol):
+    """A pod's network, as the runtime uses it (``PodNetworking``; a fake in unit tests).
+
+    ``create_nic`` then ``connect``; each registers its undo steps on
+    ``undo``, so the caller unwinds them once both have returned."""
+
+    async def create_nic(self, pod_id: str, config: api.PodSandboxConfig,
+                         undo: contextlib.AsyncExitStack,
+                         remember: Callable[[PodNetworkState], None],
+                         network_name: str = "") -> PodNIC: ...
+
+    async def connect(self, nic: PodNIC, undo: contextlib.AsyncExitStack) -> PreparedNetwork: ...
 
     async def teardown(self, state: PodNetworkState) -> None: ...
 
@@ -145,14 +163,15 @@ class PodNetworking:
         self.cni = cni
         self.host_network = host_network_config(host_network_subnet)
 
-    async def setup(self, pod_id: str, config: api.PodSandboxConfig,
-                    undo: contextlib.AsyncExitStack,
-                    remember: Callable[[PodNetworkState], None],
-                    network_name: str = "") -> PreparedNetwork:
-        """``remember`` is given the state before CNI ADD runs, so that a
-        vmrtd killed part-way can still undo it after a restart (DEL with
-        no result is fine by the CNI spec). ``network_name``: the CNI network
-        of that name (a tenant's), else the node's default."""
+    async def create_nic(self, pod_id: str, config: api.PodSandboxConfig,
+                         undo: contextlib.AsyncExitStack,
+                         remember: Callable[[PodNetworkState], None],
+                         network_name: str = "") -> PodNIC:
+        """The netns and the tap. ``remember`` is given the state before
+        CNI ADD can run, so that a vmrtd killed part-way can still undo it
+        after a restart (DEL with no result is fine by the CNI spec).
+        ``network_name``: the CNI network of that name (a tenant's), else
+        the node's default."""
         net = (self.host_network if is_host_network(config)
                else self.cni.config(network_name))
         name = netns_name(pod_id)
@@ -171,19 +190,26 @@ class PodNetworking:
             network_config=json.dumps({"name": net.name, "cniVersion": net.cni_version,
                                        "plugins": net.plugins, "source": str(net.source)}))
         remember(state)
-        state = dataclasses.replace(state, cni_result=json.dumps(await self.cni.add(net, args)))
-        push_cleanup(undo, self._cni_del, state)
+        # The tap before the veth: nothing of CNI's depends on it, and the
+        # VM can be launched on it while CNI ADD runs.
         tap = tap_name(pod_id)
         fd = await link.create_tap(tap, name)
         undo.callback(os.close, fd)
-        await link.connect_tap(name, IFNAME, tap)
-        interface, routes = await link.describe(name, IFNAME)
+        return PodNIC(state, NetSpec("tap", "", tap_fd=fd), net, args, tap)
+
+    async def connect(self, nic: PodNIC, undo: contextlib.AsyncExitStack) -> PreparedNetwork:
+        """CNI ADD, the tap joined to the veth it made, and what the guest must copy."""
+        result = await self.cni.add(nic.config, nic.args)
+        state = dataclasses.replace(nic.state, cni_result=json.dumps(result))
+        push_cleanup(undo, self._cni_del, state)
+        await link.connect_tap(state.netns, IFNAME, nic.tap)
+        interface, routes = await link.describe(state.netns, IFNAME)
         state = dataclasses.replace(
             state, ips=tuple(address.split("/")[0] for address in interface.addresses))
         if not state.ips:
-            raise link.LinkError(f"CNI network {net.name} gave the pod no IP address")
-        return PreparedNetwork(state, NetSpec("tap", interface.mac, tap_fd=fd), interface,
-                               routes)
+            raise link.LinkError(f"CNI network {nic.config.name} gave the pod no IP address")
+        return PreparedNetwork(state, NetSpec("tap", interface.mac, tap_fd=nic.spec.tap_fd),
+                               interface, routes)
 
     @staticmethod
     def _config_of(state: PodNetworkState) -> NetworkConfig:

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cri_api.v1 import api_pb2 as api
@@ -18,7 +19,7 @@ from vmrt.agent.v1 import agent_pb2 as pb
 from vmrt.aio import push_cleanup
 from vmrt.errors import FailedPreconditionError, NotFoundError
 from vmrt.guest.image import GuestImage
-from vmrt.network.pod import PodNetworkState, PreparedNetwork
+from vmrt.network.pod import PodNetworkState, PodNIC, PreparedNetwork
 from vmrt.runtime import ocispec, sizing
 from vmrt.runtime.core import Runtime, container_key
 from vmrt.runtime.records import ContainerState, PodRecord, PodState, VMState
@@ -115,35 +116,58 @@ class PodService:
             store.update_pod(record, lambda s: dataclasses.replace(s, network=state))
 
         began = time.monotonic()
-        network = await self.rt.networking.setup(
+        nic = await self.rt.networking.create_nic(
             record.id, config, undo, remember,
             self.rt.tenants.network_of(config.metadata.namespace))
-        remember(network.state)
-        crashpoint.reached("run", "network")
-        networked = time.monotonic()
-        vm = self.rt.drivers.create(record.id, image, vm_config, network.nic)
-        iface = network.interface
-        await vm.start(
-            hostname=ocispec.pod_hostname(config),
-            dns=pb.DnsConfig(servers=config.dns_config.servers,
-                             searches=config.dns_config.searches,
-                             options=config.dns_config.options),
-            sysctls=sorted(config.linux.sysctls.items()),
-            # With the set-up, in one round trip.
-            network=pb.ConfigureNetworkRequest(
+        vm = self.rt.drivers.create(record.id, image, vm_config, nic.spec)
+        launching = time.monotonic()
+        # CNI ADD runs while the VM launches (and restores, or boots): the
+        # VM needs only its tap; the guest is given the veth's MAC and
+        # addresses with SetupSandbox, which waits for them.
+        connected = asyncio.ensure_future(self._connect(nic, undo, remember))
+        networked = launching
+
+        async def guest_network() -> pb.ConfigureNetworkRequest:
+            nonlocal networked
+            network = await asyncio.shield(connected)
+            networked = time.monotonic()
+            iface = network.interface
+            return pb.ConfigureNetworkRequest(
                 interfaces=[pb.Interface(mac=iface.mac, name=iface.name, mtu=iface.mtu,
                                          addresses=iface.addresses)],
                 routes=[pb.Route(destination=r.destination, gateway=r.gateway,
                                  interface=r.interface) for r in network.routes],
-                pod_ips=network.state.ips),
-        )
+                pod_ips=network.state.ips)
+
+        request = asyncio.ensure_future(guest_network())
+        try:
+            await vm.start(
+                hostname=ocispec.pod_hostname(config),
+                dns=pb.DnsConfig(servers=config.dns_config.servers,
+                                 searches=config.dns_config.searches,
+                                 options=config.dns_config.options),
+                sysctls=sorted(config.linux.sysctls.items()),
+                # With the set-up, in one round trip.
+                network=request,
+            )
+        except BaseException:
+            # CNI ADD is let finish, so that its undo (DEL) is on the stack
+            # when the caller unwinds it; cancelling a plugin half-way would
+            # leave what it did unknown.
+            request.cancel()
+            await asyncio.wait({connected, request})
+            for task in (connected, request):
+                if not task.cancelled():
+                    task.exception()  # retrieved: what vm.start raised is the error
+            raise
+        network = connected.result()
         push_cleanup(undo, vm.destroy)
         crashpoint.reached("run", "vm-started")
         sandbox = PodSandbox(record, vm, self.rt)
         crashpoint.reached("run", "configured")
         # Where the start's time went (bench/density.py reads this line).
-        steps = {"network": networked - began, **vm.timings,
-                 "configured": time.monotonic() - networked}
+        steps = {"nic": launching - began, "network": networked - began, **vm.timings,
+                 "configured": time.monotonic() - launching}
         log.info("pod %s started%s in %.2f s: %s", record.id[:12],
                  " from a template" if vm.from_template else "", time.monotonic() - began,
                  ", ".join(f"{k} {v:.3f}" for k, v in steps.items()))
@@ -155,6 +179,14 @@ class PodService:
             s, state=PodState.READY, vm=running))
         crashpoint.reached("run", "ready")
         return sandbox, network
+
+    async def _connect(self, nic: PodNIC,
+                       undo: contextlib.AsyncExitStack,
+                       remember: Callable[[PodNetworkState], None]) -> PreparedNetwork:
+        network = await self.rt.networking.connect(nic, undo)
+        remember(network.state)
+        crashpoint.reached("run", "network")
+        return network
 
     # -- stop and remove ----------------------------------------------------
 

@@ -9,7 +9,7 @@ template (vmrt.sandbox.template) is the same driver's other way to start one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -71,9 +71,11 @@ class Sandbox(Protocol):
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = (),
-                    network: pb.ConfigureNetworkRequest | None = None) -> None:
+                    network: Awaitable[pb.ConfigureNetworkRequest] | None = None) -> None:
         """Until the guest is set up (hostname, DNS, sysctls) and its
-        ``network`` configured; a failure undoes everything it did."""
+        ``network`` configured; a failure undoes everything it did.
+        ``network`` is awaited once the guest is up (CNI ADD runs meanwhile);
+        its first interface's MAC becomes the NIC's."""
         ...
 
     async def wait_gone(self) -> None:
@@ -116,7 +118,9 @@ class Drivers(Protocol):
         ...
 
     def create(self, sandbox_id: str, image: GuestImage, config: VMConfig,
-               net: NetSpec | None) -> Sandbox: ...
+               net: NetSpec | None) -> Sandbox:
+        """``net``: the NIC's backend (a tap's fd); its MAC comes with ``start``'s network."""
+        ...
 
     async def adopt(self, sandbox_id: str, image: GuestImage, config: VMConfig, pid: int,
                     start_time: int) -> Sandbox: ...

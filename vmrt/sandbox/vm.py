@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 
 from vmrt import safefs
@@ -36,6 +36,9 @@ from vmrt.sandbox.template import MAX_TEMPLATES, TEMPLATE_MAC, Claim, Templates,
 from vmrt.sandbox.vmspec import SHARE_TAG, vm_jail, vm_spec
 
 log = logging.getLogger(__name__)
+
+# What a VM's NIC boots with (a clone: what its template booted with).
+BOOT_MAC = TEMPLATE_MAC
 
 _MEMORY_TROUBLE = re.compile(
     r"Initramfs unpacking failed|Out of memory|out of memory|oom-kill|"
@@ -74,12 +77,14 @@ class SandboxVM:
         self.image = image
         self.config = config
         self.template = template
-        self.nic_mac = net.mac if net is not None else ""
+        if net is not None:
+            # Every NIC starts with the templates' MAC and SetupSandbox gives
+            # the guest its pod's (the veth's, which CNI ADD makes while the
+            # VM starts; ``net.mac`` is not used): a clone has its
+            # template's NIC, and a cold boot does as a clone does.
+            net = NetSpec(net.mode, BOOT_MAC, net.tap_fd)
         if template is not None:
-            # A clone: the template's devices, MAC included (SetupSandbox
-            # gives the guest its pod's), its RAM copy-on-write, its state.
-            if net is not None:
-                net = NetSpec(net.mode, TEMPLATE_MAC, net.tap_fd)
+            # A clone: the template's devices, its RAM copy-on-write, its state.
             self.spec = vm_spec(image, config, self.shared, net, template.memory(),
                                 incoming=True)
         else:
@@ -148,7 +153,7 @@ class SandboxVM:
 
     async def start(self, *, hostname: str = "", dns: pb.DnsConfig | None = None,
                     sysctls: Iterable[tuple[str, str]] = (),
-                    network: pb.ConfigureNetworkRequest | None = None,
+                    network: Awaitable[pb.ConfigureNetworkRequest] | None = None,
                     die_with_parent: bool = False) -> None:
         try:
             await self._start(hostname, dns, sysctls, network, die_with_parent)
@@ -158,7 +163,8 @@ class SandboxVM:
 
     async def _start(self, hostname: str, dns: pb.DnsConfig | None,
                      sysctls: Iterable[tuple[str, str]],
-                     network: pb.ConfigureNetworkRequest | None, die_with_parent: bool) -> None:
+                     network: Awaitable[pb.ConfigureNetworkRequest] | None,
+                     die_with_parent: bool) -> None:
         t0 = time.monotonic()
         async with contextlib.AsyncExitStack() as undo:
             private_dir(self.directory.parent)
@@ -181,8 +187,11 @@ class SandboxVM:
             push_cleanup(undo, self._close_agent)
             await self._wait_ready()
             self.timings["agent_ready"] = time.monotonic() - t0
-            # A clone's NIC has the template's MAC until the agent sets its pod's.
-            clone_mac = self.nic_mac if self.template is not None else ""
+            configure = await network if network is not None else None
+            # The NIC has BOOT_MAC until the agent sets its pod's.
+            nic_mac = configure.interfaces[0].mac if configure and configure.interfaces else ""
+            if self.spec.net is None:
+                nic_mac = ""
             request = pb.SetupSandboxRequest(
                 sandbox_id=self.id,
                 hostname=hostname,
@@ -192,13 +201,13 @@ class SandboxVM:
                 host_time_ns=time.time_ns(),
                 entropy=os.urandom(64),
                 share_tag=SHARE_TAG,
-                nic_mac_was=TEMPLATE_MAC if clone_mac else "",
-                nic_mac=clone_mac,
-                network=network,
+                nic_mac_was=BOOT_MAC if nic_mac else "",
+                nic_mac=nic_mac,
+                network=configure,
             )
             reply = await self.agent.setup_sandbox(request)
-            if network is not None and not reply.network_configured:
-                await self.agent.configure_network(network)  # an agent older than the field
+            if configure is not None and not reply.network_configured:
+                await self.agent.configure_network(configure)  # an agent older than the field
             self.timings["setup"] = time.monotonic() - t0
             undo.pop_all()
 
