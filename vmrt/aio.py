@@ -17,10 +17,16 @@ async def finish(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
     a namespace. The step's own errors still propagate.
     """
     task = asyncio.ensure_future(fn(*args))
+    await settle(task)
+    task.result()
+
+
+async def settle(task: asyncio.Future[Any]) -> None:
+    """Until ``task`` is done, however often the caller is cancelled meanwhile
+    (its result or error stay in it, for the caller to take)."""
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
-    task.result()
 
 
 def push_cleanup(stack: contextlib.AsyncExitStack, fn: Callable[..., Awaitable[Any]],

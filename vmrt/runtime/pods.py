@@ -16,7 +16,7 @@ from cri_api.v1 import api_pb2 as api
 
 from vmrt import crashpoint
 from vmrt.agent.v1 import agent_pb2 as pb
-from vmrt.aio import push_cleanup
+from vmrt.aio import push_cleanup, settle
 from vmrt.errors import FailedPreconditionError, NotFoundError
 from vmrt.guest.image import GuestImage
 from vmrt.network.pod import PodNetworkState, PodNIC, PreparedNetwork
@@ -155,8 +155,8 @@ class PodService:
             # when the caller unwinds it; cancelling a plugin half-way would
             # leave what it did unknown.
             request.cancel()
-            await asyncio.wait({connected, request})
             for task in (connected, request):
+                await settle(task)  # a second cancellation must not cut the wait short
                 if not task.cancelled():
                     task.exception()  # retrieved: what vm.start raised is the error
             raise

@@ -189,9 +189,9 @@ class SandboxVM:
             self.timings["agent_ready"] = time.monotonic() - t0
             configure = await network if network is not None else None
             # The NIC has BOOT_MAC until the agent sets its pod's.
-            nic_mac = configure.interfaces[0].mac if configure and configure.interfaces else ""
-            if self.spec.net is None:
-                nic_mac = ""
+            nic_mac = (configure.interfaces[0].mac
+                       if self.spec.net is not None and configure and configure.interfaces
+                       else "")
             request = pb.SetupSandboxRequest(
                 sandbox_id=self.id,
                 hostname=hostname,
